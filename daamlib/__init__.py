@@ -1,0 +1,29 @@
+"""daamlib: DAAM (Diffusion Attentive Attribution Maps) for diffusers pipelines.
+
+>>> import daamlib
+>>> pipe = daamlib.load_pipeline("shapeworld")                         # doctest: +SKIP
+>>> hm = daamlib.generate(pipe, "a red circle above a blue square")     # doctest: +SKIP
+>>> hm["circle"].binarize(0.4)                                           # doctest: +SKIP
+
+Modules: ``trace`` (capture), ``kernel`` (Eq. 6–7), ``words`` (alignment), ``heatmap``
+(result objects), ``stats`` (IoU/IoD/IoH), ``io`` (experiments), ``pipeline`` (loading),
+``tiny`` (test pipelines), ``vocab`` (tokenizers). Nothing heavy is imported here.
+"""
+
+from .heatmap import HeatMaps, WordHeatMap
+from .io import ExperimentError, load_experiment, save_experiment
+from .kernel import aggregate, binarize
+from .pipeline import default_model, generate, load_pipeline
+from .stats import iod, ioh, iou, mean_ci
+from .trace import Trace, TraceError, UnsupportedPipelineError, trace
+from .words import AmbiguousWordError, WordNotFoundError, align_words
+
+__all__ = [
+    "trace", "Trace", "TraceError", "UnsupportedPipelineError",
+    "HeatMaps", "WordHeatMap", "aggregate", "binarize",
+    "align_words", "WordNotFoundError", "AmbiguousWordError",
+    "iou", "iod", "ioh", "mean_ci",
+    "save_experiment", "load_experiment", "ExperimentError",
+    "generate", "load_pipeline", "default_model",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,105 @@
+"""``daam``: generate one image and its per-word heat maps from the command line.
+
+    daam "a red circle above a blue square" --out out/demo
+    daam "a giraffe and a zebra" --model stabilityai/stable-diffusion-2-base --device cuda --steps 30
+
+Writes ``image.png``, ``grid.png`` (every word's map over the image), ``words/NN_word.png``
+(one overlay per word) and ``experiment/`` (maps as safetensors + JSON; see daamlib.io).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import SCHEDULERS, TINY
+
+    p = argparse.ArgumentParser(prog="daam", description="Generate an image and a DAAM heat map for every word of the prompt.")
+    p.add_argument("prompt", help="the text prompt")
+    p.add_argument("--model", default=None, help=f"Hub id, local folder, 'shapeworld' (embedded, the default) or {', '.join(TINY)}")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: 30 for shapeworld, else the pipeline's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (≤1 turns it off)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (a multiple of 8 for SD)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="swap the pipeline's scheduler")
+    p.add_argument("--threshold", type=float, default=0.4, help="τ of Eq. 7 for the mask figure (default 0.4)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="weights dtype")
+    p.add_argument("--out", default="out/daam", help="output folder (default out/daam)")
+    p.add_argument("--overwrite", action="store_true", help="replace an experiment already in --out")
+    return p
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w-]+", "_", text).strip("_") or "tok"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .io import ExperimentError, save_experiment
+    from .pipeline import check_prompt, default_model, generate, load_pipeline
+
+    try:
+        check_prompt(args.prompt)
+        from .kernel import check_threshold
+
+        check_threshold(args.threshold)
+    except (TypeError, ValueError) as e:
+        print(f"daam: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if (out / "experiment").exists() and not args.overwrite:
+        print(f"daam: error: {out / 'experiment'} already exists; pass --overwrite or another --out", file=sys.stderr)
+        return 2
+    model = args.model or default_model()
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    try:
+        pipe = load_pipeline(model, device=args.device, dtype=dtype, scheduler=args.scheduler)
+    except (OSError, ValueError) as e:
+        print(f"daam: error: {e}", file=sys.stderr)
+        return 2
+    pipe.set_progress_bar_config(disable=False, desc=f"daam {model}")
+    steps = args.steps or (30 if model == "shapeworld" else None)
+    hm = generate(pipe, args.prompt, seed=args.seed, steps=steps, guidance_scale=args.guidance,
+                  height=args.height, width=args.width, negative_prompt=args.negative_prompt)
+
+    (out / "words").mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(hm.image).save(out / "image.png")
+    fig = hm.plot()
+    fig.savefig(out / "grid.png", dpi=150)
+    plt.close(fig)
+    fig = hm.plot(threshold=args.threshold)
+    fig.savefig(out / "grid_masks.png", dpi=150)
+    plt.close(fig)
+    for i, wm in enumerate(hm):
+        fig, ax = plt.subplots(figsize=(3, 3))
+        wm.plot(ax=ax)
+        fig.savefig(out / "words" / f"{i:02d}_{_slug(wm.word.text)}.png", dpi=150, bbox_inches="tight")
+        plt.close(fig)
+    settings = {"model": model, "steps": steps, "guidance": args.guidance, "height": hm.size[0], "width": hm.size[1],
+                "negative_prompt": args.negative_prompt, "scheduler": type(pipe.scheduler).__name__}
+    try:
+        save_experiment(out / "experiment", hm, seed=args.seed, settings=settings, overwrite=args.overwrite)
+    except ExperimentError as e:
+        print(f"daam: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/image.png, grid.png, grid_masks.png, words/ ({len(hm)} maps) and experiment/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

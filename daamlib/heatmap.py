@@ -1,0 +1,246 @@
+"""Result objects: the heat maps of one generated image, and of one word.
+
+>>> hm = tc.heat_maps(0, image=out.images[0])        # doctest: +SKIP
+>>> hm.words                                          # doctest: +SKIP
+['a', 'red', 'circle', 'above', 'a', 'blue', 'square']
+>>> hm["circle"].binarize(0.4)                        # Eq. 7, [H, W] bool   # doctest: +SKIP
+>>> hm["a", 1]                                        # second "a"           # doctest: +SKIP
+>>> hm.select(steps=range(0, 10), resolutions=[8])    # post-hoc, no regeneration  # doctest: +SKIP
+>>> hm["circle"].plot(ax=ax)                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from . import kernel
+from .words import Alignment, Word
+
+
+def _as_image_array(image) -> np.ndarray | None:
+    """PIL image, ``[H, W, 3]`` array in [0, 1] or [0, 255], or ``[3, H, W]`` tensor → uint8 ``[H, W, 3]``."""
+    if image is None:
+        return None
+    if torch.is_tensor(image):
+        image = image.detach().cpu().float()
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)
+        image = image.numpy()
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr * 255 if arr.max() <= 1.0 else arr, 0, 255).round().astype(np.uint8)
+    return arr
+
+
+class WordHeatMap:
+    """The soft map of one word at image size, with Eq. 7 and an overlay plot.
+
+    Attributes: ``word`` (a :class:`Word`), ``heat`` (``[H, W]`` float32 tensor), ``image``
+    (uint8 ``[H, W, 3]`` or None), ``prompt``.
+    """
+
+    def __init__(self, word: Word, heat: torch.Tensor, image: np.ndarray | None, prompt: str):
+        self.word = word
+        self.heat = heat
+        self.image = image
+        self.prompt = prompt
+
+    def __repr__(self) -> str:
+        return f"WordHeatMap({self.word.text!r}, {tuple(self.heat.shape)}, max={self.heat.max().item():.4g})"
+
+    def normalized(self, mode: str = "minmax") -> torch.Tensor:
+        """The map rescaled to [0, 1] (``"minmax"``: by its range; ``"max"``: by its maximum)."""
+        return kernel.normalize(self.heat, mode)
+
+    def binarize(self, threshold: float = 0.4, mode: str = "minmax") -> torch.Tensor:
+        """Eq. 7 at ``τ = threshold``: ``mode="max"`` thresholds ``D ≥ τ·max D`` as printed in the paper;
+        ``mode="minmax"`` (default) thresholds the min–max-normalised map, as the paper's released code does."""
+        return kernel.binarize(self.heat, threshold, mode)
+
+    def plot(self, ax=None, threshold: float | None = None, mode: str = "minmax", cmap: str = "jet",
+             alpha: float = 0.5, title: str | bool = True):
+        """Overlay the (normalised) map, or its Eq. 7 mask when ``threshold`` is given, on the image.
+
+        Draws on ``ax`` (a new figure only when None); sets ``ax_`` and ``figure_``; returns ``self``.
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(3, 3))
+        shown = self.binarize(threshold, mode).float() if threshold is not None else self.normalized(mode)
+        if self.image is not None:
+            ax.imshow(self.image)
+            ax.imshow(shown.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1,
+                      extent=(-0.5, self.image.shape[1] - 0.5, self.image.shape[0] - 0.5, -0.5))
+        else:
+            ax.imshow(shown.numpy(), cmap=cmap, vmin=0, vmax=1)
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title if isinstance(title, str) else self.word.text)
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+
+class HeatMaps:
+    """All heat maps of one generated image, indexable by word, ``(word, occurrence)`` or token position.
+
+    ``maps`` holds, per layer (diffusers' dotted processor path), the recorded maps
+    ``[steps, tokens, h, w]`` (or ``[steps, heads, tokens, h, w]`` when heads were kept) at the
+    layer's own resolution. ``size`` is the image size (H, W) that Eq. 6 upsamples to.
+    Aggregation is computed once, on first use, and cached.
+    """
+
+    def __init__(self, alignment: Alignment, maps: dict[str, torch.Tensor], size: tuple[int, int],
+                 image=None, timesteps: list[float] | None = None, steps: list[int] | None = None):
+        self.alignment = alignment
+        self.maps = maps
+        self.size = tuple(size)
+        self.image = _as_image_array(image)
+        n_steps = next(iter(maps.values())).shape[0] if maps else 0
+        self.steps = list(range(n_steps)) if steps is None else list(steps)  # original step indices kept
+        self.timesteps = list(timesteps) if timesteps is not None else []
+        self._token_maps: torch.Tensor | None = None
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def prompt(self) -> str:
+        return self.alignment.prompt
+
+    @property
+    def words(self) -> list[str]:
+        return [w.text for w in self.alignment.words if not w.truncated]
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self.alignment.tokens)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.maps)
+
+    @property
+    def heads_kept(self) -> bool:
+        return bool(self.maps) and next(iter(self.maps.values())).ndim == 5
+
+    def resolution(self, layer: str) -> tuple[int, int]:
+        """The (h, w) query grid of ``layer``."""
+        return tuple(self.maps[layer].shape[-2:])
+
+    @property
+    def resolutions(self) -> list[tuple[int, int]]:
+        """Distinct layer resolutions, finest first."""
+        return sorted({self.resolution(n) for n in self.maps}, key=lambda r: -r[0] * r[1])
+
+    def __repr__(self) -> str:
+        return (f"HeatMaps({self.prompt!r}, {len(self.words)} words, {len(self.steps)} steps, "
+                f"{len(self.maps)} layers, size={self.size})")
+
+    # -- Eq. 6 ------------------------------------------------------------------------------
+    def token_maps(self) -> torch.Tensor:
+        """Eq. 6 for every kept token: ``[tokens, H, W]`` float32 (cached)."""
+        if self._token_maps is None:
+            self._token_maps = kernel.aggregate(self.maps.values(), self.size)
+        return self._token_maps
+
+    def word(self, word: str, occurrence: int | None = None) -> WordHeatMap:
+        """The map of ``word`` (mean of its tokens' maps); ``occurrence`` picks among repeats."""
+        w = self.alignment.find(word, occurrence)
+        return WordHeatMap(w, kernel.word_map(self.token_maps(), w.tokens), self.image, self.prompt)
+
+    def token(self, position: int) -> WordHeatMap:
+        """The map of the token at ``position`` (0 is the start token)."""
+        n = len(self.alignment.tokens)
+        if not -n <= position < n:
+            raise IndexError(f"token position {position} out of range: {n} tokens kept ({self.tokens})")
+        position %= n
+        w = Word(self.alignment.tokens[position], -1, 0, (0, 0), (position,))
+        return WordHeatMap(w, self.token_maps()[position], self.image, self.prompt)
+
+    def __getitem__(self, key) -> WordHeatMap:
+        if isinstance(key, tuple):
+            return self.word(*key)
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            return self.token(int(key))
+        return self.word(key)
+
+    def __iter__(self) -> Iterator[WordHeatMap]:
+        """Every word's map, in prompt order."""
+        maps = self.token_maps()
+        for w in self.alignment.words:
+            if not w.truncated:
+                yield WordHeatMap(w, kernel.word_map(maps, w.tokens), self.image, self.prompt)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    # -- post-hoc selection ----------------------------------------------------------------
+    def select(self, steps: Iterable[int] | slice | None = None, layers: Iterable[str] | str | None = None,
+               resolutions: Iterable[int | tuple[int, int]] | None = None,
+               heads: Iterable[int] | None = None) -> HeatMaps:
+        """A new :class:`HeatMaps` restricted to some steps, layers, resolutions or heads.
+
+        ``steps``: positions in this object's step list (a range, list or slice; 0 is the
+        first denoising step). ``layers``: names or shell patterns (``"*up_blocks.1*"``).
+        ``resolutions``: grid heights (``8``) or (h, w) pairs. ``heads``: head indices, only
+        when recorded with ``keep_heads=True``. Nothing is regenerated.
+        """
+        names = list(self.maps)
+        if layers is not None:
+            patterns = [layers] if isinstance(layers, str) else list(layers)
+            names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+            if not names:
+                raise KeyError(f"no layer matches {patterns}; layers are: {list(self.maps)}")
+        if resolutions is not None:
+            wanted = list(resolutions)
+            names = [n for n in names
+                     if any(r == self.resolution(n) or r == self.resolution(n)[0] for r in wanted)]
+            if not names:
+                raise KeyError(f"no layer has resolution {wanted}; resolutions are: {self.resolutions}")
+        idx = list(range(len(self.steps)))
+        if steps is not None:
+            idx = idx[steps] if isinstance(steps, slice) else list(steps)
+            bad = [i for i in idx if not 0 <= i < len(self.steps)]
+            if bad or not idx:
+                raise IndexError(f"steps {bad or idx} out of range: {len(self.steps)} steps recorded")
+        maps = {}
+        for n in names:
+            m = self.maps[n][idx]
+            if heads is not None:
+                if m.ndim != 5:
+                    raise ValueError("heads were summed while recording; trace with keep_heads=True to select heads")
+                m = m[:, list(heads)]
+            maps[n] = m
+        timesteps = [self.timesteps[i] for i in idx] if self.timesteps else None
+        out = HeatMaps(self.alignment, maps, self.size, None, timesteps, [self.steps[i] for i in idx])
+        out.image = self.image
+        return out
+
+    # -- plotting ---------------------------------------------------------------------------
+    def plot(self, words: Iterable[str] | None = None, threshold: float | None = None, mode: str = "minmax",
+             ncols: int | None = None, fig=None, **kwargs):
+        """A grid: the image, then one overlay per word. Returns the figure (new unless ``fig`` is given)."""
+        import matplotlib.pyplot as plt
+
+        items = list(self) if words is None else [self[w] for w in words]
+        n = len(items) + (self.image is not None)
+        ncols = ncols or min(n, 6)
+        nrows = -(-n // ncols)
+        if fig is None:
+            fig = plt.figure(figsize=(2.2 * ncols, 2.4 * nrows))
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        k = 0
+        if self.image is not None:
+            axes[0].imshow(self.image)
+            axes[0].set_title("image")
+            k = 1
+        for ax, item in zip(axes[k:], items):
+            item.plot(ax=ax, threshold=threshold, mode=mode, **kwargs)
+        for ax in axes:
+            ax.set_axis_off()
+        fig.suptitle(self.prompt, fontsize=9)
+        fig.tight_layout()
+        return fig

@@ -1,0 +1,112 @@
+"""The DAAM kernel: paper Eq. 6 (upsample, sum) and Eq. 7 (threshold). Pure torch.
+
+Eq. 6 sums, over time steps t, layers l and heads i, the bicubic upsampling of each
+cross-attention map F⁽ᵗˡⁱ⁾ to the image size. Bicubic interpolation is linear, so
+``Σ up(F) == up(Σ F)``: we sum steps and heads first, then all layers that share a
+resolution, and upsample once per resolution. A naive reference in the tests upsamples
+every head of every layer at every step and checks the two agree.
+
+Two binarisations are offered, because they give different numbers on low-contrast maps:
+
+* ``mode="max"`` is Eq. 7 as printed: ``D ≥ τ · max D``.
+* ``mode="minmax"`` first rescales D to [0, 1] with its own min and max, then ``≥ τ``. This is
+  what the paper's released code does before thresholding, and what its Table 1 numbers used.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("max", "minmax")
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic upsampling of ``[..., h, w]`` maps to ``[..., H, W]`` (float32, no clamping)."""
+    lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
+    flat = maps.reshape(1, -1, h, w).float()
+    out = F.interpolate(flat, size=size, mode="bicubic", align_corners=False)
+    return out.reshape(*lead, *size)
+
+
+def aggregate(layer_maps: Iterable[torch.Tensor], size: tuple[int, int], clamp: bool = True) -> torch.Tensor:
+    """Eq. 6 for a set of layers.
+
+    Each element of ``layer_maps`` is one layer's recorded maps with the token axis third
+    from last, e.g. ``[steps, tokens, h, w]`` or ``[steps, heads, tokens, h, w]``: every
+    leading axis is summed. Returns ``[tokens, H, W]`` float32. ``clamp`` sets the bicubic
+    undershoot below zero to zero, once, on the sum (the released code clamps each map; that
+    would make the sum non-linear and is not done here).
+    """
+    by_resolution: dict[tuple[int, int], torch.Tensor] = defaultdict(lambda: 0)
+    n_tokens = None
+    for maps in layer_maps:
+        summed = maps.float().reshape(-1, *maps.shape[-3:]).sum(0)  # [tokens, h, w]
+        if n_tokens is not None and summed.shape[0] != n_tokens:
+            raise ValueError(f"layers disagree on the number of tokens: {summed.shape[0]} vs {n_tokens}")
+        n_tokens = summed.shape[0]
+        by_resolution[tuple(summed.shape[-2:])] = by_resolution[tuple(summed.shape[-2:])] + summed
+    if not by_resolution:
+        raise ValueError("no maps to aggregate: the selection is empty (check the steps/layers/resolutions chosen)")
+    out = sum(upsample(m, size) for m in by_resolution.values())
+    return out.clamp_(min=0) if clamp else out
+
+
+def check_threshold(threshold: float) -> float:
+    """τ as a float in [0, 1], or a ValueError that says so."""
+    t = float(threshold)
+    if not 0.0 <= t <= 1.0:  # also false for NaN
+        raise ValueError(f"threshold τ must be in [0, 1] (a fraction of the map's maximum or range), got {threshold!r}")
+    return t
+
+
+def normalize(heat: torch.Tensor, mode: str = "minmax") -> torch.Tensor:
+    """Rescale a map (last two axes) to [0, 1]: ``D / max D`` or ``(D − min) / (max − min)``.
+
+    A constant (or all-zero) map has no contrast and maps to all zeros; NaN raises.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    heat = heat.float()
+    if torch.isnan(heat).any():
+        raise ValueError("the heat map contains NaN; the recorded attention is invalid (check the model's dtype)")
+    hi = heat.amax(dim=(-2, -1), keepdim=True)
+    lo = heat.amin(dim=(-2, -1), keepdim=True) if mode == "minmax" else torch.zeros_like(hi)
+    span = hi - lo
+    return torch.where(span > 0, (heat - lo) / span.clamp(min=torch.finfo(heat.dtype).tiny), torch.zeros_like(heat))
+
+
+def binarize(heat: torch.Tensor, threshold: float = 0.4, mode: str = "minmax") -> torch.Tensor:
+    """Eq. 7: a boolean mask of the pixels at or above ``threshold`` of the map (see module docs for ``mode``).
+
+    An all-zero or constant map gives an all-False mask (no division by zero).
+    """
+    t = check_threshold(threshold)
+    norm = normalize(heat, mode)
+    mask = norm >= t
+    flat = (norm.amax(dim=(-2, -1), keepdim=True) <= 0)  # no contrast: nothing stands out
+    return mask & ~flat
+
+
+def word_map(token_maps: torch.Tensor, positions: Iterable[int]) -> torch.Tensor:
+    """A word's map is the mean of its tokens' maps (as in the paper's code). ``[T, H, W] → [H, W]``."""
+    idx = list(positions)
+    if not idx:
+        raise ValueError("a word needs at least one token position")
+    return token_maps[idx].mean(0)
+
+
+def select_layers(
+    maps: Mapping[str, torch.Tensor], names: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """The subset of ``maps`` whose layer names are in ``names`` (all when None)."""
+    if names is None:
+        return dict(maps)
+    wanted = list(names)
+    missing = [n for n in wanted if n not in maps]
+    if missing:
+        raise KeyError(f"unknown layer(s) {missing}; recorded layers are: {list(maps)}")
+    return {n: maps[n] for n in wanted}

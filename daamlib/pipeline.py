@@ -1,0 +1,109 @@
+"""Load a pipeline by name or path, and generate an image with its heat maps in one call.
+
+>>> pipe = load_pipeline("shapeworld")                          # the embedded model   # doctest: +SKIP
+>>> pipe = load_pipeline("stabilityai/stable-diffusion-2-base", device="cuda", dtype=torch.float16)  # doctest: +SKIP
+>>> hm = generate(pipe, "a red circle above a blue square", seed=0)                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .heatmap import HeatMaps
+from .trace import trace
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_MODEL = REPO_ROOT / "data" / "models" / "shapeworld"
+TINY = {"tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+SCHEDULERS = ("ddim", "dpm", "euler", "pndm")
+
+
+def default_model() -> str:
+    """``"shapeworld"`` (the embedded model) when its folder is present, else the tiny SD-1 test model."""
+    return "shapeworld" if (EMBEDDED_MODEL / "model_index.json").is_file() else "tiny-sd1"
+
+
+def resolve_model(model_id: str) -> str:
+    """A model name, alias or folder → what ``from_pretrained`` takes (aliases: shapeworld, tiny-sd1/2/xl)."""
+    if model_id == "shapeworld":
+        if not (EMBEDDED_MODEL / "model_index.json").is_file():
+            raise FileNotFoundError(f"the embedded ShapeWorld model is not at {EMBEDDED_MODEL}; "
+                                    "check out the repository with its data/ folder, or pass --model tiny-sd1")
+        return str(EMBEDDED_MODEL)
+    return model_id
+
+
+def set_scheduler(pipe, name: str):
+    """Swap the pipeline's scheduler for ``ddim``, ``dpm`` (DPM-Solver++ multistep), ``euler`` or ``pndm``."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    classes = dict(zip(SCHEDULERS, (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler)))
+    if name not in classes:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {SCHEDULERS}")
+    pipe.scheduler = classes[name].from_config(pipe.scheduler.config)
+    return pipe
+
+
+def load_pipeline(model_id: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                  scheduler: str | None = None):
+    """Load a text-to-image pipeline: a tiny alias, ``shapeworld``, a local folder or a Hub id.
+
+    ``DiffusionPipeline.from_pretrained`` picks the class (SD 1.x/2.x → ``StableDiffusionPipeline``,
+    SDXL → ``StableDiffusionXLPipeline``). The safety checker is left out: it blanks images,
+    which would blank their maps' meaning too.
+    """
+    from diffusers import DiffusionPipeline
+
+    model_id = model_id or default_model()
+    if model_id in TINY:
+        from .tiny import tiny_pipeline
+
+        pipe = tiny_pipeline(TINY[model_id])
+    else:
+        source = resolve_model(model_id)
+        local = Path(source).is_dir()
+        if not local and (source.startswith((".", "/", "~")) or Path(source).suffix):
+            raise FileNotFoundError(f"model folder {source!r} does not exist; pass a folder with model_index.json, "
+                                    f"a Hub id such as stabilityai/stable-diffusion-2-base, or one of: shapeworld, {', '.join(TINY)}")
+        try:
+            pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, local_files_only=local,
+                                                     safety_checker=None, requires_safety_checker=False)
+        except OSError as e:
+            raise OSError(f"could not load {source!r}: {e}\nIf this machine is offline, download the model elsewhere "
+                          "and pass its folder, or use the embedded model (shapeworld)") from e
+    if scheduler:
+        set_scheduler(pipe, scheduler)
+    pipe.set_progress_bar_config(leave=False)
+    return pipe.to(device)
+
+
+def check_prompt(prompt) -> list[str]:
+    """The prompt(s) as a list, or a clear error for an empty or non-string prompt."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}: {prompt!r}")
+    for p in prompts:
+        if not p.strip():
+            raise ValueError("the prompt is empty; DAAM attributes pixels to the prompt's words, so give it at least one word")
+    return list(prompts)
+
+
+def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = None,
+             guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+             negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
+             keep_heads: bool = False, store_device: str | None = None, **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
+    """Generate with ``pipe`` under a trace; return the image's :class:`HeatMaps` (a list for several images).
+
+    The seed drives a CPU ``torch.Generator``, so an image is the same on every device
+    for the same seed (up to the device's arithmetic). Other keywords go to the pipeline.
+    """
+    prompts = check_prompt(prompt)
+    kwargs = {k: v for k, v in dict(num_inference_steps=steps, guidance_scale=guidance_scale, height=height,
+                                    width=width, negative_prompt=negative_prompt).items() if v is not None}
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    with trace(pipe, keep_heads=keep_heads, store_device=store_device) as tc:
+        out = pipe(prompt, generator=generator, num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
+    maps = [tc.heat_maps(i, image=img) for i, img in enumerate(out.images)]
+    return maps[0] if isinstance(prompt, str) and num_images_per_prompt == 1 else maps

@@ -1,0 +1,303 @@
+"""Capture: record cross-attention probabilities while a diffusers pipeline generates.
+
+>>> with daamlib.trace(pipe) as tc:                                    # doctest: +SKIP
+...     out = pipe("a red circle above a blue square", generator=g)
+>>> heat_maps = tc.heat_maps(0, image=out.images[0])                  # doctest: +SKIP
+>>> heat_maps["circle"].binarize(0.4)                                 # doctest: +SKIP
+
+``trace`` swaps the attention processor of every cross-attention module of the UNet (the
+modules themselves say so: ``attn.is_cross_attention``) for a recording one, leaves
+self-attention on its fast path, and restores the original processors in ``finally``.
+Processors are global state of the pipeline: one trace at a time per pipeline.
+
+What is recorded, per UNet call (a *step*) and cross-attention layer: ``softmax(QKᵀ/√d)``
+of the conditional half of the batch only (the unconditional half of classifier-free
+guidance goes through the original fast kernel), summed over heads (or kept with
+``keep_heads=True``), for the prompt's tokens only (start, words, first end token), as a
+float32 ``[images, tokens, h, w]`` map at the layer's own resolution.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .words import Alignment, align_words
+
+SUPPORTED = (
+    "StableDiffusionPipeline (SD 1.x, 2.x)",
+    "StableDiffusionXLPipeline (SDXL)",
+    "other diffusers pipelines whose `unet` is a UNet2DConditionModel with cross-attention",
+)
+
+
+class TraceError(RuntimeError):
+    """Misuse of a trace: nesting, an unsupported pipeline, or maps asked for before generation."""
+
+
+class UnsupportedPipelineError(TraceError, TypeError):
+    """The pipeline has no UNet with cross-attention to record."""
+
+
+@dataclass
+class Generation:
+    """Everything recorded during one pipeline call."""
+
+    prompts: list[str | None]  # one per prompt (None when called with prompt_embeds)
+    alignments: list[Alignment | None]
+    images_per_prompt: int
+    guidance: bool  # classifier-free guidance on: the UNet batch is [uncond, cond]
+    n_tokens: int | None  # token columns kept (None: unknown, all kept)
+    maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # layer -> per step [B, (heads,) T, h, w]
+    timesteps: list[float] = field(default_factory=list)
+    latent_size: tuple[int, int] | None = None
+
+
+class _Recorder:
+    """Shared state of one trace: the current generation and step, read by every processor."""
+
+    def __init__(self, keep_heads: bool, store_device: torch.device | str | None):
+        self.keep_heads = keep_heads
+        self.store_device = None if store_device is None else torch.device(store_device)
+        self.generations: list[Generation] = []
+        self.current: Generation | None = None
+
+    def begin(self, prompts, alignments, images_per_prompt, guidance):
+        lengths = [len(a.tokens) for a in alignments if a is not None]
+        n_tokens = max(lengths) if lengths and all(a is not None for a in alignments) else None
+        self.current = Generation(prompts, alignments, images_per_prompt, guidance, n_tokens)
+        self.generations.append(self.current)
+
+    def on_unet_call(self, sample: torch.Tensor, timestep) -> None:
+        if self.current is None:  # a pipeline that never called encode_prompt
+            self.begin([None], [None], sample.shape[0], guidance=False)
+        g = self.current
+        g.latent_size = tuple(sample.shape[-2:])
+        t = timestep.flatten()[0].item() if torch.is_tensor(timestep) else float(timestep)
+        g.timesteps.append(t)
+
+    def grid(self, n_queries: int) -> tuple[int, int]:
+        """The (h, w) of a layer's query grid from its length and the latent size."""
+        H, W = self.current.latent_size
+        for k in range(8):
+            h, w = math.ceil(H / 2**k), math.ceil(W / 2**k)
+            if h * w == n_queries:
+                return h, w
+        raise TraceError(f"cannot place {n_queries} attention queries on a grid of the {H}×{W} latent")
+
+
+class RecordingAttnProcessor:
+    """Attention that also records the conditional cross-attention probabilities.
+
+    The unconditional half (if any) runs through ``scaled_dot_product_attention`` as usual;
+    the conditional half computes ``softmax(QKᵀ·scale)`` explicitly, in float32, and records it.
+    """
+
+    def __init__(self, recorder: _Recorder, name: str):
+        self.recorder = recorder
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        rec, gen = self.recorder, self.recorder.current
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+
+        B, N, _ = hidden_states.shape
+        T_in = encoder_hidden_states.shape[1]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, T_in, B)
+            attention_mask = attention_mask.view(B, attn.heads, -1, attention_mask.shape[-1])
+
+        q, k, v = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        d = k.shape[-1] // attn.heads
+        q, k, v = (x.view(B, -1, attn.heads, d).transpose(1, 2) for x in (q, k, v))  # [B, heads, N|T, d]
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+
+        b0 = B // 2 if gen.guidance else 0  # first conditional row
+        if gen.guidance and B % 2:
+            raise TraceError(f"classifier-free guidance expects an even UNet batch, got {B}")
+        parts = []
+        if b0:
+            m = None if attention_mask is None else attention_mask[:b0]
+            parts.append(F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=m, scale=attn.scale))
+        scores = (q[b0:].float() @ k[b0:].float().transpose(-1, -2)) * attn.scale  # [Bc, heads, N, T]
+        if attention_mask is not None:
+            scores = scores + attention_mask[b0:].float()
+        probs = scores.softmax(-1)
+        parts.append((probs.to(v.dtype) @ v[b0:]))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        self._record(probs, N)
+
+        out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _record(self, probs: torch.Tensor, n_queries: int) -> None:
+        rec, gen = self.recorder, self.recorder.current
+        T = gen.n_tokens or probs.shape[-1]
+        p = probs[..., :T]  # [Bc, heads, N, T]
+        if not rec.keep_heads:
+            p = p.sum(1)  # [Bc, N, T]
+        h, w = rec.grid(n_queries)
+        p = p.transpose(-1, -2).reshape(*p.shape[:-2], T, h, w)  # [Bc, (heads,) T, h, w]
+        if rec.store_device is not None:
+            p = p.to(rec.store_device, non_blocking=True)
+        gen.maps.setdefault(self.name, []).append(p)
+
+
+def cross_attention_modules(unet) -> dict[str, object]:
+    """Dotted processor names of the UNet's cross-attention modules, in the order they run."""
+    found = {}
+    for name, module in unet.named_modules():
+        if getattr(module, "is_cross_attention", False) and hasattr(module, "set_processor"):
+            found[f"{name}.processor"] = module
+    return found
+
+
+class Trace:
+    """The handle ``trace`` yields: recorded generations and the heat maps made from them."""
+
+    def __init__(self, pipe, recorder: _Recorder):
+        self.pipe = pipe
+        self._rec = recorder
+
+    @property
+    def generations(self) -> list[Generation]:
+        return self._rec.generations
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._layers)
+
+    def heat_maps(self, index: int = 0, image=None, generation: int = -1):
+        """Heat maps of image ``index`` of a generation (the last by default) as a :class:`HeatMaps`.
+
+        Images are ordered as diffusers returns them: prompt 0's images, then prompt 1's, ...
+        """
+        from .heatmap import HeatMaps
+
+        if not self._rec.generations:
+            raise TraceError("no generation was recorded yet: call the pipeline inside `with trace(pipe)` first")
+        gen = self._rec.generations[generation]
+        if not gen.maps:
+            raise TraceError("the pipeline was called but no cross-attention ran (was generation interrupted?)")
+        n_images = next(iter(gen.maps.values()))[0].shape[0]
+        if not -n_images <= index < n_images:
+            raise IndexError(f"image index {index} out of range: this generation made {n_images} image(s)")
+        index %= n_images
+        alignment = gen.alignments[index // gen.images_per_prompt] if len(gen.alignments) > 1 else gen.alignments[0]
+        if alignment is None:
+            raise TraceError(
+                "the pipeline was called with prompt_embeds, so the prompt's words are unknown; "
+                "pass `prompt=` to the pipeline instead"
+            )
+        T = len(alignment.tokens)
+        maps = {name: torch.stack([m[index] for m in steps])[..., :T, :, :] for name, steps in gen.maps.items()}
+        size = _image_size(self.pipe, gen.latent_size)
+        return HeatMaps(alignment, maps, size=size, image=image, timesteps=list(gen.timesteps))
+
+
+def _image_size(pipe, latent_size):
+    factor = getattr(pipe, "vae_scale_factor", None) or 8
+    return (latent_size[0] * factor, latent_size[1] * factor)
+
+
+def _prompt_list(prompt) -> list:
+    if prompt is None:
+        return [None]
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}: {prompt!r}")
+
+
+@contextmanager
+def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | None = None) -> Iterator[Trace]:
+    """Record cross-attention of ``pipe`` for every call made inside the block.
+
+    ``keep_heads`` keeps each head's map (``[images, heads, tokens, h, w]`` per step and layer)
+    instead of their sum. ``store_device="cpu"`` moves recorded maps off the accelerator as
+    they are made (for long runs on a GPU). Raises :class:`UnsupportedPipelineError` for a
+    pipeline without a cross-attention UNet and :class:`TraceError` when already traced.
+    """
+    unet = getattr(pipe, "unet", None)
+    modules = cross_attention_modules(unet) if unet is not None else {}
+    if not modules:
+        raise UnsupportedPipelineError(
+            f"{type(pipe).__name__} has no UNet with cross-attention to trace; supported: " + "; ".join(SUPPORTED)
+        )
+    if getattr(pipe, "_daam_trace", None) is not None:
+        raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
+
+    recorder = _Recorder(keep_heads, store_device)
+    original = unet.attn_processors  # a fresh dict, keyed by dotted path
+    recording = {name: RecordingAttnProcessor(recorder, name) for name in modules}
+    encode = pipe.encode_prompt
+    signature = inspect.signature(encode)
+
+    def encode_and_note(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        prompts = _prompt_list(a.get("prompt"))
+        tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
+        alignments = [None if p is None else align_words(p, tokenizer) for p in prompts]
+        for al in alignments:
+            if al is not None and al.truncated:
+                warnings.warn(
+                    f"the prompt {al.prompt[:60]!r}... is longer than the text encoder's {al.max_length} tokens; "
+                    "words past the limit were dropped and have no heat map",
+                    stacklevel=3,
+                )
+        if a.get("prompt") is None and a.get("prompt_embeds") is not None:
+            prompts = [None] * a["prompt_embeds"].shape[0]
+            alignments = [None] * len(prompts)
+        recorder.begin(prompts, alignments, int(a.get("num_images_per_prompt") or 1), bool(a.get("do_classifier_free_guidance")))
+        return encode(*args, **kwargs)
+
+    hook = unet.register_forward_pre_hook(
+        lambda module, args, kwargs: recorder.on_unet_call(
+            args[0] if args else kwargs["sample"], args[1] if len(args) > 1 else kwargs["timestep"]
+        ),
+        with_kwargs=True,
+    )
+    handle = Trace(pipe, recorder)
+    handle._layers = list(modules)
+    pipe._daam_trace = handle
+    try:
+        merged = dict(original)
+        merged.update(recording)
+        unet.set_attn_processor(merged)
+        pipe.encode_prompt = encode_and_note
+        yield handle
+    finally:
+        hook.remove()
+        unet.set_attn_processor(dict(original))
+        for attr in ("encode_prompt", "_daam_trace"):
+            vars(pipe).pop(attr, None)
