@@ -1,0 +1,31 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(1)  # 2 cores: leave one for whatever else runs
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """Tiny pipelines by kind, built once per test session."""
+    from daamlib.tiny import tiny_pipeline
+
+    cache = {}
+
+    def get(kind="sd1"):
+        if kind not in cache:
+            cache[kind] = tiny_pipeline(kind)
+        return cache[kind]
+
+    return get
+
+
+def run(pipe, prompt, seed=0, **kw):
+    """Run a pipeline with a fixed seed (or one generator per seed in a list), returning the image tensor."""
+    gen = [torch.Generator().manual_seed(s) for s in seed] if isinstance(seed, list) else torch.Generator().manual_seed(seed)
+    kw.setdefault("num_inference_steps", 2)
+    kw.setdefault("guidance_scale", 5.0)
+    return pipe(prompt, generator=gen, output_type="pt", **kw).images

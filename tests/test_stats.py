@@ -1,0 +1,51 @@
+"""Overlap statistics on hand-made masks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from daamlib import stats
+
+
+def masks():
+    head = torch.zeros(4, 4, dtype=torch.bool)
+    head[:2, :] = True  # 8 pixels
+    dep = torch.zeros(4, 4, dtype=torch.bool)
+    dep[1, :2] = True  # 2 pixels, both inside head
+    return head, dep
+
+
+def test_iou_iod_ioh_on_hand_made_masks():
+    head, dep = masks()
+    assert stats.iou(head, dep) == pytest.approx(2 / 8)
+    assert stats.iod(head, dep) == pytest.approx(1.0)  # the dependent lies inside the head
+    assert stats.ioh(head, dep) == pytest.approx(2 / 8)
+    assert stats.intersection(head, dep) == 2
+
+
+def test_accepts_numpy_and_checks_shapes():
+    head, dep = masks()
+    assert stats.iou(head.numpy(), dep.numpy()) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="differ in shape"):
+        stats.iou(head, dep[:2])
+
+
+def test_empty_denominators_are_nan_not_errors():
+    empty = torch.zeros(3, 3, dtype=torch.bool)
+    assert math.isnan(stats.iou(empty, empty))
+    assert math.isnan(stats.iod(torch.ones(3, 3), empty))
+    assert math.isnan(stats.ioh(empty, torch.ones(3, 3)))
+
+
+def test_mean_ci_matches_t_interval_and_skips_nan():
+    from scipy import stats as st
+
+    x = np.array([0.2, 0.4, 0.5, 0.9, math.nan])
+    ci = stats.mean_ci(x)
+    lo, hi = st.t.interval(0.95, 3, loc=np.mean(x[:4]), scale=st.sem(x[:4]))
+    assert ci.n == 4
+    assert ci.mean == pytest.approx(0.5)
+    assert (ci.low, ci.high) == pytest.approx((lo, hi))
+    assert stats.mean_ci([]).n == 0

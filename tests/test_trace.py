@@ -1,0 +1,262 @@
+"""Capture on tiny SD-1, SD-2 and SDXL pipelines: unchanged images, maps equal to a naive reference."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor
+
+from conftest import run
+from daamlib import TraceError, UnsupportedPipelineError, trace
+from daamlib.trace import cross_attention_modules
+
+KINDS = ["sd1", "sd2", "sdxl"]
+
+
+class NaiveRecorder:
+    """An independent reference: diffusers' classic AttnProcessor with every cross-attention
+    probability kept (all heads, all 77 tokens, both CFG halves), upsampled map by map."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, []
+
+    def __enter__(self):
+        self.original = self.pipe.unet.attn_processors
+        mods = cross_attention_modules(self.pipe.unet)
+        self.pipe.unet.set_attn_processor({**self.original, **{n: AttnProcessor() for n in mods}})
+        for name, m in mods.items():
+            def scores(q, k, mask=None, _m=m, _name=name):
+                p = type(_m).get_attention_scores(_m, q, k, mask)
+                self.calls.append((_name, p.detach().clone()))
+                return p
+            m.get_attention_scores = scores
+        self.mods = mods
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.mods.values():
+            del m.get_attention_scores
+        self.pipe.unet.set_attn_processor(dict(self.original))
+
+    def token_maps(self, image_index, n_images, cfg, n_tokens, latent, size, heads_of):
+        total = 0
+        for name, p in self.calls:
+            heads = heads_of[name]
+            B = p.shape[0] // heads
+            p = p.reshape(B, heads, *p.shape[1:])  # [B, heads, N, 77]
+            cond = p[B // 2:] if cfg else p
+            assert cond.shape[0] == n_images
+            N = p.shape[2]
+            h, w = next((math.ceil(latent[0] / 2**k), math.ceil(latent[1] / 2**k)) for k in range(8)
+                        if math.ceil(latent[0] / 2**k) * math.ceil(latent[1] / 2**k) == N)
+            for head in range(heads):
+                m = cond[image_index, head, :, :n_tokens].T.reshape(n_tokens, h, w)
+                total = total + F.interpolate(m[None], size=size, mode="bicubic", align_corners=False)[0]
+        return total.clamp(min=0)
+
+
+def reference(pipe, prompt, seed=0, image_index=0, **kw):
+    with NaiveRecorder(pipe) as rec:
+        images = run(pipe, prompt, seed=seed, **kw)
+    return rec, images
+
+
+def heads_of(pipe):
+    return {n: m.heads for n, m in cross_attention_modules(pipe.unet).items()}
+
+
+def check_against_reference(pipe, prompt, seed=0, image_index=0, **kw):
+    rec, ref_images = reference(pipe, prompt, seed, **kw)
+    with trace(pipe) as tc:
+        images = run(pipe, prompt, seed=seed, **kw)
+    # the trace must not change the image
+    assert (images - ref_images).abs().max() <= 1e-5
+    hm = tc.heat_maps(image_index)
+    n_images = images.shape[0]
+    cfg = kw.get("guidance_scale", 5.0) > 1
+    latent = tc.generations[-1].latent_size
+    want = rec.token_maps(image_index, n_images, cfg, len(hm.tokens), latent, hm.size, heads_of(pipe))
+    got = hm.token_maps()
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    return tc, hm
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_maps_equal_naive_reference_and_image_unchanged(tiny, kind):
+    tc, hm = check_against_reference(tiny(kind), "a giraffe and a zebra")
+    assert hm.tokens[0] == "<|startoftext|>" and hm.tokens[-1] == "<|endoftext|>"
+    assert hm.size == (64, 64)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_guidance_off_records_the_whole_batch(tiny, kind):
+    tc, hm = check_against_reference(tiny(kind), "a red circle", guidance_scale=1.0)
+    assert not tc.generations[-1].guidance
+
+
+def test_several_images_per_prompt_and_negative_prompt(tiny):
+    pipe = tiny("sd2")
+    for i in range(3):
+        check_against_reference(pipe, "a photo of a cat", image_index=i, num_images_per_prompt=3,
+                                negative_prompt="a blurry dog")
+
+
+def test_list_of_prompts_of_different_lengths(tiny):
+    pipe = tiny("sd1")
+    prompts = ["a cat", "a giraffe and a zebra standing in a field"]
+    for i, p in enumerate(prompts):
+        tc, hm = check_against_reference(pipe, prompts, image_index=i)
+        assert hm.prompt == p
+        assert len(hm.tokens) == len(pipe.tokenizer(p).input_ids)
+
+
+def test_batched_maps_equal_single_prompt_runs(tiny):
+    pipe = tiny("sd1")
+    prompts = ["a cat", "a red circle above a blue square"]
+    with trace(pipe) as tc:
+        batch = run(pipe, prompts, seed=[1, 2])
+    for i, (p, s) in enumerate(zip(prompts, [1, 2])):
+        with trace(pipe) as single:
+            image = run(pipe, p, seed=s)
+        assert (batch[i] - image[0]).abs().max() <= 1e-5
+        torch.testing.assert_close(tc.heat_maps(i).token_maps(), single.heat_maps(0).token_maps(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sd2", "sdxl"])
+def test_non_square_latents(tiny, kind):
+    # the tiny VAE downsamples by 2: a 128×192 image has 64×96 latents
+    tc, hm = check_against_reference(tiny(kind), "a bird over the sea", height=128, width=192)
+    assert hm.size == (128, 192)
+    assert hm["bird"].heat.shape == (128, 192)
+    assert tc.generations[-1].latent_size == (64, 96)
+
+
+def test_keep_heads_sums_to_the_head_summed_record(tiny):
+    pipe = tiny("sd2")
+    with trace(pipe, keep_heads=True) as tc:
+        run(pipe, "a cat")
+    with trace(pipe) as tc2:
+        run(pipe, "a cat")
+    hm, hm2 = tc.heat_maps(0), tc2.heat_maps(0)
+    assert hm.heads_kept and not hm2.heads_kept
+    for name in hm.layers:
+        torch.testing.assert_close(hm.maps[name].sum(1), hm2.maps[name], rtol=1e-5, atol=1e-6)
+    one_head = hm.select(heads=[0])
+    assert all(m.shape[1] == 1 for m in one_head.maps.values())
+
+
+def test_storage_is_per_step_and_layer_at_native_resolution(tiny):
+    pipe = tiny("sd1")
+    with trace(pipe) as tc:
+        run(pipe, "a cat", num_inference_steps=3)
+    hm = tc.heat_maps(0)
+    assert len(hm.layers) == len(cross_attention_modules(pipe.unet))
+    for name, m in hm.maps.items():
+        assert m.dtype == torch.float32
+        assert m.shape[:2] == (3, len(hm.tokens))  # steps, tokens (start, a, cat, end)
+    assert sorted({m.shape[-1] for m in hm.maps.values()}) == [8, 16, 32]
+    assert len(hm.timesteps) == 3 and hm.timesteps[0] > hm.timesteps[-1]
+
+
+def test_post_hoc_selection_equals_aggregating_the_subset(tiny):
+    pipe = tiny("sd1")
+    with trace(pipe) as tc:
+        run(pipe, "a cat", num_inference_steps=4)
+    hm = tc.heat_maps(0)
+    from daamlib.kernel import aggregate
+
+    first = hm.select(steps=range(2))
+    torch.testing.assert_close(first.token_maps(), aggregate([m[:2] for m in hm.maps.values()], hm.size))
+    assert first.steps == [0, 1]
+    last = hm.select(steps=slice(-1, None))
+    assert last.steps == [3]
+    coarse = hm.select(resolutions=[8])
+    assert coarse.resolutions == [(8, 8)]
+    by_name = hm.select(layers="*up_blocks*")
+    assert by_name.layers and all("up_blocks" in n for n in by_name.layers)
+    with pytest.raises(KeyError, match="no layer has resolution"):
+        hm.select(resolutions=[3])
+    with pytest.raises(IndexError, match="out of range"):
+        hm.select(steps=[7])
+    with pytest.raises(ValueError, match="keep_heads=True"):
+        hm.select(heads=[0])
+
+
+def test_processors_restored_after_an_exception_and_next_trace_works(tiny):
+    pipe = tiny("sd1")
+    before = pipe.unet.attn_processors
+    with pytest.raises(RuntimeError, match="boom"):
+        with trace(pipe):
+            during = pipe.unet.attn_processors
+            raise RuntimeError("boom")
+    after = pipe.unet.attn_processors
+    assert all(after[k] is before[k] for k in before)
+    assert "encode_prompt" not in vars(pipe) and not hasattr(pipe, "_daam_trace")
+    # self-attention stayed on its fast path during the trace; cross-attention was swapped
+    cross = set(cross_attention_modules(pipe.unet))
+    assert all(during[k] is before[k] for k in before if k not in cross)
+    assert all(type(during[k]).__name__ == "RecordingAttnProcessor" for k in cross)
+    with trace(pipe) as tc:
+        run(pipe, "a cat")
+    assert tc.heat_maps(0)["cat"].heat.shape == (64, 64)
+
+
+def test_generation_error_inside_trace_restores(tiny):
+    pipe = tiny("sd1")
+    before = pipe.unet.attn_processors
+    def fail(*args):
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C after the first step
+
+    with pytest.raises(KeyboardInterrupt):
+        with trace(pipe):
+            run(pipe, "a cat", callback_on_step_end=fail)
+    assert all(pipe.unet.attn_processors[k] is before[k] for k in before)
+
+
+def test_nested_trace_is_refused(tiny):
+    pipe = tiny("sd1")
+    with trace(pipe):
+        with pytest.raises(TraceError, match="already being traced"):
+            with trace(pipe):
+                pass
+    with trace(pipe):  # and the outer one cleaned up
+        pass
+
+
+def test_heat_maps_before_generation_and_unsupported_pipeline(tiny):
+    with trace(tiny("sd1")) as tc:
+        with pytest.raises(TraceError, match="no generation was recorded yet"):
+            tc.heat_maps(0)
+
+    class NotAPipeline:
+        unet = torch.nn.Linear(2, 2)
+
+    with pytest.raises(UnsupportedPipelineError, match="StableDiffusionPipeline"):
+        with trace(NotAPipeline()):
+            pass
+
+
+def test_long_prompt_warns_at_generation(tiny):
+    pipe = tiny("sd1")
+    prompt = " ".join(["cat"] * 80) + " zebra"
+    with trace(pipe) as tc, pytest.warns(UserWarning, match="longer than the text encoder"):
+        run(pipe, prompt, num_inference_steps=1)
+    hm = tc.heat_maps(0)
+    assert len(hm.tokens) == 77
+    with pytest.raises(KeyError, match="limit of 77 tokens"):
+        hm["zebra"]
+
+
+def test_from_pretrained_round_trip_loads_and_traces(tiny, tmp_path):
+    from daamlib import generate, load_pipeline
+
+    pipe = tiny("sd2")
+    pipe.save_pretrained(tmp_path / "m")
+    loaded = load_pipeline(str(tmp_path / "m"))
+    a = run(pipe, "a cat")
+    b = run(loaded, "a cat")
+    assert (a - b).abs().max() <= 1e-5
+    hm = generate(loaded, "a cat", seed=0, steps=2)
+    assert hm.words == ["a", "cat"] and hm.image.shape == (64, 64, 3)
