@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^\w-]+", "_", text).strip("_") or "tok"
+    return re.sub(r"[^\w-]+", "_", text).strip("_") or "punct"
 
 
 def main(argv: list[str] | None = None) -> int:

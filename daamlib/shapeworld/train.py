@@ -1,0 +1,402 @@
+"""Train the embedded ShapeWorld model: first the VAE, then the UNet and text encoder jointly.
+
+    python -m daamlib.shapeworld.train                 # start, or resume where a killed run stopped
+    python -m daamlib.shapeworld.train --max-minutes 100
+
+Resumable: a checkpoint (model, EMA, optimizer, step, RNG state) is written atomically to
+``runs/shapeworld/ckpt.pt`` every ``--ckpt-minutes``; the diffusers folder (EMA weights, DDIM
+scheduler) is exported atomically to ``data/models/shapeworld`` every ``--export-minutes``. With no
+``runs/`` (a fresh checkout has only what git holds) training resumes from the exported weights and
+the step count in its ``training_state.json``, with a fresh optimizer. Nothing here sees a mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import (
+    ModelConfig,
+    build_sample_scheduler,
+    build_text_encoder,
+    build_tokenizer,
+    build_train_scheduler,
+    build_unet,
+    build_vae,
+    make_pipeline,
+)
+from .world import ShapeWorld
+
+VAE_INDEX_OFFSET = 50_000_000  # VAE training scenes are train-split scenes from this index on
+VAL_PROMPTS = [
+    "a red circle above a blue square on grass",
+    "two green triangles",
+    "a large striped hexagon next to a yellow star",
+    "a purple heart left of an orange diamond in the sky",
+    "a small yellow ring inside a large red square",
+    "three blue crosses on sand",
+    "a green ellipse overlapping a purple pentagon on water",
+    "an orange arrow below a red semicircle",
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m daamlib.shapeworld.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", default="runs/shapeworld", help="checkpoints, logs, samples (git-ignored)")
+    p.add_argument("--export-dir", default="data/models/shapeworld", help="the shipped diffusers folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--vae-steps", type=int, default=700)
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=1_000_000, help="stop at this UNet step")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (this invocation)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--p-uncond", type=float, default=0.1, help="fraction of empty captions (for guidance)")
+    p.add_argument("--pool", type=int, default=16384, help="scenes whose latents are kept in memory")
+    p.add_argument("--refresh-every", type=int, default=50, help="steps between pool refreshes")
+    p.add_argument("--refresh", type=int, default=256, help="new scenes per refresh (oldest dropped)")
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--export-minutes", type=float, default=15.0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--text-layers", type=int, default=0)
+    p.add_argument("--unet-channels", default="32,64,128")
+    p.add_argument("--unet-heads", type=int, default=4)
+    return p.parse_args(argv)
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def grid_png(rows: list[np.ndarray], path: Path, scale: int = 2) -> None:
+    from PIL import Image
+
+    g = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST).save(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 1: the VAE
+
+
+def train_vae(args, cfg: ModelConfig, world: ShapeWorld, run: Path, export: Path):
+    from diffusers import AutoencoderKL
+
+    vae_dir = run / "vae"
+    if (vae_dir / "config.json").exists():
+        return AutoencoderKL.from_pretrained(vae_dir)
+    if (export / "vae" / "config.json").exists():
+        log(f"using the exported VAE from {export / 'vae'}")
+        return AutoencoderKL.from_pretrained(export / "vae")
+    torch.manual_seed(args.seed)
+    vae = build_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    start = 0
+    ck = run / "vae_ckpt.pt"
+    if ck.exists():
+        s = torch.load(ck, weights_only=False)
+        vae.load_state_dict(s["vae"])
+        opt.load_state_dict(s["opt"])
+        torch.set_rng_state(s["rng"])
+        start = s["step"]
+        log(f"VAE: resumed at step {start}")
+    log(f"VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, {args.vae_steps} steps of {args.vae_batch}")
+    t_ck = time.time()
+    B = args.vae_batch
+    vae.train()
+    for step in range(start, args.vae_steps):
+        lr = args.vae_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        imgs = np.stack([world.scene("train", VAE_INDEX_OFFSET + step * B + i).image for i in range(B)])
+        x = images_to_tensor(imgs)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        kl = post.kl().mean()
+        loss = rec_loss + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 20 == 0:
+            log(f"VAE step {step} loss {rec_loss.item():.5f} kl {kl.item():.1f} lr {lr:.2e}")
+        if time.time() - t_ck > args.ckpt_minutes * 60:
+            atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
+                         "step": step + 1}, ck)
+            t_ck = time.time()
+    vae.eval()
+    # scaling factor: 1 / std of the latents of held-apart scenes (SD's 0.18215 was found the same way)
+    val = np.stack([world.scene("val", i).image for i in range(256)])
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(images_to_tensor(val[i : i + 64])).latent_dist.mean for i in range(0, 256, 64)])
+        rec = torch.cat([vae.decode(lat[i : i + 64]).sample for i in range(0, 256, 64)])
+    sf = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=sf)
+    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    mse = float(((rec_u8.astype(float) - val.astype(float)) ** 2).mean())
+    psnr = 10 * math.log10(255**2 / mse)
+    log(f"VAE done: val MSE {mse:.1f} (0..255 units), PSNR {psnr:.2f} dB, latent std {lat.std():.3f}, "
+        f"scaling_factor {sf:.4f}")
+    (run / "vae_metrics.json").write_text(json.dumps({"val_mse_255": mse, "val_psnr_db": psnr, "scaling_factor": sf,
+                                                     "steps": args.vae_steps, "batch": B}, indent=1))
+    grid_png([val[:8], rec_u8[:8], val[8:16], rec_u8[8:16]], run / "vae_recon.png", scale=3)
+    vae.save_pretrained(vae_dir)
+    return vae
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 2: UNet + text encoder
+
+
+class LatentPool:
+    """Posterior moments of the last ``size`` train scenes; scene ``i`` lives in slot ``i % size``."""
+
+    def __init__(self, size: int, max_length: int, latent_shape=(4, 16, 16)):
+        self.size = size
+        self.mean = torch.zeros(size, *latent_shape)
+        self.std = torch.zeros(size, *latent_shape)
+        self.ids = torch.zeros(size, max_length, dtype=torch.long)
+
+    @torch.no_grad()
+    def fill(self, world, vae, tokenizer, start: int, stop: int, chunk: int = 64) -> None:
+        for a in range(start, stop, chunk):
+            idx = list(range(a, min(a + chunk, stop)))
+            scenes = [world.scene("train", i) for i in idx]
+            x = images_to_tensor(np.stack([s.image for s in scenes]))
+            d = vae.encode(x).latent_dist
+            ids = tokenizer([s.caption for s in scenes], padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            slots = torch.tensor(idx) % self.size
+            self.mean[slots], self.std[slots], self.ids[slots] = d.mean, d.std, ids
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - decay)
+
+
+def export_folder(export: Path, vae, text, tokenizer, unet, cfg, state: dict, run: Path) -> None:
+    """Write the diffusers folder to a temp dir, then swap it in; keeps MODEL_CARD.md and figures."""
+    tmp = export.parent / (export.name + ".tmp")
+    old = export.parent / (export.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe = make_pipeline(vae, text, tokenizer, unet, build_sample_scheduler(cfg))
+    pipe.save_pretrained(tmp)
+    (tmp / "training_state.json").write_text(json.dumps(state, indent=1))
+    if (run / "loss.csv").exists():
+        shutil.copy(run / "loss.csv", tmp / "training_log.csv")
+    if export.exists():
+        for f in export.iterdir():  # hand-written card and figures survive re-exports
+            if f.is_file() and (f.suffix in (".md", ".png") or f.name.endswith(".json") and f.name != "model_index.json"
+                                and f.name != "training_state.json") and not (tmp / f.name).exists():
+                shutil.copy(f, tmp / f.name)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(export, old)
+    os.replace(tmp, export)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.no_grad()
+def sample_grid(vae, text, tokenizer, unet, cfg, path: Path, seed: int = 0, steps: int = 25, guidance: float = 5.0):
+    pipe = make_pipeline(vae, text, tokenizer, unet, build_sample_scheduler(cfg))
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    out = pipe(VAL_PROMPTS, num_inference_steps=steps, guidance_scale=guidance, generator=g,
+               output_type="np", height=64, width=64).images
+    imgs = (out * 255).round().astype(np.uint8)
+    grid_png([imgs], path, scale=2)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run, export = Path(args.run_dir), Path(args.export_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg = ModelConfig(text_layers=args.text_layers, unet_channels=tuple(int(c) for c in args.unet_channels.split(",")),
+                      unet_heads=args.unet_heads)
+    world = ShapeWorld(seed=args.seed)
+    t_invocation = time.time()
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        log(f"signal {signum}: checkpointing and stopping")
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    log(f"args: {' '.join(sys.argv[1:])}")
+    vae = train_vae(args, cfg, world, run, export)
+    vae.requires_grad_(False).eval()
+
+    from transformers import CLIPTokenizer
+
+    if (run / "tokenizer" / "vocab.json").exists():
+        tokenizer = CLIPTokenizer.from_pretrained(run / "tokenizer")
+    elif (export / "tokenizer" / "vocab.json").exists():
+        tokenizer = CLIPTokenizer.from_pretrained(export / "tokenizer")
+    else:
+        tokenizer = build_tokenizer(run / "tokenizer", cfg)
+
+    torch.manual_seed(args.seed)
+    text = build_text_encoder(cfg, tokenizer)
+    unet = build_unet(cfg)
+    ema_text, ema_unet = copy.deepcopy(text).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    log(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder "
+        f"{sum(p.numel() for p in text.parameters()) / 1e6:.3f}M, VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M")
+
+    step, counter, wall = 0, args.pool, 0.0
+    ck = run / "ckpt.pt"
+    if ck.exists():
+        s = torch.load(ck, weights_only=False)
+        unet.load_state_dict(s["unet"]), text.load_state_dict(s["text"])
+        ema_unet.load_state_dict(s["ema_unet"]), ema_text.load_state_dict(s["ema_text"])
+        opt.load_state_dict(s["opt"])
+        torch.set_rng_state(s["rng"])
+        step, counter, wall = s["step"], s["counter"], s["wall"]
+        log(f"resumed from {ck} at step {step}")
+    elif (export / "training_state.json").exists():
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        st = json.loads((export / "training_state.json").read_text())
+        eu = UNet2DConditionModel.from_pretrained(export / "unet")
+        et = CLIPTextModel.from_pretrained(export / "text_encoder")
+        for m in (unet, ema_unet):
+            m.load_state_dict(eu.state_dict())
+        for m in (text, ema_text):
+            m.load_state_dict(et.state_dict())
+        step, counter, wall = st["step"], st["scene_counter"], st["wall_seconds"]
+        log(f"no checkpoint: resumed from the exported weights at step {step} with a fresh optimizer")
+
+    sched = build_train_scheduler(cfg)
+    sf = vae.config.scaling_factor
+    pool = LatentPool(args.pool, tokenizer.model_max_length)
+    t0 = time.time()
+    pool.fill(world, vae, tokenizer, counter - args.pool, counter)
+    log(f"latent pool of {args.pool} scenes built in {time.time() - t0:.0f}s (scenes {counter - args.pool}..{counter - 1})")
+    empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                          return_tensors="pt").input_ids[0]
+
+    loss_csv = run / "loss.csv"
+    new_csv = not loss_csv.exists()
+    fcsv = open(loss_csv, "a", newline="")
+    writer = csv.writer(fcsv)
+    if new_csv:
+        writer.writerow(["step", "loss", "lr", "sec_per_step", "wall_seconds", "time_utc"])
+
+    def state() -> dict:
+        return {"step": step, "scene_counter": counter, "wall_seconds": round(wall, 1), "seed": args.seed,
+                "batch": args.batch, "lr": args.lr, "ema": args.ema, "p_uncond": args.p_uncond,
+                "threads": args.threads, "model": cfg.to_dict(), "vae_scaling_factor": sf,
+                "command": "python -m daamlib.shapeworld.train " + " ".join(sys.argv[1:]),
+                "exported_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def checkpoint() -> None:
+        atomic_save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                     "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
+                     "step": step, "counter": counter, "wall": wall, "args": vars(args)}, ck)
+
+    def do_export() -> None:
+        t = time.time()
+        fcsv.flush()
+        ema_unet.eval(), ema_text.eval()
+        export_folder(export, vae, ema_text, tokenizer, ema_unet, cfg, state(), run)
+        try:
+            sample_grid(vae, ema_text, tokenizer, ema_unet, cfg, run / f"samples_{step:06d}.png")
+        except Exception as e:  # a sampling failure must not kill training
+            log(f"sampling failed: {e!r}")
+        log(f"exported step {step} to {export} ({time.time() - t:.0f}s)")
+
+    unet.train(), text.train()
+    t_ck = t_ex = time.time()
+    t_last, losses = time.time(), []
+    t_mark = time.time()  # wall time counts everything in the loop: steps, pool refreshes, exports
+    log(f"training from step {step}")
+    while step < args.steps and not stop["flag"]:
+        if args.max_minutes is not None and time.time() - t_invocation > args.max_minutes * 60:
+            log("max minutes reached")
+            break
+        if step > 0 and step % args.refresh_every == 0:
+            pool.fill(world, vae, tokenizer, counter, counter + args.refresh)
+            counter += args.refresh
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, args.pool, (args.batch,))
+        z0 = (pool.mean[idx] + pool.std[idx] * torch.randn_like(pool.mean[idx])) * sf  # [B, 4, 16, 16]
+        ids = pool.ids[idx].clone()  # [B, L]
+        drop = torch.rand(args.batch) < args.p_uncond
+        ids[drop] = empty_ids
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,))
+        zt = sched.add_noise(z0, noise, t)
+        cond = text(ids).last_hidden_state  # [B, L, D]
+        pred = unet(zt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text, decay)
+        step += 1
+        now = time.time()
+        wall += now - t_mark
+        t_mark = now
+        losses.append(loss.item())
+        if step % args.log_every == 0:
+            sps = (time.time() - t_last) / len(losses)
+            writer.writerow([step, f"{np.mean(losses):.5f}", f"{lr:.2e}", f"{sps:.3f}", f"{wall:.0f}",
+                             time.strftime("%H:%M:%S", time.gmtime())])
+            fcsv.flush()
+            if step % (args.log_every * 5) == 0:
+                log(f"step {step} loss {np.mean(losses):.4f} lr {lr:.1e} {sps:.2f}s/step")
+            t_last, losses = time.time(), []
+        if time.time() - t_ck > args.ckpt_minutes * 60:
+            checkpoint()
+            t_ck = time.time()
+        if time.time() - t_ex > args.export_minutes * 60:
+            do_export()
+            t_ex = time.time()
+    checkpoint()
+    do_export()
+    fcsv.close()
+    log(f"stopped at step {step}; total training wall time {wall / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Result objects: indexing, binarisation, plotting without global pyplot state."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from conftest import run  # noqa: E402
+from daamlib import trace  # noqa: E402
+from daamlib.words import AmbiguousWordError, WordNotFoundError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def hm(tiny):
+    pipe = tiny("sd1")
+    with trace(pipe) as tc:
+        images = run(pipe, "a giraffe and a zebra", num_inference_steps=2)
+    return tc.heat_maps(0, image=images[0])
+
+
+def test_index_by_word_occurrence_and_token(hm):
+    assert hm.words == ["a", "giraffe", "and", "a", "zebra"]
+    assert hm["giraffe"].heat.shape == (64, 64)
+    torch.testing.assert_close(hm["a", 1].heat, hm.token(4).heat)
+    torch.testing.assert_close(hm[2].heat, hm["giraffe"].heat)  # token 2 is the one-token word giraffe
+    torch.testing.assert_close(hm["zebra"].heat, hm.token_maps()[[5, 6]].mean(0))
+    with pytest.raises(AmbiguousWordError):
+        hm["a"]
+    with pytest.raises(WordNotFoundError, match="words are: a, giraffe, and, a, zebra"):
+        hm["cat"]
+    with pytest.raises(IndexError, match="out of range"):
+        hm[99]
+    assert [w.word.text for w in hm] == hm.words and len(hm) == 5
+
+
+def test_binarize_and_threshold_check(hm):
+    m = hm["giraffe"].binarize(0.4)
+    assert m.dtype == torch.bool and m.shape == (64, 64) and 0 < m.sum() < 64 * 64
+    assert hm["giraffe"].binarize(0.0).all()
+    assert hm["giraffe"].binarize(0.9).sum() < m.sum()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        hm["giraffe"].binarize(1.5)
+
+
+def test_plot_on_given_axes_touches_no_global_state(hm):
+    fig, ax = plt.subplots()
+    n = len(plt.get_fignums())
+    out = hm["giraffe"].plot(ax=ax, threshold=0.4)
+    assert out.ax_ is ax and out.figure_ is fig
+    assert len(plt.get_fignums()) == n and plt.gca() is ax
+    assert len(ax.images) == 2  # image + overlay
+    grid = hm.plot()
+    assert len([a for a in grid.axes if a.images]) == 6  # image + 5 words
+    plt.close("all")
