@@ -149,7 +149,12 @@ class HeatMaps:
     def word(self, word: str, occurrence: int | None = None) -> WordHeatMap:
         """The map of ``word`` (mean of its tokens' maps); ``occurrence`` picks among repeats."""
         w = self.alignment.find(word, occurrence)
-        return WordHeatMap(w, kernel.word_map(self.token_maps(), w.tokens), self.image, self.prompt)
+        if self._token_maps is not None:
+            return WordHeatMap(w, kernel.word_map(self._token_maps, w.tokens), self.image, self.prompt)
+        # one word: upsample only its own tokens, not all of them (same result as the cached path)
+        idx = list(w.tokens)
+        own = kernel.aggregate([m[..., idx, :, :] for m in self.maps.values()], self.size)
+        return WordHeatMap(w, own.mean(0), self.image, self.prompt)
 
     def token(self, position: int) -> WordHeatMap:
         """The map of the token at ``position`` (0 is the start token)."""

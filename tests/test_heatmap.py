@@ -35,6 +35,15 @@ def test_index_by_word_occurrence_and_token(hm):
     assert [w.word.text for w in hm] == hm.words and len(hm) == 5
 
 
+def test_single_word_path_equals_the_all_tokens_path(hm):
+    from daamlib.heatmap import HeatMaps
+
+    fresh = HeatMaps(hm.alignment, hm.maps, hm.size)  # nothing cached yet
+    lone = fresh["zebra"].heat
+    assert fresh._token_maps is None
+    torch.testing.assert_close(lone, hm.token_maps()[[5, 6]].mean(0), rtol=1e-5, atol=1e-7)
+
+
 def test_binarize_and_threshold_check(hm):
     m = hm["giraffe"].binarize(0.4)
     assert m.dtype == torch.bool and m.shape == (64, 64) and 0 < m.sum() < 64 * 64
