@@ -48,18 +48,22 @@ class WordHeatMap:
         self.heat = heat
         self.image = image
         self.prompt = prompt
+        self._normalized: dict[str, torch.Tensor] = {}
 
     def __repr__(self) -> str:
         return f"WordHeatMap({self.word.text!r}, {tuple(self.heat.shape)}, max={self.heat.max().item():.4g})"
 
     def normalized(self, mode: str = "minmax") -> torch.Tensor:
-        """The map rescaled to [0, 1] (``"minmax"``: by its range; ``"max"``: by its maximum)."""
-        return kernel.normalize(self.heat, mode)
+        """The map rescaled to [0, 1] (``"minmax"``: by its range; ``"max"``: by its maximum). Cached."""
+        if mode not in self._normalized:
+            self._normalized[mode] = kernel.normalize(self.heat, mode)
+        return self._normalized[mode]
 
     def binarize(self, threshold: float = 0.4, mode: str = "minmax") -> torch.Tensor:
         """Eq. 7 at ``τ = threshold``: ``mode="max"`` thresholds ``D ≥ τ·max D`` as printed in the paper;
-        ``mode="minmax"`` (default) thresholds the min–max-normalised map, as the paper's released code does."""
-        return kernel.binarize(self.heat, threshold, mode)
+        ``mode="minmax"`` (default) thresholds the min–max-normalised map, as the paper's released code does.
+        A τ sweep normalises once (the normalised map is cached)."""
+        return kernel.binarize_normalized(self.normalized(mode), threshold)
 
     def plot(self, ax=None, threshold: float | None = None, mode: str = "minmax", cmap: str = "jet",
              alpha: float = 0.5, title: str | bool = True):

@@ -81,3 +81,10 @@ def test_nan_map_raises():
 def test_word_map_is_the_mean_of_its_tokens():
     maps = torch.stack([torch.full((2, 2), float(i)) for i in range(4)])
     torch.testing.assert_close(kernel.word_map(maps, [1, 3]), torch.full((2, 2), 2.0))
+
+
+@pytest.mark.parametrize("h, w, H, W", [(4, 4, 8, 8), (8, 12, 64, 96), (3, 5, 17, 40), (64, 64, 512, 512), (1, 2, 4, 4)])
+def test_separable_upsample_equals_torch_bicubic(h, w, H, W):
+    x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(h * w))
+    want = F.interpolate(x, size=(H, W), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(kernel.upsample(x, (H, W)), want, rtol=1e-5, atol=1e-6)
