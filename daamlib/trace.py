@@ -96,8 +96,10 @@ class _Recorder:
 class RecordingAttnProcessor:
     """Attention that also records the conditional cross-attention probabilities.
 
-    The unconditional half (if any) runs through ``scaled_dot_product_attention`` as usual;
-    the conditional half computes ``softmax(QKᵀ·scale)`` explicitly, in float32, and records it.
+    The output is computed exactly as diffusers' ``AttnProcessor2_0`` does (one fused
+    ``scaled_dot_product_attention`` over the whole batch, probabilities never materialised);
+    then, for the conditional rows only, ``softmax(QKᵀ·scale)`` is computed in float32 for the
+    kept token columns (normalised over all keys) and recorded.
     """
 
     def __init__(self, recorder: _Recorder, name: str):
@@ -105,7 +107,7 @@ class RecordingAttnProcessor:
         self.name = name
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        rec, gen = self.recorder, self.recorder.current
+        gen = self.recorder.current
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -134,19 +136,18 @@ class RecordingAttnProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
 
-        b0 = B // 2 if gen.guidance else 0  # first conditional row
+        # the output exactly as AttnProcessor2_0 computes it, so traced images equal untraced ones bit for bit
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        # the probabilities of the conditional rows, for the kept tokens only; the softmax's
+        # normaliser still runs over every key (padding included), as in the model
         if gen.guidance and B % 2:
             raise TraceError(f"classifier-free guidance expects an even UNet batch, got {B}")
-        parts = []
-        if b0:
-            m = None if attention_mask is None else attention_mask[:b0]
-            parts.append(F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=m, scale=attn.scale))
-        scores = (q[b0:].float() @ k[b0:].float().transpose(-1, -2)) * attn.scale  # [Bc, heads, N, T]
+        b0 = B // 2 if gen.guidance else 0  # first conditional row
+        scores = (q[b0:].float() @ k[b0:].float().transpose(-1, -2)) * attn.scale  # [Bc, heads, N, T_in]
         if attention_mask is not None:
             scores = scores + attention_mask[b0:].float()
-        probs = scores.softmax(-1)
-        parts.append((probs.to(v.dtype) @ v[b0:]))
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        T = gen.n_tokens or T_in
+        probs = (scores[..., :T] - scores.logsumexp(-1, keepdim=True)).exp_()  # [Bc, heads, N, T]
         self._record(probs, N)
 
         out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
@@ -158,16 +159,15 @@ class RecordingAttnProcessor:
         return out / attn.rescale_output_factor
 
     def _record(self, probs: torch.Tensor, n_queries: int) -> None:
-        rec, gen = self.recorder, self.recorder.current
-        T = gen.n_tokens or probs.shape[-1]
-        p = probs[..., :T]  # [Bc, heads, N, T]
+        rec = self.recorder
+        p, T = probs, probs.shape[-1]
         if not rec.keep_heads:
             p = p.sum(1)  # [Bc, N, T]
         h, w = rec.grid(n_queries)
         p = p.transpose(-1, -2).reshape(*p.shape[:-2], T, h, w)  # [Bc, (heads,) T, h, w]
         if rec.store_device is not None:
             p = p.to(rec.store_device, non_blocking=True)
-        gen.maps.setdefault(self.name, []).append(p)
+        rec.current.maps.setdefault(self.name, []).append(p)
 
 
 def cross_attention_modules(unet) -> dict[str, object]:

@@ -260,3 +260,12 @@ def test_from_pretrained_round_trip_loads_and_traces(tiny, tmp_path):
     assert (a - b).abs().max() <= 1e-5
     hm = generate(loaded, "a cat", seed=0, steps=2)
     assert hm.words == ["a", "cat"] and hm.image.shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_traced_image_is_bitwise_identical_to_untraced(tiny, kind):
+    pipe = tiny(kind)
+    plain = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1])
+    with trace(pipe):
+        traced = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1])
+    assert torch.equal(plain, traced)
