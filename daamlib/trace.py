@@ -63,9 +63,10 @@ class Generation:
 class _Recorder:
     """Shared state of one trace: the current generation and step, read by every processor."""
 
-    def __init__(self, keep_heads: bool, store_device: torch.device | str | None):
+    def __init__(self, keep_heads: bool, store_device: torch.device | str | None, store=None, replay=None):
         self.keep_heads = keep_heads
         self.store_device = None if store_device is None else torch.device(store_device)
+        self.store, self.replay = store, replay  # AttentionStore to fill / to inject (see replay.py)
         self.generations: list[Generation] = []
         self.current: Generation | None = None
 
@@ -147,7 +148,19 @@ class RecordingAttnProcessor:
         if attention_mask is not None:
             scores = scores + attention_mask[b0:].float()
         T = gen.n_tokens or T_in
-        probs = (scores[..., :T] - scores.logsumexp(-1, keepdim=True)).exp_()  # [Bc, heads, N, T]
+        rec, step = self.recorder, len(gen.timesteps) - 1
+        if rec.store is None and rec.replay is None:
+            probs = (scores[..., :T] - scores.logsumexp(-1, keepdim=True)).exp_()  # [Bc, heads, N, T]
+        else:
+            full = scores.softmax(-1)
+            if rec.store is not None:
+                rec.store.put(step, self.name, full.to(q.dtype))
+                rec.store.n_tokens = gen.n_tokens
+            if rec.replay is not None and rec.replay.covers(step):
+                rec.replay.check_tokens(gen.n_tokens)
+                full = rec.replay.get(step, self.name, full)  # the seed generation's attention
+                out = torch.cat([out[:b0], full.to(v.dtype) @ v[b0:]]) if b0 else full.to(v.dtype) @ v
+            probs = full[..., :T].float()
         self._record(probs, N)
 
         out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
@@ -238,8 +251,14 @@ def _prompt_list(prompt) -> list:
 
 
 @contextmanager
-def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | None = None) -> Iterator[Trace]:
+def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | None = None,
+          store=None, replay=None) -> Iterator[Trace]:
     """Record cross-attention of ``pipe`` for every call made inside the block.
+
+    ``store`` (a :class:`daamlib.replay.AttentionStore`) also keeps the full conditional
+    probabilities for a later replay; ``replay`` injects a store's probabilities in place of
+    the model's own (for the steps the store covers), holding the recorded layout fixed.
+    The maps recorded during a replay are the injected ones.
 
     ``keep_heads`` keeps each head's map (``[images, heads, tokens, h, w]`` per step and layer)
     instead of their sum. ``store_device="cpu"`` moves recorded maps off the accelerator as
@@ -255,7 +274,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     if getattr(pipe, "_daam_trace", None) is not None:
         raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
 
-    recorder = _Recorder(keep_heads, store_device)
+    recorder = _Recorder(keep_heads, store_device, store, replay)
     original = unet.attn_processors  # a fresh dict, keyed by dotted path
     recording = {name: RecordingAttnProcessor(recorder, name) for name in modules}
     encode = pipe.encode_prompt
@@ -272,7 +291,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
             if al is not None and al.truncated:
                 warnings.warn(
                     f"the prompt {al.prompt[:60]!r}... is longer than the text encoder's {al.max_length} tokens; "
-                    "words past the limit were dropped and have no heat map",
+                    "words past the limit were dropped and have no heat map; shorten the prompt to keep them",
                     stacklevel=3,
                 )
         if a.get("prompt") is None and a.get("prompt_embeds") is not None:
