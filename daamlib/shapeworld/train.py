@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export-dir", default="data/models/shapeworld", help="the shipped diffusers folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--vae-steps", type=int, default=700)
+    p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=1_000_000, help="stop at this UNet step")
@@ -107,7 +107,7 @@ def grid_png(rows: list[np.ndarray], path: Path, scale: int = 2) -> None:
 # Phase 1: the VAE
 
 
-def train_vae(args, cfg: ModelConfig, world: ShapeWorld, run: Path, export: Path):
+def train_vae(args, cfg: ModelConfig, world: ShapeWorld, run: Path, export: Path, stop: dict | None = None):
     from diffusers import AutoencoderKL
 
     vae_dir = run / "vae"
@@ -133,6 +133,11 @@ def train_vae(args, cfg: ModelConfig, world: ShapeWorld, run: Path, export: Path
     B = args.vae_batch
     vae.train()
     for step in range(start, args.vae_steps):
+        if stop is not None and stop["flag"]:
+            atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
+                         "step": step}, ck)
+            log(f"VAE: stopped at step {step}")
+            sys.exit(0)
         lr = args.vae_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps)))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -256,7 +261,7 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
     log(f"args: {' '.join(sys.argv[1:])}")
-    vae = train_vae(args, cfg, world, run, export)
+    vae = train_vae(args, cfg, world, run, export, stop)
     vae.requires_grad_(False).eval()
 
     from transformers import CLIPTokenizer

@@ -426,6 +426,8 @@ class ShapeWorld:
         if any(w > SIZE - 2 * m or h > SIZE - 2 * m for w, h in boxes):
             raise _Retry
 
+        g0 = 4 if len(objs) == 2 and objs[0].colour == objs[1].colour else 2  # same colours stay apart
+
         def rand_pos(w, h):
             return int(rng.integers(m, SIZE - m - w + 1)), int(rng.integers(m, SIZE - m - h + 1))
 
@@ -440,7 +442,7 @@ class ShapeWorld:
             (xa, ya), (xb, yb) = pos
             if rel in ("above", "below"):
                 top, bot = (0, 1) if rel == "above" else (1, 0)
-                g = int(rng.integers(2, 9))
+                g = int(rng.integers(g0, 9))
                 if boxes[top][1] + boxes[bot][1] + g > SIZE - 2 * m:
                     raise _Retry
                 yt = int(rng.integers(m, SIZE - m - boxes[top][1] - g - boxes[bot][1] + 1))
@@ -454,10 +456,10 @@ class ShapeWorld:
             if rel in ("left of", "right of", "next to"):
                 if rel == "next to":
                     left = int(rng.integers(2))
-                    g = int(rng.integers(1, 6))
+                    g = int(rng.integers(g0 - 1, g0 + 4))
                 else:
                     left = 0 if rel == "left of" else 1
-                    g = int(rng.integers(2, 9))
+                    g = int(rng.integers(g0, 9))
                 right = 1 - left
                 if boxes[left][0] + boxes[right][0] + g > SIZE - 2 * m:
                     raise _Retry

@@ -1,0 +1,165 @@
+"""ShapeWorld: the world's determinism and ground truth, the annotator's accuracy, the shipped model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from daamlib.shapeworld.world import (
+    COLOURS,
+    HELD_OUT_COLOUR_SHAPE,
+    HELD_OUT_SHAPE_PAIRS,
+    ONTOLOGY,
+    SHAPES,
+    ShapeWorld,
+    all_words,
+)
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "shapeworld"
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ShapeWorld()
+
+
+def test_vocabulary_sizes():
+    assert len(SHAPES) >= 12 and len(ONTOLOGY) >= 4 and len(COLOURS) >= 6
+    assert all(len(group) >= 2 for group in ONTOLOGY.values())  # cohyponym pairs exist
+
+
+def test_deterministic(world):
+    a, b = world.scene("val", 7), ShapeWorld().scene("val", 7)
+    assert a.caption == b.caption and np.array_equal(a.image, b.image)
+    assert all(np.array_equal(a.masks[i], b.masks[i]) for i in a.masks)
+    c = world.scene("val", 8)
+    assert not np.array_equal(a.image, c.image)
+    assert ShapeWorld(seed=1).scene("val", 7).caption != a.caption or not np.array_equal(
+        ShapeWorld(seed=1).scene("val", 7).image, a.image)
+
+
+def test_masks_match_words(world):
+    for i in range(60):
+        s = world.scene("train", i)
+        assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8
+        assert s.words == s.caption.split()
+        assert set(s.masks) == set(s.roles)
+        union = np.zeros((64, 64), bool)
+        for o in s.objects:
+            assert o.mask.sum() >= 20
+            assert not (union & o.mask).any()  # visible masks are disjoint
+            union |= o.mask
+        assert np.array_equal(~union, s.background_mask)
+        for j, role in s.roles.items():
+            m = s.masks[j]
+            assert m.dtype == bool and m.shape == (64, 64) and m.any()
+            if role == "background":
+                assert np.array_equal(m, s.background_mask)
+            elif role == "numeral":
+                assert np.array_equal(m, union)
+            else:  # an adjective shares the mask of the noun that ends its phrase
+                noun = next(k for k in range(j, len(s.words)) if s.roles.get(k) == "noun")
+                assert np.array_equal(m, s.masks[noun])
+        if s.kind == "pair":
+            nouns = [k for k, r in s.roles.items() if r == "noun"]
+            assert [s.words[k] for k in nouns] == [o.shape for o in s.objects]
+            assert s.relation.split()[0] in s.words
+
+
+def test_held_out_combos_only_in_unreal(world):
+    for split in ("train", "val", "test"):
+        for i in range(150):
+            s = world.scene(split, i)
+            assert not world.is_held_out(s.objects), (split, i, s.caption)
+            assert ShapeWorld.split_of_caption(s.caption) == split
+    for i in range(40):
+        s = world.scene("unreal", i)
+        pairs = {(o.colour, o.shape) for o in s.objects}
+        shapes = {o.shape for o in s.objects}
+        assert pairs & set(HELD_OUT_COLOUR_SHAPE) or any(a in shapes and b in shapes for a, b in HELD_OUT_SHAPE_PAIRS)
+
+
+def test_every_world_word_is_one_token(tmp_path):
+    from daamlib.shapeworld.model import ModelConfig, build_tokenizer
+
+    tok = build_tokenizer(tmp_path, ModelConfig())
+    s = ShapeWorld().scene("val", 0)
+    ids = tok(s.caption).input_ids
+    assert len(ids) == len(s.words) + 2
+    assert len(all_words()) > 50
+
+
+def test_annotator_on_rendered_scenes():
+    from daamlib.shapeworld.annotator import WEIGHTS, Annotator, validate
+
+    if not WEIGHTS.exists():
+        pytest.skip("annotator weights not trained")
+    res = validate(Annotator.load(), n=100, split="test")
+    # the card's figures on 1,000 scenes are higher; small-N tolerance
+    assert res["mean_iou"] >= 0.88 and res["shape_acc"] >= 0.9 and res["colour_acc"] >= 0.93, res
+
+
+def test_annotator_matches_caption_nouns():
+    from daamlib.shapeworld.annotator import WEIGHTS, Annotator
+
+    if not WEIGHTS.exists():
+        pytest.skip("annotator weights not trained")
+    ann = Annotator.load()
+    world = ShapeWorld()
+    hits = total = 0
+    for i in range(30):
+        s = world.scene("test", i, kind="pair")
+        a = ann.annotate(s.image, s.caption)
+        nouns = [k for k, r in s.roles.items() if r == "noun"]
+        assert sorted(a.noun_masks) == nouns
+        total += len(nouns)
+        hits += sum(a.present[k] for k in nouns)
+    assert hits / total >= 0.9
+
+
+def test_probe_processor_matches_default_attention():
+    from diffusers import UNet2DConditionModel
+
+    from daamlib.shapeworld.probe import RecordingCrossAttnProcessor
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D",) * 2,
+                                up_block_types=("CrossAttnUpBlock2D",) * 2, cross_attention_dim=8,
+                                attention_head_dim=2, norm_num_groups=4)
+    x, t, c = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        ref = unet(x, t, c).sample
+        store: dict = {}
+        procs = dict(unet.attn_processors)
+        for name, m in unet.named_modules():
+            if getattr(m, "is_cross_attention", False):
+                procs[name + ".processor"] = RecordingCrossAttnProcessor(name, store)
+        unet.set_attn_processor(procs)
+        out = unet(x, t, c).sample
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert len(store) == 7  # down: 2×1, mid: 1, up: 2×(layers_per_block + 1)
+    p = next(iter(store.values()))
+    assert torch.allclose(p.sum(-1), torch.ones_like(p.sum(-1)), atol=1e-5)
+
+
+@pytest.mark.skipif(not (MODEL_DIR / "model_index.json").exists(), reason="no exported model")
+def test_shipped_model_loads_and_samples():
+    from diffusers import StableDiffusionPipeline
+
+    size = sum(f.stat().st_size for f in MODEL_DIR.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20, f"{size / 2**20:.1f} MB"
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR, local_files_only=True)
+    assert pipe.safety_checker is None and pipe.text_encoder.config.num_hidden_layers == 0
+    # cross-attention at three resolutions of the 16×16 latent
+    cross = [n for n, m in pipe.unet.named_modules() if getattr(m, "is_cross_attention", False)]
+    assert {n.split(".")[0] for n in cross} >= {"down_blocks", "mid_block", "up_blocks"}
+    s = ShapeWorld().scene("test", 0)
+    ids = pipe.tokenizer(s.caption).input_ids
+    assert len(ids) == len(s.words) + 2
+    img = pipe(s.caption, num_inference_steps=2, guidance_scale=5.0, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
