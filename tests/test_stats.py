@@ -49,3 +49,23 @@ def test_mean_ci_matches_t_interval_and_skips_nan():
     assert ci.mean == pytest.approx(0.5)
     assert (ci.low, ci.high) == pytest.approx((lo, hi))
     assert stats.mean_ci([]).n == 0
+
+
+def test_relation_table_marks_dominance_only_when_large_and_significant():
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(60):  # "amod": the head contains the dependent -> IoD high, IoH low
+        rows.append({"relation": "amod", "iod": rng.uniform(0.8, 1.0), "ioh": rng.uniform(0.3, 0.5), "iou": 0.4})
+        rows.append({"relation": "det", "iod": (x := rng.uniform(0.4, 0.6)), "ioh": x + rng.normal(0, 0.01), "iou": 0.3})
+    table = stats.relation_table(rows).set_index("relation")
+    assert table.loc["amod", "dominant"] == "head" and table.loc["amod", "p"] < 1e-6
+    assert table.loc["amod", "delta"] == pytest.approx(table.loc["amod", "mIoD"] - table.loc["amod", "mIoH"])
+    assert table.loc["amod", "mIoD"] == pytest.approx(90, abs=3)
+    assert table.loc["det", "dominant"] == "" and table.loc["det", "n"] == 60
+
+
+def test_fisher_and_overlap_bins():
+    odds, p = stats.fisher_exact(61, 100, 52, 100)
+    assert odds > 1 and 0 < p < 1
+    assert stats.fisher_exact(50, 50, 0, 50)[1] < 1e-20
+    assert [stats.overlap_bin(v) for v in (0.1, 0.4, 0.5, 0.6, 0.9)] == ["low", "low", "mid", "high", "high"]
