@@ -1,0 +1,43 @@
+"""Background-shift and map-spread measures on hand-made images."""
+
+import numpy as np
+import pytest
+import torch
+
+from daamlib.entanglement import background_shift, hue_distance, spread_outside
+
+
+def scene(bg_rgb):
+    img = np.zeros((20, 20, 3), np.uint8)
+    img[:] = bg_rgb
+    img[5:15, 5:15] = (200, 30, 30)
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    return img, mask
+
+
+def test_hue_distance_is_circular():
+    assert hue_distance(0.95, 0.05) == pytest.approx(36.0)
+    assert hue_distance(0.0, 0.5) == pytest.approx(180.0)
+
+
+def test_a_background_turning_blue_shifts_toward_blue_only():
+    seed, mask = scene((40, 160, 40))  # green grass
+    bluish, _ = scene((40, 130, 120))  # grass tinted toward blue
+    same, _ = scene((40, 160, 40))
+    to_blue = background_shift(seed, bluish, mask, (30, 60, 220))
+    assert to_blue["hue_shift_deg"] > 20 and to_blue["toward_share"] == 1.0 and to_blue["pixel_diff"] > 0
+    assert background_shift(seed, bluish, mask, (220, 200, 30))["hue_shift_deg"] < 0  # away from yellow
+    none = background_shift(seed, same, mask, (30, 60, 220))
+    assert none["hue_shift_deg"] == 0 and none["pixel_diff"] == 0
+    with pytest.raises(ValueError, match="no background"):
+        background_shift(seed, same, np.ones((20, 20), bool), (0, 0, 255))
+
+
+def test_spread_outside():
+    _, mask = scene((0, 0, 0))
+    heat = torch.zeros(20, 20)
+    heat[5:15, 5:15] = 1.0
+    assert spread_outside(heat, mask) == pytest.approx(0.0)
+    heat[0, 0] = 100.0
+    assert spread_outside(heat, mask) == pytest.approx(0.5)
