@@ -107,7 +107,8 @@ def _read_meta(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExperimentError(f"{f} is not valid JSON ({e}); it was damaged or edited by hand — re-run the experiment") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ExperimentError(f"{f} is not a {FORMAT} file (format={meta.get('format') if isinstance(meta, dict) else None!r})")
+        raise ExperimentError(f"{f} is not a {FORMAT} file (format={meta.get('format') if isinstance(meta, dict) else None!r}); "
+                              "it was written by another tool or edited by hand — re-run the experiment")
     missing = [k for k in ("prompt", "tokens", "words", "size", "steps", "layers", "files") if k not in meta]
     if missing:
         raise ExperimentError(f"{f} lacks {missing}; it was edited by hand or written by another tool — re-run the experiment")
@@ -150,6 +151,9 @@ def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
         alignment = Alignment(meta["prompt"], tuple(meta["tokens"]), words, meta.get("max_length", 77))
     except (KeyError, TypeError) as e:
         raise ExperimentError(f"{path / META} has malformed words ({e}); re-run the experiment") from e
-    image = np.asarray(Image.open(path / IMAGE).convert("RGB")) if IMAGE in meta["files"] else None
+    try:
+        image = np.asarray(Image.open(path / IMAGE).convert("RGB")) if IMAGE in meta["files"] else None
+    except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ExperimentError(f"{path / IMAGE} is not a readable image ({e}); re-run the experiment") from e
     hm = HeatMaps(alignment, maps, tuple(meta["size"]), image, meta.get("timesteps"), meta["steps"])
     return hm, meta

@@ -103,7 +103,8 @@ def normalize(heat: torch.Tensor, mode: str = "minmax") -> torch.Tensor:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     heat = heat.float()
     if torch.isnan(heat).any():
-        raise ValueError("the heat map contains NaN; the recorded attention is invalid (check the model's dtype)")
+        raise ValueError("the heat map contains NaN; the recorded attention is invalid, usually from a float16 overflow "
+                         "in the model: load it with dtype=torch.float32 (or bfloat16) and generate again")
     hi = heat.amax(dim=(-2, -1), keepdim=True)
     lo = heat.amin(dim=(-2, -1), keepdim=True) if mode == "minmax" else torch.zeros_like(hi)
     span = hi - lo

@@ -77,7 +77,8 @@ class Alignment:
             occurrence = 0
         if not 0 <= occurrence < len(matches):
             raise WordNotFoundError(
-                f"{word!r} occurs {len(matches)} time(s) in {self.prompt!r}; occurrence={occurrence} is out of range"
+                f"{word!r} occurs {len(matches)} time(s) in {self.prompt!r}; occurrence={occurrence} is out of range, "
+                f"use occurrence=0..{len(matches) - 1}"
             )
         found = matches[occurrence]
         if found.truncated:
