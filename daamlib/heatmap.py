@@ -67,7 +67,7 @@ class WordHeatMap:
 
     def plot(self, ax=None, threshold: float | None = None, mode: str = "minmax", cmap: str = "jet",
              alpha: float = 0.5, title: str | bool = True):
-        """Overlay the (normalised) map, or its Eq. 7 mask when ``threshold`` is given, on the image.
+        """Overlay the (normalised) map on the image, or, with ``threshold``, show the image inside its Eq. 7 mask.
 
         Draws on ``ax`` (a new figure only when None); sets ``ax_`` and ``figure_``; returns ``self``.
         """
@@ -75,13 +75,18 @@ class WordHeatMap:
 
         if ax is None:
             _, ax = plt.subplots(figsize=(3, 3))
-        shown = self.binarize(threshold, mode).float() if threshold is not None else self.normalized(mode)
-        if self.image is not None:
+        if threshold is not None:  # Fig. 2 E: the image inside the mask, dimmed outside
+            mask = self.binarize(threshold, mode).numpy()
+            if self.image is not None and self.image.shape[:2] == mask.shape:
+                ax.imshow((self.image * (0.2 + 0.8 * mask[..., None])).astype(np.uint8))
+            else:
+                ax.imshow(mask, cmap="gray", vmin=0, vmax=1)
+        elif self.image is not None:
             ax.imshow(self.image)
-            ax.imshow(shown.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1,
+            ax.imshow(self.normalized(mode).numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1,
                       extent=(-0.5, self.image.shape[1] - 0.5, self.image.shape[0] - 0.5, -0.5))
         else:
-            ax.imshow(shown.numpy(), cmap=cmap, vmin=0, vmax=1)
+            ax.imshow(self.normalized(mode).numpy(), cmap=cmap, vmin=0, vmax=1)
         ax.set_axis_off()
         if title:
             ax.set_title(title if isinstance(title, str) else self.word.text)
@@ -239,7 +244,7 @@ class HeatMaps:
         ncols = ncols or min(n, 6)
         nrows = -(-n // ncols)
         if fig is None:
-            fig = plt.figure(figsize=(2.2 * ncols, 2.4 * nrows))
+            fig = plt.figure(figsize=(2.2 * ncols, 2.5 * nrows), layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         k = 0
         if self.image is not None:
@@ -250,6 +255,5 @@ class HeatMaps:
             item.plot(ax=ax, threshold=threshold, mode=mode, **kwargs)
         for ax in axes:
             ax.set_axis_off()
-        fig.suptitle(self.prompt, fontsize=9)
-        fig.tight_layout()
+        fig.suptitle(self.prompt + (f"  (τ = {threshold})" if threshold is not None else ""), fontsize=9)
         return fig

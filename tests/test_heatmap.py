@@ -59,7 +59,9 @@ def test_plot_on_given_axes_touches_no_global_state(hm):
     out = hm["giraffe"].plot(ax=ax, threshold=0.4)
     assert out.ax_ is ax and out.figure_ is fig
     assert len(plt.get_fignums()) == n and plt.gca() is ax
-    assert len(ax.images) == 2  # image + overlay
+    assert len(ax.images) == 1  # the image inside its mask
+    hm["giraffe"].plot(ax=ax)
+    assert len(ax.images) == 3  # + image and heat overlay
     grid = hm.plot()
     assert len([a for a in grid.axes if a.images]) == 6  # image + 5 words
     plt.close("all")
