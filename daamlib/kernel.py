@@ -97,7 +97,8 @@ def check_threshold(threshold: float) -> float:
 def normalize(heat: torch.Tensor, mode: str = "minmax") -> torch.Tensor:
     """Rescale a map (last two axes) to [0, 1]: ``D / max D`` or ``(D − min) / (max − min)``.
 
-    A constant (or all-zero) map has no contrast and maps to all zeros; NaN raises.
+    An all-zero map (and, with ``"minmax"``, any constant map) has no contrast and maps to all zeros;
+    with ``"max"`` a constant positive map maps to all ones (Eq. 7 as printed). NaN raises.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

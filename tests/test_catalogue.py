@@ -11,10 +11,13 @@ import math
 import pickle
 import re
 import shutil
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+from papermill.exceptions import PapermillExecutionError
 
 from daamlib import (AmbiguousWordError, ExperimentError, TraceError, UnsupportedPipelineError, WordNotFoundError,
                      generate, load_experiment, load_pipeline, save_experiment, trace)
@@ -37,6 +40,7 @@ class Ctx:
     hm: object
     tmp: object
     finished_run: object  # an output folder of the runner with ONE finished
+    nb_started: float = 0.0
 
     def exp(self):
         """A freshly saved experiment folder (to damage)."""
@@ -64,6 +68,23 @@ def ctx(shared, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a pickle payload would write here
     pipe, hm, out = shared
     return Ctx(pipe, hm, tmp_path, out)
+
+
+# -- notebooks: a bad parameter fails in the first code cell, before anything is generated -------------
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_segmentation.ipynb"
+
+
+def run_notebook(c, **params):
+    import papermill as pm
+
+    c.nb_started = time.monotonic()
+    pm.execute_notebook(str(NOTEBOOK), str(c.tmp / "run.ipynb"), kernel_name="python3", progress_bar=False,
+                        parameters={"OUT_DIR": str(c.tmp / "nb-out"), "FIGURES_DIR": str(c.tmp / "nb-fig"), **params})
+
+
+def nothing_generated(c):
+    assert not (c.tmp / "nb-out" / "runs").exists()
+    assert time.monotonic() - c.nb_started < 120  # seconds (kernel start and imports), not an hour
 
 
 # -- actions that need more than one line -------------------------------------------------------
@@ -232,7 +253,6 @@ def one(**changes):
     return [dict(ONE[0], **changes)]
 
 
-NOTEBOOKS = "notebooks do not exist yet: add these rows with the first notebook (issue 7)"
 
 CASES = [
     # id, action, raises, the problem (regex), the fix (regex), a check after
@@ -362,13 +382,12 @@ CASES = [
     ("runner-results-not-finished", runner_unfinished_items, ExperimentError,
      r"1 of 2 items are not finished .*: two", r"run the runner again to finish them"),
     # -- notebooks (issue 7: "a notebook run with a bad parameter fails fast") ------------------------------
-    # TODO(notebooks): replace these placeholders with papermill runs once notebooks/ exists, e.g.
-    #   papermill notebooks/01_*.ipynb out.ipynb -p N_PROMPTS -1      → fails in the parameters check, in seconds
-    #   papermill notebooks/01_*.ipynb out.ipynb -p MODEL_ID ./nope   → FileNotFoundError "... does not exist"
-    pytest.param("notebook-negative-N", None, None, None, None, None, id="notebook-negative-N",
-                 marks=pytest.mark.skip(reason=NOTEBOOKS)),
-    pytest.param("notebook-unknown-model-path", None, None, None, None, None, id="notebook-unknown-model-path",
-                 marks=pytest.mark.skip(reason=NOTEBOOKS)),
+    ("notebook-negative-N", lambda c: run_notebook(c, MODEL_ID="tiny-sd1", N_PROMPTS=-1),
+     PapermillExecutionError, r"parameter N_PROMPTS must be a positive integer, got -1", r"positive integer",
+     nothing_generated),
+    ("notebook-unknown-model-path", lambda c: run_notebook(c, MODEL_ID="./no/such/model"),
+     PapermillExecutionError, r"MODEL_ID='\./no/such/model' is neither an existing folder nor a Hub id",
+     r"use 'shapeworld' for the embedded model", nothing_generated),
 ]
 
 
