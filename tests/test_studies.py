@@ -37,3 +37,40 @@ def test_word_at_refuses_a_missing_position(hm):
     assert studies.word_at(hm, 4).text == "zebra"
     with pytest.raises(IndexError, match="no word 9"):
         studies.word_at(hm, 9)
+
+
+def box(y0, y1, x0, x1):
+    m = torch.zeros(64, 64, dtype=torch.bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_word_regions_follow_the_grammar():
+    words = "two red circles left of a blue square on grass".split()
+    roles = {0: "numeral", 1: "colour", 2: "noun", 6: "colour", 7: "noun", 9: "background"}
+    circles, square = box(0, 20, 0, 20), box(40, 60, 40, 60)
+    bg = ~(circles | square)
+    r = studies.word_regions(words, roles, {2: circles, 7: square}, bg)
+    assert torch.equal(r[0], circles) and torch.equal(r[1], circles) and torch.equal(r[6], square)
+    assert torch.equal(r[3], circles | square) and torch.equal(r[4], circles | square)  # "left of"
+    assert 5 not in r and 8 not in r  # "a", "on": no region
+    assert torch.equal(r[9], bg)
+    # a noun the annotator did not find takes its modifiers' regions with it
+    r2 = studies.word_regions(words, roles, {2: circles, 7: torch.zeros(64, 64, dtype=torch.bool)}, bg)
+    assert 6 not in r2 and 7 not in r2 and 3 not in r2
+
+
+def test_attribution_and_dependency_rows(hm):
+    from daamlib.linguistics import dependencies
+
+    regions = {1: box(0, 32, 0, 64), 4: box(32, 64, 0, 64)}
+    rows = studies.attribution_rows(hm, regions, {1: "NOUN", 4: "NOUN"}, item="x")
+    assert len(rows) == 2 and all(0 <= r["mass_on_region"] <= 1 for r in rows)
+    assert rows[0]["mass_on_region"] + rows[0]["mass_on_other_region"] == pytest.approx(1.0, abs=1e-5)
+    table = studies.pos_table(rows)
+    assert table.iloc[0]["words"] == 2 and table.iloc[0]["uniform_map"] == pytest.approx(0.5)
+    deps = studies.dependency_rows(hm, dependencies(hm.alignment), unrelated_per_prompt=1, item="x")
+    rels = [r["relation"] for r in deps]
+    assert "det" in rels and rels.count("unrelated") == 1
+    det = next(r for r in deps if r["relation"] == "det")
+    assert set(det) >= {"iou", "iod", "ioh", "head", "dependent", "item"}
