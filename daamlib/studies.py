@@ -169,12 +169,13 @@ def dependency_rows(hm: HeatMaps, arcs, threshold: float = 0.4, unrelated_per_pr
         if h in masks and d in masks:
             linked |= {(h, d), (d, h)}
             rows.append({**info, "relation": arc.relation, "head": arc.head.text, "dependent": arc.dependent.text,
-                         **pair_overlap(masks[h], masks[d])})
+                         "head_index": h, "dependent_index": d, **pair_overlap(masks[h], masks[d])})
     rng = np.random.default_rng(seed)
     idx = sorted(masks)
     pairs = [(a, b) for a in idx for b in idx if a != b and (a, b) not in linked]
     for k in rng.permutation(len(pairs))[:unrelated_per_prompt]:
         a, b = pairs[k]
         rows.append({**info, "relation": "unrelated", "head": hm.alignment.words[a].text,
-                     "dependent": hm.alignment.words[b].text, **pair_overlap(masks[a], masks[b])})
+                     "dependent": hm.alignment.words[b].text, "head_index": a, "dependent_index": b,
+                     **pair_overlap(masks[a], masks[b])})
     return rows
