@@ -93,17 +93,20 @@ def check_prompt(prompt) -> list[str]:
 def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = None,
              guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
              negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
-             keep_heads: bool = False, store_device: str | None = None, **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
+             keep_heads: bool = False, store_device: str | None = None, store=None, replay=None,
+             **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
     """Generate with ``pipe`` under a trace; return the image's :class:`HeatMaps` (a list for several images).
 
     The seed drives a CPU ``torch.Generator``, so an image is the same on every device
-    for the same seed (up to the device's arithmetic). Other keywords go to the pipeline.
+    for the same seed (up to the device's arithmetic). ``store`` / ``replay`` are
+    :class:`daamlib.replay.AttentionStore` s to fill / to inject (see :func:`trace`).
+    Other keywords go to the pipeline.
     """
     prompts = check_prompt(prompt)
     kwargs = {k: v for k, v in dict(num_inference_steps=steps, guidance_scale=guidance_scale, height=height,
                                     width=width, negative_prompt=negative_prompt).items() if v is not None}
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    with trace(pipe, keep_heads=keep_heads, store_device=store_device) as tc:
+    with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay) as tc:
         out = pipe(prompt, generator=generator, num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
     maps = [tc.heat_maps(i, image=img) for i, img in enumerate(out.images)]
     return maps[0] if isinstance(prompt, str) and num_images_per_prompt == 1 else maps

@@ -179,3 +179,24 @@ def dependency_rows(hm: HeatMaps, arcs, threshold: float = 0.4, unrelated_per_pr
                      "dependent": hm.alignment.words[b].text, "head_index": a, "dependent_index": b,
                      **pair_overlap(masks[a], masks[b])})
     return rows
+
+
+# -- §5.2: adjectives with the layout held fixed -----------------------------------------------------------
+def adjective_swap(pipe, template: str, adjectives: list[str], seed: int = 0, **generate_kwargs) -> dict:
+    """Generate ``template.format(adj=adjectives[0])`` while keeping its attention, then every other
+    adjective twice: replayed onto the seed's attention (layout fixed) and plainly (its own maps).
+
+    Returns ``{"seed": HeatMaps, "replayed": {adj: uint8 image}, "plain": {adj: HeatMaps}}``;
+    ``replayed[adjectives[0]]`` is the seed image itself.
+    """
+    from .pipeline import generate
+    from .replay import AttentionStore
+
+    store = AttentionStore()
+    first = generate(pipe, template.format(adj=adjectives[0]), seed=seed, store=store, **generate_kwargs)
+    replayed, plain = {adjectives[0]: first.image}, {adjectives[0]: first}
+    for adj in adjectives[1:]:
+        prompt = template.format(adj=adj)
+        replayed[adj] = generate(pipe, prompt, seed=seed, replay=store, **generate_kwargs).image
+        plain[adj] = generate(pipe, prompt, seed=seed, **generate_kwargs)
+    return {"seed": first, "replayed": replayed, "plain": plain}

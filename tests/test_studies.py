@@ -74,3 +74,12 @@ def test_attribution_and_dependency_rows(hm):
     assert "det" in rels and rels.count("unrelated") == 1
     det = next(r for r in deps if r["relation"] == "det")
     assert set(det) >= {"iou", "iod", "ioh", "head", "dependent", "item"}
+
+
+def test_adjective_swap_holds_the_seed_and_varies_the_rest(tiny):
+    pipe = tiny("sd1")
+    out = studies.adjective_swap(pipe, "a {adj} circle above a square", ["yellow", "red"], seed=1, steps=2)
+    assert set(out["replayed"]) == set(out["plain"]) == {"yellow", "red"}
+    assert (out["replayed"]["yellow"] == out["seed"].image).all()
+    assert (out["replayed"]["red"] != out["plain"]["red"].image).any()  # the layout was held, so the image differs
+    assert out["plain"]["red"].prompt == "a red circle above a square"
