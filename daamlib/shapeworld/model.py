@@ -26,7 +26,7 @@ class ModelConfig:
     unet_layers_per_block: int = 1
     unet_heads: int = 4  # diffusers' `attention_head_dim` of UNet2DConditionModel is the number of heads
     vae_channels: tuple[int, ...] = (16, 32, 64)  # 3 blocks → 2 downsamplings → 64×64 to 16×16
-    vae_groups: int = 4  # 16 groups of 16 channels normalised colour away (hue shifts); 4 keeps it
+    vae_groups: int = 1  # per-group normalisation of few channels erased absolute colour (hue shifts)
     latent_channels: int = 4
     # SD's noise schedule
     num_train_timesteps: int = 1000
