@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,7 @@ class _Recorder:
         self.store, self.replay = store, replay  # AttentionStore to fill / to inject (see replay.py)
         self.generations: list[Generation] = []
         self.current: Generation | None = None
+        self._grids: dict = {}  # (latent size, queries) -> (h, w)
 
     def begin(self, prompts, alignments, images_per_prompt, guidance):
         lengths = [len(a.tokens) for a in alignments if a is not None]
@@ -86,12 +88,15 @@ class _Recorder:
 
     def grid(self, n_queries: int) -> tuple[int, int]:
         """The (h, w) of a layer's query grid from its length and the latent size."""
-        H, W = self.current.latent_size
-        for k in range(8):
-            h, w = math.ceil(H / 2**k), math.ceil(W / 2**k)
-            if h * w == n_queries:
-                return h, w
-        raise TraceError(f"cannot place {n_queries} attention queries on a grid of the {H}×{W} latent")
+        key = (self.current.latent_size, n_queries)
+        if key not in self._grids:
+            H, W = self.current.latent_size
+            fits = [(math.ceil(H / 2**k), math.ceil(W / 2**k)) for k in range(8)]
+            found = [hw for hw in fits if hw[0] * hw[1] == n_queries]
+            if not found:
+                raise TraceError(f"cannot place {n_queries} attention queries on a grid of the {H}×{W} latent")
+            self._grids[key] = found[0]
+        return self._grids[key]
 
 
 class RecordingAttnProcessor:
@@ -139,28 +144,23 @@ class RecordingAttnProcessor:
 
         # the output exactly as AttnProcessor2_0 computes it, so traced images equal untraced ones bit for bit
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-        # the probabilities of the conditional rows, for the kept tokens only; the softmax's
-        # normaliser still runs over every key (padding included), as in the model
+        # the probabilities of the conditional rows (the unconditional half is never recorded)
         if gen.guidance and B % 2:
             raise TraceError(f"classifier-free guidance expects an even UNet batch, got {B}")
         b0 = B // 2 if gen.guidance else 0  # first conditional row
-        scores = (q[b0:].float() @ k[b0:].float().transpose(-1, -2)) * attn.scale  # [Bc, heads, N, T_in]
+        scores = (q[b0:].float() * attn.scale) @ k[b0:].float().transpose(-1, -2)  # [Bc, heads, N, T_in]
         if attention_mask is not None:
             scores = scores + attention_mask[b0:].float()
-        T = gen.n_tokens or T_in
+        full = scores.softmax(-1)  # normalised over every key, padding included, as in the model
         rec, step = self.recorder, len(gen.timesteps) - 1
-        if rec.store is None and rec.replay is None:
-            probs = (scores[..., :T] - scores.logsumexp(-1, keepdim=True)).exp_()  # [Bc, heads, N, T]
-        else:
-            full = scores.softmax(-1)
-            if rec.store is not None:
-                rec.store.put(step, self.name, full.to(q.dtype))
-                rec.store.n_tokens = gen.n_tokens
-            if rec.replay is not None and rec.replay.covers(step):
-                rec.replay.check_tokens(gen.n_tokens)
-                full = rec.replay.get(step, self.name, full)  # the seed generation's attention
-                out = torch.cat([out[:b0], full.to(v.dtype) @ v[b0:]]) if b0 else full.to(v.dtype) @ v
-            probs = full[..., :T].float()
+        if rec.store is not None:
+            rec.store.put(step, self.name, full.to(q.dtype))
+            rec.store.n_tokens = gen.n_tokens
+        if rec.replay is not None and rec.replay.covers(step):
+            rec.replay.check_tokens(gen.n_tokens)
+            full = rec.replay.get(step, self.name, full)  # the seed generation's attention
+            out = torch.cat([out[:b0], full.to(v.dtype) @ v[b0:]]) if b0 else full.to(v.dtype) @ v
+        probs = full[..., : gen.n_tokens or T_in].float()  # [Bc, heads, N, T]: the kept tokens only
         self._record(probs, N)
 
         out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
@@ -187,7 +187,8 @@ def cross_attention_modules(unet) -> dict[str, object]:
     """Dotted processor names of the UNet's cross-attention modules, in the order they run."""
     found = {}
     for name, module in unet.named_modules():
-        if getattr(module, "is_cross_attention", False) and hasattr(module, "set_processor"):
+        # class lookup first: a missing attribute on an nn.Module instance is slow to find out
+        if hasattr(type(module), "set_processor") and getattr(module, "is_cross_attention", False):
             found[f"{name}.processor"] = module
     return found
 
@@ -240,6 +241,11 @@ def _image_size(pipe, latent_size):
     return (latent_size[0] * factor, latent_size[1] * factor)
 
 
+@lru_cache(maxsize=32)
+def _signature(func) -> inspect.Signature:
+    return inspect.signature(func)
+
+
 def _prompt_list(prompt) -> list:
     if prompt is None:
         return [None]
@@ -275,13 +281,12 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
         raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
 
     recorder = _Recorder(keep_heads, store_device, store, replay)
-    original = unet.attn_processors  # a fresh dict, keyed by dotted path
-    recording = {name: RecordingAttnProcessor(recorder, name) for name in modules}
+    original = {name: m.processor for name, m in modules.items()}  # only cross-attention is touched
     encode = pipe.encode_prompt
-    signature = inspect.signature(encode)
+    signature = _signature(type(pipe).encode_prompt)
 
     def encode_and_note(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
+        bound = signature.bind(pipe, *args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
         prompts = _prompt_list(a.get("prompt"))
@@ -310,13 +315,13 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     handle._layers = list(modules)
     pipe._daam_trace = handle
     try:
-        merged = dict(original)
-        merged.update(recording)
-        unet.set_attn_processor(merged)
+        for name, m in modules.items():
+            m.set_processor(RecordingAttnProcessor(recorder, name))
         pipe.encode_prompt = encode_and_note
         yield handle
     finally:
         hook.remove()
-        unet.set_attn_processor(dict(original))
+        for name, m in modules.items():
+            m.set_processor(original[name])
         for attr in ("encode_prompt", "_daam_trace"):
             vars(pipe).pop(attr, None)
