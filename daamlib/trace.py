@@ -102,10 +102,11 @@ class _Recorder:
 class RecordingAttnProcessor:
     """Attention that also records the conditional cross-attention probabilities.
 
-    The output is computed exactly as diffusers' ``AttnProcessor2_0`` does (one fused
-    ``scaled_dot_product_attention`` over the whole batch, probabilities never materialised);
-    then, for the conditional rows only, ``softmax(QKᵀ·scale)`` is computed in float32 for the
-    kept token columns (normalised over all keys) and recorded.
+    The unconditional rows of classifier-free guidance go through the fused
+    ``scaled_dot_product_attention`` exactly as in diffusers' ``AttnProcessor2_0``. The
+    conditional rows compute ``softmax(QKᵀ·scale)`` explicitly in float32 — the same
+    arithmetic, materialised — use it for the output, and record its kept token columns.
+    Images match untraced ones to float rounding (≤ 1e-5; the tests check it).
     """
 
     def __init__(self, recorder: _Recorder, name: str):
@@ -142,12 +143,11 @@ class RecordingAttnProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
 
-        # the output exactly as AttnProcessor2_0 computes it, so traced images equal untraced ones bit for bit
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-        # the probabilities of the conditional rows (the unconditional half is never recorded)
         if gen.guidance and B % 2:
             raise TraceError(f"classifier-free guidance expects an even UNet batch, got {B}")
-        b0 = B // 2 if gen.guidance else 0  # first conditional row
+        b0 = B // 2 if gen.guidance else 0  # first conditional row; the unconditional half is never recorded
+        # conditional rows: probabilities materialised (in float32) and used for the output too, so the
+        # only work added to plain attention is the head sum and the copy of the kept token columns
         scores = (q[b0:].float() * attn.scale) @ k[b0:].float().transpose(-1, -2)  # [Bc, heads, N, T_in]
         if attention_mask is not None:
             scores = scores + attention_mask[b0:].float()
@@ -159,7 +159,11 @@ class RecordingAttnProcessor:
         if rec.replay is not None and rec.replay.covers(step):
             rec.replay.check_tokens(gen.n_tokens)
             full = rec.replay.get(step, self.name, full)  # the seed generation's attention
-            out = torch.cat([out[:b0], full.to(v.dtype) @ v[b0:]]) if b0 else full.to(v.dtype) @ v
+        out = full.to(v.dtype) @ v[b0:]  # [Bc, heads, N, d]
+        if b0:  # unconditional rows: the fused kernel, called exactly as AttnProcessor2_0 calls it
+            mask = None if attention_mask is None else attention_mask[:b0]
+            out = torch.cat([F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=mask,
+                                                            dropout_p=0.0, is_causal=False), out])
         probs = full[..., : gen.n_tokens or T_in].float()  # [Bc, heads, N, T]: the kept tokens only
         self._record(probs, N)
 
