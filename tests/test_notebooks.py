@@ -2,7 +2,7 @@
 numbers stay within the tolerances stored in tests/notebook_baselines.json.
 
 A notebook that errors fails here. The baselines file holds, per notebook, the parameters of the small
-run and checks of the form ``{"path": "table1.DAAM-0.4.Gen", "min": 30}`` on the JSON the notebook records
+run and checks of the form ``{"path": "table1/DAAM-0.4/Gen", "min": 30}`` on the JSON the notebook records
 (``ge`` / ``le`` compare two paths, for "DAAM beats the whole-image baseline by a margin").
 """
 
@@ -19,7 +19,7 @@ BASELINES = json.loads((Path(__file__).with_name("notebook_baselines.json")).rea
 
 def lookup(results: dict, path: str):
     value = results
-    for key in path.split("."):
+    for key in path.split("/"):
         if not isinstance(value, dict) or key not in value:
             raise KeyError(f"{path!r}: no {key!r} in the recorded results (keys: {list(value)[:12]})")
         value = value[key]
@@ -63,8 +63,8 @@ def test_notebook_runs_and_keeps_its_numbers(name, tmp_path):
 
 def test_baseline_checks_catch_a_regression():
     results = {"table1": {"DAAM-0.4": {"Gen": 40.0}, "whole image": {"Gen": 20.0}}}
-    assert check(results, {"path": "table1.DAAM-0.4.Gen", "ge": "table1.whole image.Gen", "margin": 15}) is None
-    assert "<" in check(results, {"path": "table1.DAAM-0.4.Gen", "ge": "table1.whole image.Gen", "margin": 25})
-    assert check(results, {"path": "table1.DAAM-0.4.Gen", "min": 50}).startswith("table1.DAAM-0.4.Gen = 40.0 <")
+    assert check(results, {"path": "table1/DAAM-0.4/Gen", "ge": "table1/whole image/Gen", "margin": 15}) is None
+    assert "<" in check(results, {"path": "table1/DAAM-0.4/Gen", "ge": "table1/whole image/Gen", "margin": 25})
+    assert check(results, {"path": "table1/DAAM-0.4/Gen", "min": 50}).startswith("table1/DAAM-0.4/Gen = 40.0 <")
     with pytest.raises(KeyError, match="no 'Unreal'"):
-        lookup(results, "table1.DAAM-0.4.Unreal")
+        lookup(results, "table1/DAAM-0.4/Unreal")
