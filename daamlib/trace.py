@@ -148,7 +148,7 @@ class RecordingAttnProcessor:
         b0 = B // 2 if gen.guidance else 0  # first conditional row; the unconditional half is never recorded
         # conditional rows: probabilities materialised (in float32) and used for the output too, so the
         # only work added to plain attention is the head sum and the copy of the kept token columns
-        scores = (q[b0:].float() * attn.scale) @ k[b0:].float().transpose(-1, -2)  # [Bc, heads, N, T_in]
+        scores = q[b0:].float() @ (k[b0:].float() * attn.scale).transpose(-1, -2)  # [Bc, heads, N, T_in]; k is the small one
         if attention_mask is not None:
             scores = scores + attention_mask[b0:].float()
         full = scores.softmax(-1)  # normalised over every key, padding included, as in the model
@@ -159,11 +159,11 @@ class RecordingAttnProcessor:
         if rec.replay is not None and rec.replay.covers(step):
             rec.replay.check_tokens(gen.n_tokens)
             full = rec.replay.get(step, self.name, full)  # the seed generation's attention
-        out = full.to(v.dtype) @ v[b0:]  # [Bc, heads, N, d]
+        out = torch.empty(B, attn.heads, N, d, dtype=v.dtype, device=v.device)
+        torch.matmul(full.to(v.dtype), v[b0:], out=out[b0:])  # [Bc, heads, N, d]
         if b0:  # unconditional rows: the fused kernel, called exactly as AttnProcessor2_0 calls it
             mask = None if attention_mask is None else attention_mask[:b0]
-            out = torch.cat([F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=mask,
-                                                            dropout_p=0.0, is_causal=False), out])
+            out[:b0] = F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=mask, dropout_p=0.0, is_causal=False)
         probs = full[..., : gen.n_tokens or T_in].float()  # [Bc, heads, N, T]: the kept tokens only
         self._record(probs, N)
 
