@@ -1,0 +1,154 @@
+"""The embedded model's quality bars (issue 3), measured on held-out two-object prompts.
+
+    python -m daamlib.shapeworld.quality --n 200 --out out/quality
+
+For ``n`` two-object prompts of the *test* split (captions never seen in training), sampled
+with the shipped scheduler:
+
+* **generation**: both objects present with the right shape and, when the caption names it,
+  the right colour (the annotator decides);
+* **segmentation**: DAAM-τ noun masks (min–max Eq. 7, as the paper's code) against the
+  annotator's masks of the nouns it found: mIoU, beside the whole-image baseline;
+* **adjectives**: for colour words, the share of the map's mass on the word's own object
+  against the other object.
+
+Nothing here feeds back into training (the rules of issue 3): the test split is only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .world import COLOURS, SHAPES, ShapeWorld
+
+BARS = {"both_correct_pct": 60.0, "miou_daam": 50.0, "miou_margin_over_whole": 25.0}
+
+
+def _targets(words: list[str]) -> list[tuple[int, str, str | None, int | None]]:
+    """(noun position, shape, colour or None, colour word position or None) for each noun of a caption."""
+    out, colour, colour_at = [], None, None
+    for i, w in enumerate(words):
+        if w in COLOURS:
+            colour, colour_at = w, i
+        elif w in SHAPES:
+            out.append((i, w, colour, colour_at))
+            colour = colour_at = None
+    return out
+
+
+def score(hm, caption: str, annotator, threshold: float = 0.4) -> dict:
+    """One generated image: correctness, noun IoUs (DAAM and whole image), colour-word mass split."""
+    from ..segmentation import mass_on_region
+    from ..stats import iou
+    from ..studies import word_at
+
+    ann = annotator.annotate(hm.image, caption)
+    words = caption.split()
+    targets = _targets(words)
+    found = [any(d.shape == s and (c is None or d.colour == c) for d in ann.objects) for _, s, c, _ in targets]
+    row = {"caption": caption, "nouns": len(targets), "both_correct": len(targets) == 2 and all(found),
+           "daam_iou": [], "whole_iou": [], "colour_own": [], "colour_other": []}
+    whole = torch.ones(hm.size, dtype=torch.bool)
+    objects = {}
+    for (pos, shape, colour, colour_at), ok in zip(targets, found):
+        truth = ann.noun_masks.get(pos)
+        if truth is None or not truth.any():
+            continue
+        truth = torch.from_numpy(truth)
+        objects[pos] = truth
+        w = word_at(hm, pos)
+        row["daam_iou"].append(iou(hm.word(w.text, w.occurrence).binarize(threshold), truth))
+        row["whole_iou"].append(iou(whole, truth))
+    if len(objects) == 2:
+        (p1, m1), (p2, m2) = objects.items()
+        if not (m1 & m2).any():
+            for (pos, _, _, colour_at) in targets:
+                if colour_at is None or pos not in objects:
+                    continue
+                own, other = (m1, m2) if pos == p1 else (m2, m1)
+                cw = word_at(hm, colour_at)
+                heat = hm.word(cw.text, cw.occurrence).heat
+                row["colour_own"].append(mass_on_region(heat, own))
+                row["colour_other"].append(mass_on_region(heat, other))
+    return row
+
+
+def summarize(rows: list[dict]) -> dict:
+    from ..stats import mean_ci
+
+    def flat(key):
+        return [v for r in rows for v in r[key]]
+
+    daam, whole = mean_ci(flat("daam_iou")), mean_ci(flat("whole_iou"))
+    own, other = np.array(flat("colour_own")), np.array(flat("colour_other"))
+    out = {
+        "prompts": len(rows),
+        "both_correct_pct": 100 * float(np.mean([r["both_correct"] for r in rows])),
+        "nouns_scored": daam.n,
+        "miou_daam": 100 * daam.mean, "miou_daam_ci": [100 * daam.low, 100 * daam.high],
+        "miou_whole": 100 * whole.mean,
+        "colour_words_scored": len(own),
+        "colour_mass_own": float(own.mean()) if len(own) else float("nan"),
+        "colour_mass_other": float(other.mean()) if len(other) else float("nan"),
+        "colour_own_beats_other_pct": 100 * float((own > other).mean()) if len(own) else float("nan"),
+    }
+    out["miou_margin_over_whole"] = out["miou_daam"] - out["miou_whole"]
+    out["bars"] = {
+        "both objects right ≥ 60%": out["both_correct_pct"] >= BARS["both_correct_pct"],
+        "DAAM-0.4 mIoU ≥ 50": out["miou_daam"] >= BARS["miou_daam"],
+        "≥ 25 points above whole image": out["miou_margin_over_whole"] >= BARS["miou_margin_over_whole"],
+        "colour maps favour their own object": out["colour_mass_own"] > out["colour_mass_other"],
+    }
+    return out
+
+
+def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out/quality", steps: int = 30,
+             guidance: float = 5.0, threshold: float = 0.4, start: int = 0, device: str = "cpu",
+             progress: bool = True) -> dict:
+    """Generate (resumably) and score ``n`` test-split two-object prompts; returns the summary."""
+    from .. import load_experiment, load_pipeline
+    from ..runner import run_experiments
+    from .annotator import Annotator
+
+    world = ShapeWorld()
+    items = [{"id": f"q-{start + i:04d}", "prompt": world.scene("test", start + i, kind="pair").caption,
+              "seed": start + i} for i in range(n)]
+    pipe = load_pipeline(model, device=device)
+    records = run_experiments(pipe, items, Path(out_dir) / "runs", defaults={"steps": steps, "guidance": guidance},
+                              model_name=model, progress=progress)
+    annotator = Annotator.load()
+    rows = [score(load_experiment(r["path"])[0], r["prompt"], annotator, threshold) for r in records]
+    summary = {"model": model, "steps": steps, "guidance": guidance, "threshold": threshold,
+               "scheduler": type(pipe.scheduler).__name__, **summarize(rows)}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "quality.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="shapeworld")
+    p.add_argument("--n", type=int, default=200, help="two-object test prompts")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--threshold", type=float, default=0.4)
+    p.add_argument("--out", default="out/quality")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    s = evaluate(args.model, args.n, args.out, args.steps, args.guidance, args.threshold)
+    for k, v in s.items():
+        if k != "bars":
+            print(f"{k}: {v}")
+    for bar, ok in s["bars"].items():
+        print(f"{'PASS' if ok else 'MISS'}  {bar}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
