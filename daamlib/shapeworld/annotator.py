@@ -175,6 +175,17 @@ def _match(gt_masks: list[np.ndarray], det_masks: list[np.ndarray]) -> list[tupl
     return out
 
 
+@torch.no_grad()
+def _reconstruct(vae, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """uint8 [N, H, W, 3] → VAE encode (posterior mean) → decode → uint8."""
+    out = []
+    for a in range(0, len(images), batch):
+        x = torch.from_numpy(images[a : a + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        r = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out.append(((r.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
 class Annotator:
     def __init__(self, model: ShapeCNN):
         self.model = model.eval()
@@ -190,19 +201,34 @@ class Annotator:
         return cls(m)
 
     @classmethod
-    def train(cls, n_scenes: int = 6000, epochs: int = 12, seed: int = 0, log=print) -> "Annotator":
-        """Fit the shape CNN on the annotator's own segmentations of rendered train-split scenes."""
+    def train(cls, n_scenes: int = 6000, epochs: int = 12, seed: int = 0, vae_path: str | Path | None = None,
+              log=print) -> "Annotator":
+        """Fit the shape CNN on the annotator's own segmentations of rendered train-split scenes.
+
+        With ``vae_path`` (an ``AutoencoderKL`` folder) every scene is also passed through the VAE and
+        its reconstruction added: generated images look like VAE decodings (softer corners), not like
+        renderings. Labels always come from the world, never from the diffusion model.
+        """
         world = ShapeWorld(seed=seed)
+        vae = None
+        if vae_path is not None:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(str(vae_path)).eval()
         X, S, Y = [], [], []
-        for i in range(n_scenes):
-            sc = world.scene("train", 2_000_000 + i)  # an index range the diffusion model's pool never reaches
-            comps, _ = segment(sc.image)
-            if not comps:
-                continue
-            x, s = _features(comps)
-            for gi, dj, iou in _match([o.mask for o in sc.objects], [m for _, m in comps]):
-                if iou > 0.5:
-                    X.append(x[dj]), S.append(s[dj]), Y.append(SHAPES.index(sc.objects[gi].shape))
+        scenes = [world.scene("train", 2_000_000 + i) for i in range(n_scenes)]  # beyond the diffusion pool's indices
+        images = [[sc.image for sc in scenes]]
+        if vae is not None:
+            images.append(list(_reconstruct(vae, np.stack(images[0]))))
+        for imgs in images:
+            for sc, im in zip(scenes, imgs):
+                comps, _ = segment(im)
+                if not comps:
+                    continue
+                x, s = _features(comps)
+                for gi, dj, iou in _match([o.mask for o in sc.objects], [m for _, m in comps]):
+                    if iou > 0.5:
+                        X.append(x[dj]), S.append(s[dj]), Y.append(SHAPES.index(sc.objects[gi].shape))
         X, S, Y = torch.tensor(np.array(X))[:, None], torch.tensor(np.array(S)), torch.tensor(Y)
         log(f"shape classifier: {len(Y)} training masks from {n_scenes} scenes")
         torch.manual_seed(seed)
@@ -273,15 +299,19 @@ class Annotator:
         return ann
 
 
-def validate(annotator: Annotator, n: int = 1000, split: str = "test", seed: int = 0) -> dict:
-    """Mask IoU (missed objects count 0), shape and colour accuracy on rendered scenes of ``split``."""
+def validate(annotator: Annotator, n: int = 1000, split: str = "test", seed: int = 0, vae=None) -> dict:
+    """Mask IoU (missed objects count 0), shape and colour accuracy on rendered scenes of ``split``
+    (with ``vae``: on their VAE reconstructions, the best a generated image can look)."""
     world = ShapeWorld(seed=seed)
     ious, shape_ok, colour_ok, found = [], [], [], 0
     n_obj = 0
     confusion: dict[tuple[str, str], int] = {}
-    for i in range(n):
-        sc = world.scene(split, i)
-        dets, _ = annotator.detect(sc.image)
+    scenes = [world.scene(split, i) for i in range(n)]
+    images = np.stack([sc.image for sc in scenes])
+    if vae is not None:
+        images = _reconstruct(vae, images)
+    for sc, image in zip(scenes, images):
+        dets, _ = annotator.detect(image)
         matches = {gi: (dj, iou) for gi, dj, iou in _match([o.mask for o in sc.objects], [d.mask for d in dets])}
         for gi, o in enumerate(sc.objects):
             n_obj += 1
@@ -296,7 +326,7 @@ def validate(annotator: Annotator, n: int = 1000, split: str = "test", seed: int
             colour_ok.append(dets[dj].colour == o.colour)
             if dets[dj].shape != o.shape:
                 confusion[(o.shape, dets[dj].shape)] = confusion.get((o.shape, dets[dj].shape), 0) + 1
-    return {"scenes": n, "objects": n_obj, "split": split, "found": found / n_obj, "mean_iou": float(np.mean(ious)),
+    return {"scenes": n, "objects": n_obj, "split": split, "images": "vae reconstructions" if vae is not None else "rendered", "found": found / n_obj, "mean_iou": float(np.mean(ious)),
             "shape_acc": float(np.mean(shape_ok)), "colour_acc": float(np.mean(colour_ok)),
             "top_confusions": sorted(((v, f"{a}->{b}") for (a, b), v in confusion.items()), reverse=True)[:8]}
 
@@ -309,14 +339,19 @@ if __name__ == "__main__":
     ap.add_argument("--train", action="store_true", help="fit and save the shape CNN")
     ap.add_argument("--scenes", type=int, default=6000)
     ap.add_argument("--validate", type=int, default=1000, help="test-split scenes to validate on (0: skip)")
+    ap.add_argument("--vae", default=None, help="an AutoencoderKL folder: also train/validate on its reconstructions")
     ap.add_argument("--out", default=None, help="write the validation figures to this JSON")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    ann = Annotator.train(a.scenes) if a.train else Annotator.load()
+    ann = Annotator.train(a.scenes, vae_path=a.vae) if a.train else Annotator.load()
     if a.train:
         ann.save()
     if a.validate:
-        res = validate(ann, a.validate)
+        res = {"rendered": validate(ann, a.validate)}
+        if a.vae:
+            from diffusers import AutoencoderKL
+
+            res["vae_reconstructions"] = validate(ann, a.validate, vae=AutoencoderKL.from_pretrained(a.vae).eval())
         print(json.dumps(res, indent=1))
         if a.out:
             Path(a.out).write_text(json.dumps(res, indent=1))

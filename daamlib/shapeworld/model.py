@@ -25,6 +25,7 @@ class ModelConfig:
     unet_channels: tuple[int, ...] = (32, 64, 128)  # at 16×16, 8×8, 4×4
     unet_layers_per_block: int = 1
     unet_heads: int = 4  # diffusers' `attention_head_dim` of UNet2DConditionModel is the number of heads
+    unet_groups: int = 8  # GroupNorm groups; 32 groups of 32 channels would be per-channel instance norm
     vae_channels: tuple[int, ...] = (16, 32, 64)  # 3 blocks → 2 downsamplings → 64×64 to 16×16
     vae_groups: int = 1  # per-group normalisation of few channels erased absolute colour (hue shifts)
     latent_channels: int = 4
@@ -102,7 +103,7 @@ def build_unet(cfg: ModelConfig):
         up_block_types=("CrossAttnUpBlock2D",) * n,
         cross_attention_dim=cfg.text_hidden,
         attention_head_dim=cfg.unet_heads,
-        norm_num_groups=min(32, cfg.unet_channels[0]),
+        norm_num_groups=cfg.unet_groups,
     )
 
 

@@ -60,9 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export-dir", default="data/models/shapeworld", help="the shipped diffusers folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--vae-steps", type=int, default=1000)
-    p.add_argument("--vae-batch", type=int, default=16)
-    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-crop", type=int, default=32, help="train the (fully convolutional) VAE on crops")
     p.add_argument("--steps", type=int, default=1_000_000, help="stop at this UNet step")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (this invocation)")
     p.add_argument("--batch", type=int, default=32)
@@ -76,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--export-minutes", type=float, default=15.0)
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--finetune-decoder", action="store_true",
+                   help="instead of training: fine-tune the VAE decoder only (run it beside training, niced)")
+    p.add_argument("--decoder-minutes", type=float, default=40.0)
+    p.add_argument("--decoder-lr", type=float, default=5e-4)
     p.add_argument("--text-layers", type=int, default=0)
     p.add_argument("--unet-channels", default="32,64,128")
     p.add_argument("--unet-heads", type=int, default=4)
@@ -145,6 +150,10 @@ def train_vae(args, cfg: ModelConfig, world: ShapeWorld, run: Path, export: Path
             g["lr"] = lr
         imgs = np.stack([world.scene("train", VAE_INDEX_OFFSET + step * B + i).image for i in range(B)])
         x = images_to_tensor(imgs)
+        if args.vae_crop < x.shape[-1]:  # random crops (on the 4-px latent grid): 4× the steps per second at 32
+            c = args.vae_crop
+            offs = torch.randint(0, (x.shape[-1] - c) // 4 + 1, (B, 2)) * 4
+            x = torch.stack([xi[:, oy : oy + c, ox : ox + c] for xi, (oy, ox) in zip(x, offs.tolist())])
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
@@ -178,6 +187,71 @@ def train_vae(args, cfg: ModelConfig, world: ShapeWorld, run: Path, export: Path
     grid_png([val[:8], rec_u8[:8], val[8:16], rec_u8[8:16]], run / "vae_recon.png", scale=3)
     vae.save_pretrained(vae_dir)
     return vae
+
+
+DECODER_FILE = "vae_decoder.safetensors"
+
+
+def _decoder_state(vae) -> dict:
+    return {k: v for k, v in vae.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
+
+
+def load_decoder(vae, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    missing = vae.load_state_dict(load_file(str(path)), strict=False)
+    assert not missing.unexpected_keys, missing.unexpected_keys
+
+
+def finetune_decoder(args, run: Path) -> None:
+    """Train only the VAE decoder on latents of the frozen encoder (so a UNet trained on those latents
+    stays valid), writing ``runs/.../vae_decoder.safetensors`` atomically; the trainer loads it at export."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    vae = AutoencoderKL.from_pretrained(run / "vae")
+    if (run / DECODER_FILE).exists():
+        load_decoder(vae, run / DECODER_FILE)
+    world = ShapeWorld(seed=args.seed)
+    vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    B, t0, t_save = args.vae_batch // 2, time.time(), time.time()
+    step = 0
+    offset = VAE_INDEX_OFFSET + 10_000_000
+    while time.time() - t0 < args.decoder_minutes * 60:
+        frac = (time.time() - t0) / (args.decoder_minutes * 60)
+        for g in opt.param_groups:
+            g["lr"] = args.decoder_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        x = images_to_tensor(np.stack([world.scene("train", offset + step * B + i).image for i in range(B)]))
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, x) + F.l1_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            log(f"decoder step {step} loss {loss.item():.5f}")
+        if time.time() - t_save > 300 or time.time() - t0 >= args.decoder_minutes * 60:
+            tmp = run / (DECODER_FILE + ".tmp")
+            save_file({k: v.contiguous() for k, v in _decoder_state(vae).items()}, str(tmp))
+            os.replace(tmp, run / DECODER_FILE)
+            t_save = time.time()
+    tmp = run / (DECODER_FILE + ".tmp")
+    save_file({k: v.contiguous() for k, v in _decoder_state(vae).items()}, str(tmp))
+    os.replace(tmp, run / DECODER_FILE)
+    val = np.stack([world.scene("val", i).image for i in range(256)])
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(images_to_tensor(val[i : i + 64])).latent_dist.mean).sample
+                         for i in range(0, 256, 64)])
+    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    mse = float(((rec_u8.astype(float) - val.astype(float)) ** 2).mean())
+    log(f"decoder fine-tuned for {step} steps: val MSE {mse:.1f}, PSNR {10 * math.log10(255**2 / mse):.2f} dB")
+    (run / "decoder_metrics.json").write_text(json.dumps({"steps": step, "batch": B, "val_mse_255": mse,
+                                                         "val_psnr_db": 10 * math.log10(255**2 / mse)}, indent=1))
+    grid_png([val[:8], rec_u8[:8], val[8:16], rec_u8[8:16]], run / "vae_recon_finetuned.png", scale=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,7 +337,11 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
     log(f"args: {' '.join(sys.argv[1:])}")
+    if args.finetune_decoder:
+        return finetune_decoder(args, run)
     vae = train_vae(args, cfg, world, run, export, stop)
+    if (run / DECODER_FILE).exists():
+        load_decoder(vae, run / DECODER_FILE)
     vae.requires_grad_(False).eval()
 
     from transformers import CLIPTokenizer
@@ -336,9 +414,20 @@ def main(argv=None) -> None:
                      "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
                      "step": step, "counter": counter, "wall": wall, "args": vars(args)}, ck)
 
+    decoder_seen = {"mtime": 0.0}
+
+    def maybe_reload_decoder() -> None:
+        """Pick up a decoder fine-tuned by `--finetune-decoder` (the encoder, hence the latents, is unchanged)."""
+        f = run / DECODER_FILE
+        if f.exists() and f.stat().st_mtime > decoder_seen["mtime"]:
+            load_decoder(vae, f)
+            decoder_seen["mtime"] = f.stat().st_mtime
+            log(f"loaded the fine-tuned decoder {f}")
+
     def do_export() -> None:
         t = time.time()
         fcsv.flush()
+        maybe_reload_decoder()
         ema_unet.eval(), ema_text.eval()
         export_folder(export, vae, ema_text, tokenizer, ema_unet, cfg, state(), run)
         try:
