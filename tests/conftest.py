@@ -5,6 +5,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # notebook kernels and subprocesses inherit it
 torch.set_num_threads(1)  # 2 cores: leave one for whatever else runs
 
 
