@@ -27,7 +27,7 @@ def plot_loss(csv_path: str | Path, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(df["step"], df["loss"], lw=0.5, alpha=0.4, label="loss (10-step mean)")
-    ax.plot(df["step"], df["loss"].rolling(20, min_periods=1).mean(), lw=1.5, label="running mean")
+    ax.plot(df["step"], df["loss"].rolling(21, min_periods=1, center=True).median(), lw=1.5, label="running median (21 windows)")
     ax.set_xlabel("step (batch 32)")
     ax.set_ylabel("ε-prediction MSE")
     ax.set_ylim(0, min(0.5, float(df["loss"].max())))
