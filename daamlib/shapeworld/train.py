@@ -348,7 +348,7 @@ def main(argv=None) -> None:
 
     if (run / "tokenizer" / "vocab.json").exists():
         tokenizer = CLIPTokenizer.from_pretrained(run / "tokenizer")
-    elif (export / "tokenizer" / "vocab.json").exists():
+    elif (export / "tokenizer" / "tokenizer_config.json").exists():  # transformers 5 saves tokenizer.json only
         tokenizer = CLIPTokenizer.from_pretrained(export / "tokenizer")
     else:
         tokenizer = build_tokenizer(run / "tokenizer", cfg)
