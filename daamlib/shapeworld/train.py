@@ -384,6 +384,8 @@ def main(argv=None) -> None:
         for m in (text, ema_text):
             m.load_state_dict(et.state_dict())
         step, counter, wall = st["step"], st["scene_counter"], st["wall_seconds"]
+        if (export / "training_log.csv").exists() and not (run / "loss.csv").exists():
+            shutil.copy(export / "training_log.csv", run / "loss.csv")  # keep the whole loss curve
         log(f"no checkpoint: resumed from the exported weights at step {step} with a fresh optimizer")
 
     sched = build_train_scheduler(cfg)
