@@ -30,3 +30,22 @@ def run(pipe, prompt, seed=0, **kw):
     kw.setdefault("num_inference_steps", 2)
     kw.setdefault("guidance_scale", 5.0)
     return pipe(prompt, generator=gen, output_type="pt", **kw).images
+
+
+@pytest.fixture(scope="session")
+def traced(tiny):
+    """``traced(prompt, steps=2, kind="sd1")``: the heat maps (image included) of one tiny-pipeline
+    generation, made once per session. Tests read them; none may modify them."""
+    from daamlib import trace
+
+    cache = {}
+
+    def get(prompt, steps=2, kind="sd1"):
+        if (prompt, steps, kind) not in cache:
+            pipe = tiny(kind)
+            with trace(pipe) as tc:
+                images = run(pipe, prompt, num_inference_steps=steps)
+            cache[prompt, steps, kind] = tc.heat_maps(0, image=images[0])
+        return cache[prompt, steps, kind]
+
+    return get

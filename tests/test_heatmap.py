@@ -7,17 +7,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from conftest import run  # noqa: E402
-from daamlib import trace  # noqa: E402
 from daamlib.words import AmbiguousWordError, WordNotFoundError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def hm(tiny):
-    pipe = tiny("sd1")
-    with trace(pipe) as tc:
-        images = run(pipe, "a giraffe and a zebra", num_inference_steps=2)
-    return tc.heat_maps(0, image=images[0])
+def hm(traced):
+    return traced("a giraffe and a zebra")
 
 
 def test_index_by_word_occurrence_and_token(hm):

@@ -6,16 +6,12 @@ import pickle
 import pytest
 import torch
 
-from conftest import run
-from daamlib import ExperimentError, load_experiment, save_experiment, trace
+from daamlib import ExperimentError, load_experiment, save_experiment
 
 
 @pytest.fixture(scope="module")
-def heat_maps(tiny):
-    pipe = tiny("sd1")
-    with trace(pipe) as tc:
-        images = run(pipe, "a giraffe and a zebra", num_inference_steps=2)
-    return tc.heat_maps(0, image=images[0])
+def heat_maps(traced):
+    return traced("a giraffe and a zebra")
 
 
 def test_round_trip_is_exact(heat_maps, tmp_path):

@@ -3,17 +3,12 @@
 import pandas as pd
 import pytest
 
-from conftest import run
-from daamlib import trace
 from daamlib.ratings import RatingItem, RatingWidget, load_ratings, mean_opinion_by_pos
 
 
 @pytest.fixture(scope="module")
-def hm(tiny):
-    pipe = tiny("sd1")
-    with trace(pipe) as tc:
-        images = run(pipe, "a red circle above a blue square")
-    return tc.heat_maps(0, image=images[0])
+def hm(traced):
+    return traced("a red circle above a blue square")
 
 
 def test_clicking_rates_saves_each_row_at_once_and_advances(hm, tmp_path):

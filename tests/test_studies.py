@@ -3,16 +3,12 @@
 import pytest
 import torch
 
-from conftest import run
-from daamlib import studies, trace
+from daamlib import studies
 
 
 @pytest.fixture(scope="module")
-def hm(tiny):
-    pipe = tiny("sd1")
-    with trace(pipe) as tc:
-        images = run(pipe, "a giraffe and a zebra", num_inference_steps=4)
-    return tc.heat_maps(0, image=images[0])
+def hm(traced):
+    return traced("a giraffe and a zebra", steps=4)
 
 
 def test_segmentation_rows_and_table1(hm):
