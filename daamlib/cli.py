@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=f"Hub id, local folder, 'shapeworld' (embedded, the default) or {', '.join(TINY)}")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: 30 for shapeworld, else the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (≤1 turns it off)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, ≤1 turns it off (default: 5 for shapeworld, else the pipeline's)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (a multiple of 8 for SD)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels")
     p.add_argument("--negative-prompt", default=None, help="negative prompt")
@@ -71,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daam: error: {e}", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=False, desc=f"daam {model}")
+    # the embedded model's own defaults (its model card): 30 DDIM steps, guidance 5 (7.5 oversaturates it)
     steps = args.steps or (30 if model == "shapeworld" else None)
-    hm = generate(pipe, args.prompt, seed=args.seed, steps=steps, guidance_scale=args.guidance,
+    guidance = args.guidance if args.guidance is not None else (5.0 if model == "shapeworld" else None)
+    hm = generate(pipe, args.prompt, seed=args.seed, steps=steps, guidance_scale=guidance,
                   height=args.height, width=args.width, negative_prompt=args.negative_prompt)
 
     (out / "words").mkdir(parents=True, exist_ok=True)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         wm.plot(ax=ax)
         fig.savefig(out / "words" / f"{i:02d}_{_slug(wm.word.text)}.png", dpi=150, bbox_inches="tight")
         plt.close(fig)
-    settings = {"model": model, "steps": steps, "guidance": args.guidance, "height": hm.size[0], "width": hm.size[1],
+    settings = {"model": model, "steps": steps, "guidance": guidance, "height": hm.size[0], "width": hm.size[1],
                 "negative_prompt": args.negative_prompt, "scheduler": type(pipe.scheduler).__name__}
     try:
         save_experiment(out / "experiment", hm, seed=args.seed, settings=settings, overwrite=args.overwrite)
