@@ -200,9 +200,10 @@ def cross_attention_modules(unet) -> dict[str, object]:
 class Trace:
     """The handle ``trace`` yields: recorded generations and the heat maps made from them."""
 
-    def __init__(self, pipe, recorder: _Recorder):
+    def __init__(self, pipe, recorder: _Recorder, layers: list[str]):
         self.pipe = pipe
         self._rec = recorder
+        self._layers = layers  # dotted processor paths of the traced cross-attention modules, in run order
 
     @property
     def generations(self) -> list[Generation]:
@@ -315,8 +316,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
         ),
         with_kwargs=True,
     )
-    handle = Trace(pipe, recorder)
-    handle._layers = list(modules)
+    handle = Trace(pipe, recorder, list(modules))
     pipe._daam_trace = handle
     try:
         for name, m in modules.items():
