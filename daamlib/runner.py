@@ -26,8 +26,8 @@ Why a crash or a second process never loses or mixes work:
 * Each item is also claimed with an exclusive ``flock`` before it is checked, cleaned or
   generated, so two runs started on the same folder by mistake never generate an item twice
   nor remove each other's temporary folders.
-* A finished item whose prompt, seed or settings (model, scheduler and dtype included) differ
-  from the table's is refused, before anything is generated, unless ``overwrite=True``.
+* A finished item whose prompt, seed or settings (model, its weights' fingerprint, scheduler and
+  dtype included) differ from the table's is refused, before anything is generated, unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -417,7 +417,7 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
     from tqdm.auto import tqdm
 
     from .io import save_experiment
-    from .pipeline import generate, load_pipeline
+    from .pipeline import generate, load_pipeline, weights_fingerprint
 
     out = Path(out_dir)
     table = read_items(items, defaults)  # the whole table, so every process refuses the same bad input
@@ -433,7 +433,8 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
         pipe = pipe_or_model_id
         model_name = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
     unet = getattr(pipe, "unet", None)  # none: the first generation says which pipelines are supported
-    run_settings = {"model": model_name, "scheduler": type(getattr(pipe, "scheduler", None)).__name__,
+    run_settings = {"model": model_name, "weights": weights_fingerprint(pipe),
+                    "scheduler": type(getattr(pipe, "scheduler", None)).__name__,
                     "dtype": str(getattr(unet, "dtype", None)).removeprefix("torch.")}
     if not overwrite:
         _check_finished(out, table, run_settings)

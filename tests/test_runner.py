@@ -174,6 +174,23 @@ def test_changed_settings_are_refused_before_anything_runs_unless_overwrite(refe
     assert starts(out, "5") == 2 and not list((out / "items").glob(".*"))
 
 
+def test_the_same_model_name_with_other_weights_is_refused(reference, model_dir, tmp_path):
+    """A retrained export under the same name (the embedded model after more training) must not be mixed in."""
+    import torch
+
+    from daamlib import load_pipeline
+    from daamlib.pipeline import weights_fingerprint
+
+    out = shutil.copytree(reference, tmp_path / "run")
+    other = load_pipeline(str(model_dir))
+    same = weights_fingerprint(other)
+    with torch.no_grad():
+        other.unet.conv_out.bias.add_(1e-3)
+    assert weights_fingerprint(other) != same
+    with pytest.raises(SettingsChangedError, match=r"weights: '[0-9a-f]{16}' → '[0-9a-f]{16}'"):
+        run_experiments(other, ITEMS, out, model_name=str(model_dir), progress=False)
+
+
 def test_an_item_held_by_another_process_is_left_alone(pipe, tmp_path):
     import fcntl
 

@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--min-snr-gamma", type=float, default=5.0,
+                   help="min-SNR-γ loss weighting (Hang et al. 2023): weight min(SNR, γ)/SNR per sample; 0 = uniform")
     p.add_argument("--p-uncond", type=float, default=0.1, help="fraction of empty captions (for guidance)")
     p.add_argument("--pool", type=int, default=16384, help="scenes whose latents are kept in memory")
     p.add_argument("--refresh-every", type=int, default=50, help="steps between pool refreshes")
@@ -407,6 +409,7 @@ def main(argv=None) -> None:
     def state() -> dict:
         return {"step": step, "scene_counter": counter, "wall_seconds": round(wall, 1), "seed": args.seed,
                 "batch": args.batch, "lr": args.lr, "ema": args.ema, "p_uncond": args.p_uncond,
+                "min_snr_gamma": args.min_snr_gamma,
                 "threads": args.threads, "model": cfg.to_dict(), "vae_scaling_factor": sf,
                 "command": "python -m daamlib.shapeworld.train " + " ".join(sys.argv[1:]),
                 "exported_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -442,6 +445,7 @@ def main(argv=None) -> None:
     t_ck = t_ex = time.time()
     t_last, losses = time.time(), []
     t_mark = time.time()  # wall time counts everything in the loop: steps, pool refreshes, exports
+    alphas_cumprod = sched.alphas_cumprod.float()
     log(f"training from step {step}")
     while step < args.steps and not stop["flag"]:
         if args.max_minutes is not None and time.time() - t_invocation > args.max_minutes * 60:
@@ -463,9 +467,15 @@ def main(argv=None) -> None:
         zt = sched.add_noise(z0, noise, t)
         cond = text(ids).last_hidden_state  # [B, L, D]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        if args.min_snr_gamma > 0:
+            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+            weighted = (per_sample * torch.clamp(snr, max=args.min_snr_gamma) / snr).mean()
+        else:
+            weighted = per_sample.mean()
+        loss = per_sample.mean().detach()  # logged unweighted, so the loss curve stays comparable across settings
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        weighted.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
