@@ -131,7 +131,7 @@ def train_vae(args, cfg: ModelConfig, world: ShapeWorld, run: Path, export: Path
     start = 0
     ck = run / "vae_ckpt.pt"
     if ck.exists():
-        s = torch.load(ck, weights_only=False)
+        s = torch.load(ck, weights_only=True)  # restricted unpickler: tensors, containers, numbers, strings
         vae.load_state_dict(s["vae"])
         opt.load_state_dict(s["opt"])
         torch.set_rng_state(s["rng"])
@@ -367,7 +367,7 @@ def main(argv=None) -> None:
     step, counter, wall = 0, args.pool, 0.0
     ck = run / "ckpt.pt"
     if ck.exists():
-        s = torch.load(ck, weights_only=False)
+        s = torch.load(ck, weights_only=True)  # restricted unpickler: tensors, containers, numbers, strings
         unet.load_state_dict(s["unet"]), text.load_state_dict(s["text"])
         ema_unet.load_state_dict(s["ema_unet"]), ema_text.load_state_dict(s["ema_text"])
         opt.load_state_dict(s["opt"])
