@@ -286,6 +286,24 @@ class _Retry(Exception):
     pass
 
 
+def _one_after_the_other(boxes, first: int, gap: int, along: int, rng, m: int):
+    """Place two boxes ``gap`` px apart along an axis (0: x, ``first`` on the left; 1: y, ``first`` on top),
+    centred on a shared line across it, the second shifted by up to 4 px."""
+    second, across = 1 - first, 1 - along
+    if boxes[first][along] + boxes[second][along] + gap > SIZE - 2 * m:
+        raise _Retry
+    a_first = int(rng.integers(m, SIZE - m - boxes[first][along] - gap - boxes[second][along] + 1))
+    a_second = a_first + boxes[first][along] + gap
+    span = max(boxes[0][across], boxes[1][across])
+    centre = rng.integers(m + span // 2, SIZE - m - span // 2 + 1)
+    shift = rng.integers(-4, 5)
+    pos = [None, None]
+    for i, a, d in ((first, a_first, 0), (second, a_second, shift)):
+        c = int(np.clip(centre + d - boxes[i][across] // 2, m, SIZE - m - boxes[i][across]))
+        pos[i] = (a, c) if along == 0 else (c, a)
+    return _boxes(pos, boxes)
+
+
 class ShapeWorld:
     """Deterministic scene generator. ``scene(split, index)`` is a pure function of ``(seed, split, index)``.
 
@@ -440,37 +458,14 @@ class ShapeWorld:
                 continue
             (wa, ha), (wb, hb) = boxes
             (xa, ya), (xb, yb) = pos
-            if rel in ("above", "below"):
-                top, bot = (0, 1) if rel == "above" else (1, 0)
-                g = int(rng.integers(g0, 9))
-                if boxes[top][1] + boxes[bot][1] + g > SIZE - 2 * m:
-                    raise _Retry
-                yt = int(rng.integers(m, SIZE - m - boxes[top][1] - g - boxes[bot][1] + 1))
-                yb_ = yt + boxes[top][1] + g
-                cx = rng.integers(m + max(wa, wb) // 2, SIZE - m - max(wa, wb) // 2 + 1)
-                dx = rng.integers(-4, 5)
-                p = [None, None]
-                p[top] = (int(np.clip(cx - boxes[top][0] // 2, m, SIZE - m - boxes[top][0])), yt)
-                p[bot] = (int(np.clip(cx + dx - boxes[bot][0] // 2, m, SIZE - m - boxes[bot][0])), yb_)
-                return _boxes(p, boxes)
-            if rel in ("left of", "right of", "next to"):
+            if rel in ("above", "below", "left of", "right of", "next to"):
                 if rel == "next to":
-                    left = int(rng.integers(2))
+                    first = int(rng.integers(2))
                     g = int(rng.integers(g0 - 1, g0 + 4))
                 else:
-                    left = 0 if rel == "left of" else 1
+                    first = 0 if rel in ("above", "left of") else 1
                     g = int(rng.integers(g0, 9))
-                right = 1 - left
-                if boxes[left][0] + boxes[right][0] + g > SIZE - 2 * m:
-                    raise _Retry
-                xl = int(rng.integers(m, SIZE - m - boxes[left][0] - g - boxes[right][0] + 1))
-                xr = xl + boxes[left][0] + g
-                cy = rng.integers(m + max(ha, hb) // 2, SIZE - m - max(ha, hb) // 2 + 1)
-                dy = rng.integers(-4, 5)
-                p = [None, None]
-                p[left] = (xl, int(np.clip(cy - boxes[left][1] // 2, m, SIZE - m - boxes[left][1])))
-                p[right] = (xr, int(np.clip(cy + dy - boxes[right][1] // 2, m, SIZE - m - boxes[right][1])))
-                return _boxes(p, boxes)
+                return _one_after_the_other(boxes, first, g, 1 if rel in ("above", "below") else 0, rng, m)
             if rel == "inside":
                 inner = _place_mask(objs[0].shape, boxes[0])
                 outer = _place_mask(objs[1].shape, boxes[1])
