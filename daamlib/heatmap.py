@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import kernel
-from .words import Alignment, Word
+from .words import Alignment, Word, WordNotFoundError
 
 
 def _as_image_array(image) -> np.ndarray | None:
@@ -163,6 +163,24 @@ class HeatMaps:
         # one word: upsample only its own tokens, not all of them (same result as the cached path)
         idx = list(w.tokens)
         own = kernel.aggregate([m[..., idx, :, :] for m in self.maps.values()], self.size)
+        return WordHeatMap(w, own.mean(0), self.image, self.prompt)
+
+    def phrase(self, indices: Iterable[int]) -> WordHeatMap:
+        """The map of several words taken as one (e.g. the noun "hot dog"), by word position: the mean
+        of all their tokens' maps, as for a word of several tokens."""
+        idx = sorted(set(int(i) for i in indices))
+        by_index = {w.index: w for w in self.alignment.words}
+        missing = [i for i in idx if i not in by_index]
+        if not idx or missing:
+            raise IndexError(f"word positions {missing or idx} are not in {self.prompt!r} ({len(by_index)} words)")
+        words = [by_index[i] for i in idx]
+        if any(w.truncated for w in words):
+            raise WordNotFoundError(f"{' '.join(w.text for w in words)!r} was cut off: the text encoder never saw it")
+        tokens = tuple(t for w in words for t in w.tokens)
+        w = Word(" ".join(w.text for w in words), idx[0], 0, (words[0].span[0], words[-1].span[1]), tokens)
+        if self._token_maps is not None:
+            return WordHeatMap(w, kernel.word_map(self._token_maps, tokens), self.image, self.prompt)
+        own = kernel.aggregate([m[..., list(tokens), :, :] for m in self.maps.values()], self.size)
         return WordHeatMap(w, own.mean(0), self.image, self.prompt)
 
     def token(self, position: int) -> WordHeatMap:

@@ -116,19 +116,22 @@ def relation_table(rows, alpha: float = 0.01, dominance: float = 10.0):
     """Table 2: per relation, n, mIoD, mIoH, Δ = |mIoD − mIoH|, mIoU (all ×100), the paired p of mIoD ≠ mIoH,
     and which map dominates (``head`` when mIoD > mIoH by more than ``dominance`` points at p < ``alpha``).
 
-    ``rows``: dicts or a DataFrame with columns ``relation``, ``iou``, ``iod``, ``ioh``.
+    ``rows``: dicts or a DataFrame with columns ``relation``, ``iou``, ``iod``, ``ioh``. A pair whose IoD
+    or IoH is undefined (an empty mask) is left out of every column, so n, the means, Δ and p all
+    describe the same pairs; ``excluded`` counts those left out.
     """
     import pandas as pd
 
     df = pd.DataFrame(rows)
     out = []
-    for rel, g in df.groupby("relation", sort=False):
+    for rel, g_all in df.groupby("relation", sort=False):
+        g = g_all[g_all["iod"].notna() & g_all["ioh"].notna()]
         m_iod, m_ioh = 100 * g["iod"].mean(), 100 * g["ioh"].mean()
         p = paired_p_value(g["iod"], g["ioh"])
         delta = abs(m_iod - m_ioh)
         dominant = ("head" if m_iod > m_ioh else "dependent") if delta > dominance and p < alpha else ""
         out.append({"relation": rel, "n": len(g), "mIoD": m_iod, "mIoH": m_ioh, "delta": delta,
-                    "mIoU": 100 * g["iou"].mean(), "p": p, "dominant": dominant})
+                    "mIoU": 100 * g["iou"].mean(), "p": p, "dominant": dominant, "excluded": len(g_all) - len(g)})
     return pd.DataFrame(out)
 
 
@@ -140,8 +143,11 @@ def fisher_exact(successes_a: int, total_a: int, successes_b: int, total_b: int)
     return float(res.statistic), float(res.pvalue)
 
 
-def overlap_bin(value: float, cuts: tuple[float, float] = (0.4, 0.6)) -> str:
-    """The paper's §5.1 overlap bins: ``low`` (≤ 0.4), ``mid`` (0.4–0.6), ``high`` (≥ 0.6)."""
+def overlap_bin(value: float, cuts: tuple[float, float] = (0.4, 0.6)) -> str | None:
+    """The paper's §5.1 overlap bins: ``low`` (≤ 0.4), ``mid`` (0.4–0.6), ``high`` (≥ 0.6); None for a
+    NaN overlap (both masks empty), which belongs to no bin."""
+    if value != value:
+        return None
     if value <= cuts[0]:
         return "low"
     return "high" if value >= cuts[1] else "mid"

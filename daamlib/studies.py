@@ -29,6 +29,42 @@ def word_at(hm: HeatMaps, index: int):
     raise IndexError(f"the prompt {hm.prompt!r} has no word {index}")
 
 
+def pair_positions(a: str, b: str) -> tuple[list[int], list[int]]:
+    """Word positions of the two nouns in the §5.1 template "a(n) <a> and a(n) <b>" (see
+    :func:`daamlib.ontology.pair_prompt`); a noun of several words ("hot dog") spans several."""
+    na, nb = len(a.split()), len(b.split())
+    return list(range(1, 1 + na)), list(range(3 + na, 3 + na + nb))
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "y", "correct"}, {"0", "false", "no", "n", "incorrect"}
+
+
+def read_label(value) -> bool | None:
+    """A human yes/no label from a CSV cell: 1/0, true/false, yes/no, correct/incorrect (any case);
+    empty is None (not labelled). Anything else raises, rather than being read as True."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text.endswith(".0"):  # pandas reads a 0/1 column with blanks as floats
+        text = text[:-2]
+    if text == "":
+        return None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"cannot read {value!r} as a label: write 1/0, true/false, yes/no or correct/incorrect")
+
+
+def word_starting_at(hm: HeatMaps, char: int):
+    """The :class:`Word` whose text starts at character ``char`` of the prompt (e.g. where a
+    template's ``{adj}`` was filled in), by the alignment's own word split, punctuation included."""
+    for w in hm.alignment.words:
+        if w.span[0] == char:
+            return w
+    raise IndexError(f"no word of {hm.prompt!r} starts at character {char}")
+
+
 def segmentation_rows(hm: HeatMaps, gt: dict[int, object], thresholds=(0.3, 0.4, 0.5),
                       sweep=tuple(np.round(np.linspace(0, 1, 11), 2)), ablation_tau: float = 0.4,
                       ablation_steps=(1, 2, 5, 10, 20), **info) -> list[dict]:

@@ -28,10 +28,26 @@ def test_a_background_turning_blue_shifts_toward_blue_only():
     to_blue = background_shift(seed, bluish, mask, (30, 60, 220))
     assert to_blue["hue_shift_deg"] > 20 and to_blue["toward_share"] == 1.0 and to_blue["pixel_diff"] > 0
     assert background_shift(seed, bluish, mask, (220, 200, 30))["hue_shift_deg"] < 0  # away from yellow
+    assert to_blue["chroma_toward"] > 0 and background_shift(seed, bluish, mask, (220, 200, 30))["chroma_toward"] < 0
     none = background_shift(seed, same, mask, (30, 60, 220))
-    assert none["hue_shift_deg"] == 0 and none["pixel_diff"] == 0
+    assert none["hue_shift_deg"] == 0 and none["pixel_diff"] == 0 and none["chroma_toward"] == 0
     with pytest.raises(ValueError, match="no background"):
         background_shift(seed, same, np.ones((20, 20), bool), (0, 0, 255))
+
+
+def test_grey_is_not_red():
+    """matplotlib gives grey the hue 0 (red): a grey background turning red must count as moving
+    toward red, and grey turning blue must not count as a 120° move away from red."""
+    grey, mask = scene((128, 128, 128))
+    reddish, _ = scene((190, 90, 90))
+    bluish, _ = scene((90, 90, 190))
+    red, blue = (220, 30, 30), (30, 60, 220)
+    to_red = background_shift(grey, reddish, mask, red)
+    assert np.isnan(to_red["hue_shift_deg"]) and to_red["coloured_pixels"] == 0  # no hue before: undefined
+    assert to_red["chroma_toward"] > 0.2
+    assert background_shift(grey, bluish, mask, blue)["chroma_toward"] > 0.2
+    assert background_shift(grey, bluish, mask, red)["chroma_toward"] < 0
+    assert background_shift(grey, grey, mask, red)["chroma_toward"] == 0
 
 
 def test_spread_outside():

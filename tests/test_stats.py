@@ -69,3 +69,4 @@ def test_fisher_and_overlap_bins():
     assert odds > 1 and 0 < p < 1
     assert stats.fisher_exact(50, 50, 0, 50)[1] < 1e-20
     assert [stats.overlap_bin(v) for v in (0.1, 0.4, 0.5, 0.6, 0.9)] == ["low", "low", "mid", "high", "high"]
+    assert stats.overlap_bin(float("nan")) is None  # not "mid"

@@ -79,3 +79,42 @@ def test_adjective_swap_holds_the_seed_and_varies_the_rest(tiny):
     assert (out["replayed"]["yellow"] == out["seed"].image).all()
     assert (out["replayed"]["red"] != out["plain"]["red"].image).any()  # the layout was held, so the image differs
     assert out["plain"]["red"].prompt == "a red circle above a square"
+
+
+def test_multi_word_nouns_of_the_pair_template(traced):
+    """"a hot dog and a cat": the first noun is words 1–2, the second word 5; the phrase map is the
+    mean of all its tokens' maps, by both the cached and the per-word path."""
+    from daamlib import kernel
+    from daamlib.ontology import pair_prompt
+
+    prompt = pair_prompt("hot dog", "cat")
+    hm = traced(prompt, steps=2)
+    pa, pb = studies.pair_positions("hot dog", "cat")
+    assert [hm.words[i] for i in pa] == ["hot", "dog"] and [hm.words[i] for i in pb] == ["cat"]
+    phrase = hm.phrase(pa)
+    tokens = hm["hot"].word.tokens + hm["dog"].word.tokens
+    assert phrase.word.text == "hot dog" and phrase.word.tokens == tokens
+    assert torch.allclose(phrase.heat, kernel.word_map(hm.token_maps(), tokens), atol=1e-6)
+    assert torch.allclose(hm.phrase(pb).heat, hm["cat"].heat, atol=1e-6)
+    with pytest.raises(IndexError, match="not in"):
+        hm.phrase([7])
+
+
+def test_word_starting_at_follows_the_alignment(traced):
+    hm = traced("hello, a red cat", steps=2)  # the comma is a word of its own
+    assert studies.word_starting_at(hm, len("hello, a ")).text == "red"
+    assert studies.word_starting_at(hm, len("hello, a ")).index == 3
+    with pytest.raises(IndexError, match="starts at character 2"):
+        studies.word_starting_at(hm, 2)
+
+
+@pytest.mark.parametrize("cell, label", [(1, True), (0, False), (1.0, True), ("yes", True), ("No", False),
+                                         ("correct", True), ("incorrect", False), (True, True), ("", None),
+                                         (float("nan"), None), (None, None)])
+def test_read_label(cell, label):
+    assert studies.read_label(cell) is label
+
+
+def test_read_label_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="cannot read 'maybe'"):
+        studies.read_label("maybe")
