@@ -13,7 +13,9 @@ Human masks for Stable Diffusion images are read from a folder in this layout::
     masks/<item_id>/image.png           the generated image
     masks/<item_id>/<noun>.png          one mask per present noun: white (or opaque alpha) = noun
 
-(a noun with no PNG is treated as absent from the image and skipped, as in the paper).
+(a noun with no PNG is treated as absent from the image and skipped, as in the paper). File
+names match the prompt's words case-insensitively and mark the word's first occurrence;
+:func:`human_ground_truth` names the files that match no word instead of dropping them.
 """
 
 from __future__ import annotations
@@ -85,3 +87,28 @@ def load_human_masks(folder: str | Path) -> dict[str, dict[str, torch.Tensor]]:
         if masks:
             out[item.name] = masks
     return out
+
+
+def human_ground_truth(hm, item_folder: str | Path) -> tuple[dict[int, torch.Tensor], list[str]]:
+    """The human masks of one item matched to the prompt's words: ``({word index: mask}, unmatched)``.
+
+    ``<noun>.png`` matches the first word whose text equals ``noun`` ignoring case; masks are read
+    at the image's size. ``unmatched`` lists the files that name no word of the prompt (a typo, a
+    plural), so the caller can say so rather than score fewer nouns in silence.
+    """
+    folder = Path(item_folder)
+    if not folder.is_dir():
+        return {}, []
+    first = {}
+    for w in hm.alignment.words:
+        first.setdefault(w.text.lower(), w)
+    gt, unmatched = {}, []
+    for f in sorted(folder.glob("*.png")):
+        if f.name == "image.png":
+            continue
+        w = first.get(f.stem.lower())
+        if w is None or w.truncated:
+            unmatched.append(f.name)
+            continue
+        gt[w.index] = read_mask(f, hm.size)
+    return gt, unmatched

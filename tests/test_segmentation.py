@@ -48,3 +48,17 @@ def test_human_masks_layout(tmp_path):
     assert masks["000123"]["zebra"][4:].all() and not masks["000123"]["zebra"][:4].any()
     with pytest.raises(FileNotFoundError, match="<item_id>/<noun>.png"):
         seg.load_human_masks(tmp_path / "missing")
+
+
+def test_human_masks_match_words_ignoring_case_and_name_the_strays(tmp_path, traced):
+    hm = traced("a Giraffe and a zebra", steps=2)
+    item = tmp_path / "x"
+    item.mkdir()
+    m = np.zeros((16, 16), np.uint8)
+    m[:8] = 255
+    for name in ("giraffe", "ZEBRA", "zebras"):
+        Image.fromarray(m).save(item / f"{name}.png")
+    gt, unmatched = seg.human_ground_truth(hm, item)
+    assert sorted(gt) == [1, 4] and unmatched == ["zebras.png"]
+    assert gt[1].shape == hm.size and gt[1][: hm.size[0] // 2].all() and not gt[1][hm.size[0] // 2:].any()
+    assert seg.human_ground_truth(hm, tmp_path / "none") == ({}, [])
