@@ -72,7 +72,8 @@ def segmentation_rows(hm: HeatMaps, gt: dict[int, object], thresholds=(0.3, 0.4,
 
     ``gt``: word position → boolean mask at image size. ``info`` (e.g. ``item``, ``split``) is
     copied into every row. Row ``kind``: ``table`` (method × τ), ``sweep`` (DAAM, both Eq. 7
-    modes, τ from 0 to 1), ``ablation`` (DAAM-``ablation_tau`` on first/last n steps, single resolutions).
+    modes, τ from 0 to 1), ``ablation`` (DAAM-``ablation_tau`` on the first/last n steps, the coarsest/finest
+    n layer resolutions, and each resolution alone).
     """
     rows = []
     size = hm.size
@@ -84,6 +85,11 @@ def segmentation_rows(hm: HeatMaps, gt: dict[int, object], thresholds=(0.3, 0.4,
     for n in sorted({min(n, S) for n in ablation_steps} | {S}):
         views[("first n steps", n)] = hm.select(steps=range(n))
         views[("last n steps", n)] = hm.select(steps=range(S - n, S))
+    coarse_to_fine = sorted(hm.resolutions, key=lambda r: r[0] * r[1])
+    R = len(coarse_to_fine)
+    for n in range(1, R + 1):  # the paper's layer ablation: resolutions c ≤ c* and c ≥ c*
+        views[("coarsest n resolutions", n)] = hm.select(resolutions=coarse_to_fine[:n])
+        views[("finest n resolutions", n)] = hm.select(resolutions=coarse_to_fine[R - n:])
     for r in hm.resolutions:
         views[(f"only {r[0]}×{r[1]}", S)] = hm.select(resolutions=[r])
     for index, truth in gt.items():

@@ -25,6 +25,11 @@ def test_segmentation_rows_and_table1(hm):
     abl = {(r["method"], r["n"]) for r in rows if r["kind"] == "ablation"}
     assert {("first n steps", 1), ("last n steps", 2), ("all", 4)} <= abl
     assert any(m.startswith("only ") for m, _ in abl)
+    R = len(hm.resolutions)
+    assert {("coarsest n resolutions", n) for n in range(1, R + 1)} <= abl
+    full = [r["iou"] for r in rows if r["kind"] == "ablation" and r["word"] == "zebra"
+            and (r["method"], r["n"]) in {("coarsest n resolutions", R), ("finest n resolutions", R), ("all", 4)}]
+    assert len(full) == 3 and max(full) - min(full) < 1e-6  # every resolution = the whole map
     t1 = studies.table1(rows).set_index("method")
     assert t1.loc["whole image", "gen"] == pytest.approx(50.0) and t1.loc["DAAM-0.4", "n"] == 2
 
