@@ -175,13 +175,20 @@ def attribution_rows(hm: HeatMaps, regions: dict[int, torch.Tensor], pos: dict[i
         rows.append({**info, "word": w.text, "word_index": i, "pos": pos.get(i, "X"),
                      "mass_on_region": seg.mass_on_region(heat, region),
                      "mass_on_other_region": seg.mass_on_region(heat, other) if other is not None else float("nan"),
-                     "region_share": float(region.float().mean())})
+                     "region_share": float(region.float().mean()),
+                     "other_region_share": float(other.float().mean()) if other is not None else float("nan")})
     return rows
 
 
 def pos_table(rows):
     """Per part of speech: words, mean share of map mass on the word's own region (95% CI), on a random
-    other region, and the share of the image the regions cover (what a uniform map would score)."""
+    other region, and the share of the image the regions cover (what a uniform map would score).
+
+    Regions differ in size (a background is most of the image, a colour's object a tenth of it), so
+    the fair comparison is the *lift*: mass on a region ÷ the region's share of the image (1 = no
+    better than a uniform map), for the own region (``lift_own``) and the random one (``lift_random``),
+    averaged over words.
+    """
     import pandas as pd
 
     from .stats import mean_ci
@@ -192,7 +199,9 @@ def pos_table(rows):
         own, other = mean_ci(g["mass_on_region"]), mean_ci(g["mass_on_other_region"])
         out.append({"pos": pos, "words": len(g), "mass_on_own_region": own.mean, "ci_low": own.low,
                     "ci_high": own.high, "mass_on_random_region": other.mean,
-                    "uniform_map": float(g["region_share"].mean())})
+                    "uniform_map": float(g["region_share"].mean()),
+                    "lift_own": float((g["mass_on_region"] / g["region_share"]).mean()),
+                    "lift_random": float((g["mass_on_other_region"] / g["other_region_share"]).mean())})
     return pd.DataFrame(out).sort_values("words", ascending=False)
 
 
