@@ -157,7 +157,10 @@ class HeatMaps:
 
     def word(self, word: str, occurrence: int | None = None) -> WordHeatMap:
         """The map of ``word`` (mean of its tokens' maps); ``occurrence`` picks among repeats."""
-        w = self.alignment.find(word, occurrence)
+        return self._map_of(self.alignment.find(word, occurrence))
+
+    def _map_of(self, w: Word) -> WordHeatMap:
+        """The mean of ``w``'s tokens' maps."""
         if self._token_maps is not None:
             return WordHeatMap(w, kernel.word_map(self._token_maps, w.tokens), self.image, self.prompt)
         # one word: upsample only its own tokens, not all of them (same result as the cached path)
@@ -177,11 +180,8 @@ class HeatMaps:
         if any(w.truncated for w in words):
             raise WordNotFoundError(f"{' '.join(w.text for w in words)!r} was cut off: the text encoder never saw it")
         tokens = tuple(t for w in words for t in w.tokens)
-        w = Word(" ".join(w.text for w in words), idx[0], 0, (words[0].span[0], words[-1].span[1]), tokens)
-        if self._token_maps is not None:
-            return WordHeatMap(w, kernel.word_map(self._token_maps, tokens), self.image, self.prompt)
-        own = kernel.aggregate([m[..., list(tokens), :, :] for m in self.maps.values()], self.size)
-        return WordHeatMap(w, own.mean(0), self.image, self.prompt)
+        span = (words[0].span[0], words[-1].span[1])
+        return self._map_of(Word(" ".join(w.text for w in words), idx[0], 0, span, tokens))
 
     def token(self, position: int) -> WordHeatMap:
         """The map of the token at ``position`` (0 is the start token)."""

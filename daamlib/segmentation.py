@@ -77,16 +77,27 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Te
 
 def load_human_masks(folder: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     """``{item_id: {noun: mask}}`` from the documented layout (see module docs)."""
+    folder = check_mask_folder(folder)
+    out = {}
+    for item in sorted(p for p in folder.iterdir() if p.is_dir()):
+        masks = {p.stem: read_mask(p) for p in _mask_files(item)}
+        if masks:
+            out[item.name] = masks
+    return out
+
+
+def check_mask_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path, or a FileNotFoundError that says which layout is expected."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no human-mask folder at {folder}; expected {folder}/<item_id>/<noun>.png "
                                 "beside each image.png (see daamlib.segmentation)")
-    out = {}
-    for item in sorted(p for p in folder.iterdir() if p.is_dir()):
-        masks = {p.stem: read_mask(p) for p in sorted(item.glob("*.png")) if p.name != "image.png"}
-        if masks:
-            out[item.name] = masks
-    return out
+    return folder
+
+
+def _mask_files(item_folder: Path) -> list[Path]:
+    """One item's mask PNGs: every PNG but the image itself."""
+    return [p for p in sorted(item_folder.glob("*.png")) if p.name != "image.png"]
 
 
 def human_ground_truth(hm, item_folder: str | Path) -> tuple[dict[int, torch.Tensor], list[str]]:
@@ -103,9 +114,7 @@ def human_ground_truth(hm, item_folder: str | Path) -> tuple[dict[int, torch.Ten
     for w in hm.alignment.words:
         first.setdefault(w.text.lower(), w)
     gt, unmatched = {}, []
-    for f in sorted(folder.glob("*.png")):
-        if f.name == "image.png":
-            continue
+    for f in _mask_files(folder):
         w = first.get(f.stem.lower())
         if w is None or w.truncated:
             unmatched.append(f.name)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .model import reconstruct_images
 from .world import COLOURS, PATTERN_SHADE, PLURAL, SHAPES, SIZE, ShapeWorld
 
 WEIGHTS = Path(__file__).with_name("annotator_shape_cnn.safetensors")
@@ -175,17 +176,6 @@ def _match(gt_masks: list[np.ndarray], det_masks: list[np.ndarray]) -> list[tupl
     return out
 
 
-@torch.no_grad()
-def _reconstruct(vae, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """uint8 [N, H, W, 3] → VAE encode (posterior mean) → decode → uint8."""
-    out = []
-    for a in range(0, len(images), batch):
-        x = torch.from_numpy(images[a : a + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        r = vae.decode(vae.encode(x).latent_dist.mean).sample
-        out.append(((r.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
-
-
 class Annotator:
     def __init__(self, model: ShapeCNN):
         self.model = model.eval()
@@ -219,7 +209,7 @@ class Annotator:
         scenes = [world.scene("train", 2_000_000 + i) for i in range(n_scenes)]  # beyond the diffusion pool's indices
         images = [[sc.image for sc in scenes]]
         if vae is not None:
-            images.append(list(_reconstruct(vae, np.stack(images[0]))))
+            images.append(list(reconstruct_images(vae, np.stack(images[0]))))
         for imgs in images:
             for sc, im in zip(scenes, imgs):
                 comps, _ = segment(im)
@@ -309,7 +299,7 @@ def validate(annotator: Annotator, n: int = 1000, split: str = "test", seed: int
     scenes = [world.scene(split, i) for i in range(n)]
     images = np.stack([sc.image for sc in scenes])
     if vae is not None:
-        images = _reconstruct(vae, images)
+        images = reconstruct_images(vae, images)
     for sc, image in zip(scenes, images):
         dets, _ = annotator.detect(image)
         matches = {gi: (dj, iou) for gi, dj, iou in _match([o.mask for o in sc.objects], [d.mask for d in dets])}

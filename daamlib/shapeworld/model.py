@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .world import all_words
@@ -140,3 +141,15 @@ def encode_images(vae, images_uint8, sample: bool = False, generator=None) -> to
     dist = vae.encode(x).latent_dist
     z = dist.sample(generator) if sample else dist.mean
     return z * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def reconstruct_images(vae, images_uint8, batch: int = 64) -> np.ndarray:
+    """uint8 [N, H, W, 3] → VAE encode (posterior mean) → decode → uint8 [N, H, W, 3]: what the VAE
+    keeps of an image, the best a generated image can look."""
+    out = []
+    for a in range(0, len(images_uint8), batch):
+        x = torch.as_tensor(images_uint8[a : a + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        r = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out.append(((r.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)

@@ -37,6 +37,7 @@ from .model import (
     build_unet,
     build_vae,
     make_pipeline,
+    reconstruct_images,
 )
 from .world import ShapeWorld
 
@@ -218,6 +219,12 @@ def finetune_decoder(args, run: Path) -> None:
     vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+
+    def save() -> None:  # atomically: the trainer may load it at any export
+        tmp = run / (DECODER_FILE + ".tmp")
+        save_file({k: v.contiguous() for k, v in _decoder_state(vae).items()}, str(tmp))
+        os.replace(tmp, run / DECODER_FILE)
+
     B, t0, t_save = args.vae_batch // 2, time.time(), time.time()
     step = 0
     offset = VAE_INDEX_OFFSET + 10_000_000
@@ -236,19 +243,12 @@ def finetune_decoder(args, run: Path) -> None:
         step += 1
         if step % 20 == 0:
             log(f"decoder step {step} loss {loss.item():.5f}")
-        if time.time() - t_save > 300 or time.time() - t0 >= args.decoder_minutes * 60:
-            tmp = run / (DECODER_FILE + ".tmp")
-            save_file({k: v.contiguous() for k, v in _decoder_state(vae).items()}, str(tmp))
-            os.replace(tmp, run / DECODER_FILE)
+        if time.time() - t_save > 300:
+            save()
             t_save = time.time()
-    tmp = run / (DECODER_FILE + ".tmp")
-    save_file({k: v.contiguous() for k, v in _decoder_state(vae).items()}, str(tmp))
-    os.replace(tmp, run / DECODER_FILE)
+    save()
     val = np.stack([world.scene("val", i).image for i in range(256)])
-    with torch.no_grad():
-        rec = torch.cat([vae.decode(vae.encode(images_to_tensor(val[i : i + 64])).latent_dist.mean).sample
-                         for i in range(0, 256, 64)])
-    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    rec_u8 = reconstruct_images(vae, val)
     mse = float(((rec_u8.astype(float) - val.astype(float)) ** 2).mean())
     log(f"decoder fine-tuned for {step} steps: val MSE {mse:.1f}, PSNR {10 * math.log10(255**2 / mse):.2f} dB")
     (run / "decoder_metrics.json").write_text(json.dumps({"steps": step, "batch": B, "val_mse_255": mse,
