@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .world import ShapeWorld
+from .world import COLOURS, ShapeWorld
 
 
 def plot_loss(csv_path: str | Path, ax=None):
@@ -37,19 +37,19 @@ def plot_loss(csv_path: str | Path, ax=None):
 
 
 @torch.no_grad()
-def samples(path: str | Path, prompts: list[str], scheduler: str = "ddim", steps: int = 25, guidance: float = 5.0,
+def samples(pipe, prompts: list[str], scheduler: str = "ddim", steps: int = 25, guidance: float = 5.0,
             seed: int = 0) -> np.ndarray:
-    """uint8 [N, 64, 64, 3] images from the folder's pipeline with the named scheduler."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+    """uint8 [N, 64, 64, 3] images from ``pipe`` with the named scheduler (made from the pipeline's own
+    scheduler config, which is put back afterwards)."""
+    from ..pipeline import set_scheduler
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)
-    if scheduler == "dpm":
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    elif scheduler == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, output_type="np",
-               generator=torch.Generator().manual_seed(seed)).images
+    own = pipe.scheduler
+    set_scheduler(pipe, scheduler)
+    try:
+        out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, output_type="np",
+                   generator=torch.Generator().manual_seed(seed)).images
+    finally:
+        pipe.scheduler = own
     return (out * 255).round().astype(np.uint8)
 
 
@@ -81,7 +81,7 @@ def annotate_samples(images: np.ndarray, captions: list[str]) -> dict:
         words = cap.split()
         found = []
         for i, present in a.present.items():
-            colour = words[i - 1] if i > 0 and words[i - 1] in ("red", "green", "blue", "yellow", "purple", "orange") else None
+            colour = words[i - 1] if i > 0 and words[i - 1] in COLOURS else None
             good = present and (colour is None or any(d.colour == colour and (d.mask & a.noun_masks[i]).any()
                                                         for d in a.objects))
             found.append(good)
@@ -116,8 +116,12 @@ def main(argv=None) -> None:
         plt.close(ax.figure)
     world = ShapeWorld()
     caps = [world.scene("val", i, kind="pair" if i % 2 == 0 else None).caption for i in range(a.n)]
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(a.path), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
     for name in ("ddim", "dpm"):
-        ims = samples(a.path, caps, name, a.steps, a.guidance)
+        ims = samples(pipe, caps, name, a.steps, a.guidance)
         save_grid(ims, caps, out / f"samples_{name}.png")
         rep[name] = annotate_samples(ims, caps)
         rep[name].update(steps=a.steps, guidance=a.guidance)
