@@ -2,6 +2,7 @@
 
     python -m daamlib.shapeworld.train                 # start, or resume where a killed run stopped
     python -m daamlib.shapeworld.train --max-minutes 100
+    python -m daamlib.shapeworld.train --device cuda --workers 12 --batch 128 --refresh 1024 --max-minutes 8
 
 Resumable: a checkpoint (model, EMA, optimizer, step, RNG state) is written atomically to
 ``runs/shapeworld/ckpt.pt`` every ``--ckpt-minutes``; the diffusers folder (EMA weights, DDIM
@@ -61,12 +62,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export-dir", default="data/models/shapeworld", help="the shipped diffusers folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="torch device of the UNet phase (cpu, cuda); the VAE phase runs on the CPU")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that render scenes for the latent pool (0: in this process); refreshes are "
+                        "rendered ahead while the model trains")
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-crop", type=int, default=32, help="train the (fully convolutional) VAE on crops")
     p.add_argument("--steps", type=int, default=1_000_000, help="stop at this UNet step")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (this invocation)")
+    p.add_argument("--cooldown-minutes", type=float, default=0.0,
+                   help="with --max-minutes: decay the learning rate linearly to 0.1× over this invocation's last M minutes")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
@@ -260,26 +267,69 @@ def finetune_decoder(args, run: Path) -> None:
 # Phase 2: UNet + text encoder
 
 
+_WORKER_WORLD: dict = {}
+
+
+def render_train(seed: int, start: int, stop: int) -> tuple[np.ndarray, list[str]]:
+    """Images and captions of train scenes ``start..stop-1`` (a worker process keeps one world per seed)."""
+    world = _WORKER_WORLD.setdefault(seed, ShapeWorld(seed=seed))
+    scenes = [world.scene("train", i) for i in range(start, stop)]
+    return np.stack([s.image for s in scenes]), [s.caption for s in scenes]
+
+
+class SceneRenderer:
+    """Renders train scenes in chunks, in this process or in ``workers`` processes (same scenes either way)."""
+
+    def __init__(self, seed: int, workers: int = 0, chunk: int = 64):
+        self.seed, self.chunk = seed, chunk
+        self.procs = None
+        if workers > 0:
+            import multiprocessing as mp
+
+            self.procs = mp.get_context("spawn").Pool(workers)
+
+    def _ranges(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        return [(self.seed, a, min(a + self.chunk, stop)) for a in range(start, stop, self.chunk)]
+
+    def render(self, start: int, stop: int):
+        """An iterator of (first index, images, captions) chunks, in order."""
+        ranges = self._ranges(start, stop)
+        if self.procs is None:
+            return ((r[1], *render_train(*r)) for r in ranges)
+        return ((r[1], *out) for r, out in zip(ranges, self.procs.starmap(render_train, ranges)))
+
+    def render_ahead(self, start: int, stop: int):
+        """Start rendering in the workers now; call the returned function to get the chunks."""
+        if self.procs is None:
+            return lambda: self.render(start, stop)
+        ranges = self._ranges(start, stop)
+        pending = self.procs.starmap_async(render_train, ranges)
+        return lambda: ((r[1], *out) for r, out in zip(ranges, pending.get()))
+
+    def close(self) -> None:
+        if self.procs is not None:
+            self.procs.terminate()
+
+
 class LatentPool:
     """Posterior moments of the last ``size`` train scenes; scene ``i`` lives in slot ``i % size``."""
 
-    def __init__(self, size: int, max_length: int, latent_shape=(4, 16, 16)):
+    def __init__(self, size: int, max_length: int, latent_shape=(4, 16, 16), device="cpu"):
         self.size = size
-        self.mean = torch.zeros(size, *latent_shape)
-        self.std = torch.zeros(size, *latent_shape)
-        self.ids = torch.zeros(size, max_length, dtype=torch.long)
+        self.mean = torch.zeros(size, *latent_shape, device=device)
+        self.std = torch.zeros(size, *latent_shape, device=device)
+        self.ids = torch.zeros(size, max_length, dtype=torch.long, device=device)
 
     @torch.no_grad()
-    def fill(self, world, vae, tokenizer, start: int, stop: int, chunk: int = 64) -> None:
-        for a in range(start, stop, chunk):
-            idx = list(range(a, min(a + chunk, stop)))
-            scenes = [world.scene("train", i) for i in idx]
-            x = images_to_tensor(np.stack([s.image for s in scenes]))
-            d = vae.encode(x).latent_dist
-            ids = tokenizer([s.caption for s in scenes], padding="max_length", max_length=tokenizer.model_max_length,
+    def add(self, chunks, vae, tokenizer) -> None:
+        """Encode (first index, images, captions) chunks into their slots."""
+        for a, images, captions in chunks:
+            device = self.mean.device
+            d = vae.encode(images_to_tensor(images).to(device)).latent_dist
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids
-            slots = torch.tensor(idx) % self.size
-            self.mean[slots], self.std[slots], self.ids[slots] = d.mean, d.std, ids
+            slots = torch.arange(a, a + len(captions), device=device) % self.size
+            self.mean[slots], self.std[slots], self.ids[slots] = d.mean, d.std, ids.to(device)
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -323,6 +373,9 @@ def sample_grid(vae, text, tokenizer, unet, cfg, path: Path, seed: int = 0, step
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run, export = Path(args.run_dir), Path(args.export_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig(text_layers=args.text_layers, unet_channels=tuple(int(c) for c in args.unet_channels.split(",")),
@@ -359,20 +412,24 @@ def main(argv=None) -> None:
     text = build_text_encoder(cfg, tokenizer)
     unet = build_unet(cfg)
     ema_text, ema_unet = copy.deepcopy(text).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
+    for m in (vae, text, unet, ema_text, ema_unet):
+        m.to(device)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     log(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder "
         f"{sum(p.numel() for p in text.parameters()) / 1e6:.3f}M, VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M")
 
     step, counter, wall = 0, args.pool, 0.0
+    wall_by_device: dict[str, float] = {}  # where the wall time was spent (cpu, cuda)
     ck = run / "ckpt.pt"
     if ck.exists():
-        s = torch.load(ck, weights_only=True)  # restricted unpickler: tensors, containers, numbers, strings
+        s = torch.load(ck, weights_only=True, map_location="cpu")  # restricted unpickler: tensors, containers, ...
         unet.load_state_dict(s["unet"]), text.load_state_dict(s["text"])
         ema_unet.load_state_dict(s["ema_unet"]), ema_text.load_state_dict(s["ema_text"])
         opt.load_state_dict(s["opt"])
         torch.set_rng_state(s["rng"])
         step, counter, wall = s["step"], s["counter"], s["wall"]
+        wall_by_device = s.get("wall_by_device", {"cpu": wall})  # checkpoints before 2026-11-30 ran on the CPU
         log(f"resumed from {ck} at step {step}")
     elif (export / "training_state.json").exists():
         from diffusers import UNet2DConditionModel
@@ -386,18 +443,21 @@ def main(argv=None) -> None:
         for m in (text, ema_text):
             m.load_state_dict(et.state_dict())
         step, counter, wall = st["step"], st["scene_counter"], st["wall_seconds"]
+        wall_by_device = st.get("wall_seconds_by_device", {"cpu": wall})
         if (export / "training_log.csv").exists() and not (run / "loss.csv").exists():
             shutil.copy(export / "training_log.csv", run / "loss.csv")  # keep the whole loss curve
         log(f"no checkpoint: resumed from the exported weights at step {step} with a fresh optimizer")
+    warm_from = 0 if ck.exists() else step  # a fresh optimizer warms up again (Adam's first steps are full size)
 
     sched = build_train_scheduler(cfg)
     sf = vae.config.scaling_factor
-    pool = LatentPool(args.pool, tokenizer.model_max_length)
+    pool = LatentPool(args.pool, tokenizer.model_max_length, device=device)
+    renderer = SceneRenderer(args.seed, args.workers)
     t0 = time.time()
-    pool.fill(world, vae, tokenizer, counter - args.pool, counter)
+    pool.add(renderer.render(counter - args.pool, counter), vae, tokenizer)
     log(f"latent pool of {args.pool} scenes built in {time.time() - t0:.0f}s (scenes {counter - args.pool}..{counter - 1})")
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                          return_tensors="pt").input_ids[0]
+                          return_tensors="pt").input_ids[0].to(device)
 
     loss_csv = run / "loss.csv"
     new_csv = not loss_csv.exists()
@@ -407,17 +467,19 @@ def main(argv=None) -> None:
         writer.writerow(["step", "loss", "lr", "sec_per_step", "wall_seconds", "time_utc"])
 
     def state() -> dict:
-        return {"step": step, "scene_counter": counter, "wall_seconds": round(wall, 1), "seed": args.seed,
+        return {"step": step, "scene_counter": counter, "wall_seconds": round(wall, 1),
+                "wall_seconds_by_device": {k: round(v, 1) for k, v in wall_by_device.items()}, "seed": args.seed,
                 "batch": args.batch, "lr": args.lr, "ema": args.ema, "p_uncond": args.p_uncond,
                 "min_snr_gamma": args.min_snr_gamma,
-                "threads": args.threads, "model": cfg.to_dict(), "vae_scaling_factor": sf,
+                "threads": args.threads, "device": str(device), "model": cfg.to_dict(), "vae_scaling_factor": sf,
                 "command": "python -m daamlib.shapeworld.train " + " ".join(sys.argv[1:]),
                 "exported_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def checkpoint() -> None:
         atomic_save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
                      "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
-                     "step": step, "counter": counter, "wall": wall, "args": vars(args)}, ck)
+                     "step": step, "counter": counter, "wall": wall, "wall_by_device": wall_by_device,
+                     "args": vars(args)}, ck)
 
     decoder_seen = {"mtime": 0.0}
 
@@ -445,25 +507,30 @@ def main(argv=None) -> None:
     t_ck = t_ex = time.time()
     t_last, losses = time.time(), []
     t_mark = time.time()  # wall time counts everything in the loop: steps, pool refreshes, exports
-    alphas_cumprod = sched.alphas_cumprod.float()
-    log(f"training from step {step}")
+    alphas_cumprod = sched.alphas_cumprod.float().to(device)
+    next_refresh = renderer.render_ahead(counter, counter + args.refresh)
+    cooldown_from = None if args.max_minutes is None else (args.max_minutes - args.cooldown_minutes) * 60
+    log(f"training from step {step} on {device}")
     while step < args.steps and not stop["flag"]:
         if args.max_minutes is not None and time.time() - t_invocation > args.max_minutes * 60:
             log("max minutes reached")
             break
         if step > 0 and step % args.refresh_every == 0:
-            pool.fill(world, vae, tokenizer, counter, counter + args.refresh)
+            pool.add(next_refresh(), vae, tokenizer)
             counter += args.refresh
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+            next_refresh = renderer.render_ahead(counter, counter + args.refresh)
+        lr = args.lr * min(1.0, (step + 1 - warm_from) / args.warmup)
+        if args.cooldown_minutes > 0 and cooldown_from is not None and time.time() - t_invocation > cooldown_from:
+            lr *= 1 - 0.9 * min(1.0, (time.time() - t_invocation - cooldown_from) / (args.cooldown_minutes * 60))
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(0, args.pool, (args.batch,))
+        idx = torch.randint(0, args.pool, (args.batch,)).to(device)
         z0 = (pool.mean[idx] + pool.std[idx] * torch.randn_like(pool.mean[idx])) * sf  # [B, 4, 16, 16]
         ids = pool.ids[idx].clone()  # [B, L]
-        drop = torch.rand(args.batch) < args.p_uncond
+        drop = (torch.rand(args.batch) < args.p_uncond).to(device)
         ids[drop] = empty_ids
         noise = torch.randn_like(z0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,))
+        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,)).to(device)
         zt = sched.add_noise(z0, noise, t)
         cond = text(ids).last_hidden_state  # [B, L, D]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
@@ -484,10 +551,12 @@ def main(argv=None) -> None:
         step += 1
         now = time.time()
         wall += now - t_mark
+        wall_by_device[device.type] = wall_by_device.get(device.type, 0.0) + now - t_mark
         t_mark = now
-        losses.append(loss.item())
+        losses.append(loss)  # a tensor: no device sync per step
         if step % args.log_every == 0:
             sps = (time.time() - t_last) / len(losses)
+            losses = [float(torch.stack(losses).mean())]
             writer.writerow([step, f"{np.mean(losses):.5f}", f"{lr:.2e}", f"{sps:.3f}", f"{wall:.0f}",
                              time.strftime("%H:%M:%S", time.gmtime())])
             fcsv.flush()
@@ -503,6 +572,7 @@ def main(argv=None) -> None:
     checkpoint()
     do_export()
     fcsv.close()
+    renderer.close()
     log(f"stopped at step {step}; total training wall time {wall / 60:.1f} min")
 
 
