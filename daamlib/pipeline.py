@@ -46,6 +46,16 @@ def set_scheduler(pipe, name: str):
     return pipe
 
 
+def _dtype_keyword() -> str:
+    """``from_pretrained``'s dtype keyword: diffusers renamed ``torch_dtype`` to ``dtype`` in 2026 (PR 14205,
+    which added ``_resolve_dtype``) and warns on the old name; older releases know only ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
 def load_pipeline(model_id: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                   scheduler: str | None = None):
     """Load a text-to-image pipeline: a tiny alias, ``shapeworld``, a local folder or a Hub id.
@@ -68,7 +78,7 @@ def load_pipeline(model_id: str | None = None, device: str | torch.device = "cpu
             raise FileNotFoundError(f"model folder {source!r} does not exist; pass a folder with model_index.json, "
                                     f"a Hub id such as stabilityai/stable-diffusion-2-base, or one of: shapeworld, {', '.join(TINY)}")
         try:
-            pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, local_files_only=local,
+            pipe = DiffusionPipeline.from_pretrained(source, **{_dtype_keyword(): dtype}, local_files_only=local,
                                                      safety_checker=None, requires_safety_checker=False)
         except OSError as e:
             raise OSError(f"could not load {source!r}: {e}\nIf this machine is offline, download the model elsewhere "

@@ -57,7 +57,7 @@ def colour_clusters(image: np.ndarray, k: int = 3, iters: int = 10, seed: int = 
 def mass_on_region(heat: torch.Tensor, region: torch.Tensor) -> float:
     """Share of a soft map's mass that falls inside ``region`` (NaN for an all-zero map)."""
     total = float(heat.clamp(min=0).sum())
-    return float((heat.clamp(min=0) * region.float()).sum()) / total if total > 0 else float("nan")
+    return float((heat.clamp(min=0) * region.to(heat.device).float()).sum()) / total if total > 0 else float("nan")
 
 
 def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:

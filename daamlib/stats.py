@@ -24,9 +24,12 @@ def _bool(x) -> torch.Tensor:
     return t.bool()
 
 
-def _check(a: torch.Tensor, b: torch.Tensor) -> None:
+def _pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both masks as bool tensors of one shape, on ``a``'s device (maps traced on a GPU meet masks read on the CPU)."""
+    a, b = _bool(a), _bool(b)
     if a.shape != b.shape:
         raise ValueError(f"masks differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}; resize one to the other first")
+    return a, b.to(a.device)
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:
@@ -35,29 +38,25 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:
 
 
 def intersection(a, b) -> int:
-    a, b = _bool(a), _bool(b)
-    _check(a, b)
+    a, b = _pair(a, b)
     return int((a & b).sum())
 
 
 def iou(a, b) -> float:
     """Intersection over union; NaN when both masks are empty."""
-    a, b = _bool(a), _bool(b)
-    _check(a, b)
+    a, b = _pair(a, b)
     return _ratio((a & b).sum(), (a | b).sum())
 
 
 def iod(head, dependent) -> float:
     """Intersection over the dependent's area; NaN when the dependent is empty."""
-    h, d = _bool(head), _bool(dependent)
-    _check(h, d)
+    h, d = _pair(head, dependent)
     return _ratio((h & d).sum(), d.sum())
 
 
 def ioh(head, dependent) -> float:
     """Intersection over the head's area; NaN when the head is empty."""
-    h, d = _bool(head), _bool(dependent)
-    _check(h, d)
+    h, d = _pair(head, dependent)
     return _ratio((h & d).sum(), h.sum())
 
 

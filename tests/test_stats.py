@@ -70,3 +70,16 @@ def test_fisher_and_overlap_bins():
     assert stats.fisher_exact(50, 50, 0, 50)[1] < 1e-20
     assert [stats.overlap_bin(v) for v in (0.1, 0.4, 0.5, 0.6, 0.9)] == ["low", "low", "mid", "high", "high"]
     assert stats.overlap_bin(float("nan")) is None  # not "mid"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_maps_on_the_gpu_meet_masks_on_the_cpu():
+    from daamlib.segmentation import mass_on_region
+
+    a = torch.zeros(4, 4, dtype=torch.bool, device="cuda")
+    a[:2] = True
+    b = torch.zeros(4, 4, dtype=torch.bool)
+    b[1:3] = True
+    assert stats.iou(a, b) == pytest.approx(1 / 3)
+    assert stats.iod(a, b) == pytest.approx(0.5) and stats.ioh(a, b) == pytest.approx(0.5)
+    assert mass_on_region(a.float(), b) == pytest.approx(0.5)

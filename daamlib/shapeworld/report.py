@@ -19,20 +19,28 @@ from .world import COLOURS, ShapeWorld
 
 
 def plot_loss(csv_path: str | Path, ax=None):
-    """Training loss (per logged window, and a 20-window running mean) against step."""
+    """Training loss against training images seen (runs differ in batch size), log scale, with a
+    running median; a dotted line marks each change of batch size."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
     df = pd.read_csv(csv_path)
+    batch = df["batch"] if "batch" in df else pd.Series(32, index=df.index)  # logs before the column: batch 32
+    seen = (df["step"].diff().fillna(df["step"]) * batch).cumsum() / 1e6
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(df["step"], df["loss"], lw=0.5, alpha=0.4, label="loss (10-step mean)")
-    ax.plot(df["step"], df["loss"].rolling(21, min_periods=1, center=True).median(), lw=1.5, label="running median (21 windows)")
-    ax.set_xlabel("step (batch 32)")
+    ax.plot(seen, df["loss"], lw=0.5, alpha=0.4, label="loss (mean of each logged window)")
+    ax.plot(seen, df["loss"].rolling(21, min_periods=1, center=True).median(), lw=1.5,
+            label="running median (21 windows)")
+    for i in df.index[1:][batch.diff().iloc[1:] != 0]:
+        ax.axvline(seen[i - 1], ls=":", c="k", lw=1)
+        ax.annotate(f"batch {batch[i - 1]} → {batch[i]}", (seen[i - 1], 0.98), xycoords=("data", "axes fraction"),
+                    ha="right", va="top", fontsize=8, rotation=90)
+    ax.set_xlabel("training images seen (millions)")
     ax.set_ylabel("ε-prediction MSE")
-    ax.set_ylim(0, min(0.5, float(df["loss"].max())))
+    ax.set_yscale("log")
     ax.legend()
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     return ax
 
 

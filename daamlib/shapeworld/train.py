@@ -332,6 +332,18 @@ class LatentPool:
             self.mean[slots], self.std[slots], self.ids[slots] = d.mean, d.std, ids.to(device)
 
 
+def add_batch_column(path: Path, batch: int) -> None:
+    """Logs written before the ``batch`` column existed (all at one batch size) get it, atomically."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "batch" in rows[0]:
+        return
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0] + ["batch"]] + [r + [str(batch)] for r in rows[1:]])
+    os.replace(tmp, path)
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -420,6 +432,7 @@ def main(argv=None) -> None:
         f"{sum(p.numel() for p in text.parameters()) / 1e6:.3f}M, VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M")
 
     step, counter, wall = 0, args.pool, 0.0
+    prev_batch = args.batch  # the batch of the run this one resumes (for the loss log's batch column)
     wall_by_device: dict[str, float] = {}  # where the wall time was spent (cpu, cuda)
     ck = run / "ckpt.pt"
     if ck.exists():
@@ -430,6 +443,7 @@ def main(argv=None) -> None:
         torch.set_rng_state(s["rng"])
         step, counter, wall = s["step"], s["counter"], s["wall"]
         wall_by_device = s.get("wall_by_device", {"cpu": wall})  # checkpoints before 2026-11-30 ran on the CPU
+        prev_batch = s["args"]["batch"]
         log(f"resumed from {ck} at step {step}")
     elif (export / "training_state.json").exists():
         from diffusers import UNet2DConditionModel
@@ -444,6 +458,7 @@ def main(argv=None) -> None:
             m.load_state_dict(et.state_dict())
         step, counter, wall = st["step"], st["scene_counter"], st["wall_seconds"]
         wall_by_device = st.get("wall_seconds_by_device", {"cpu": wall})
+        prev_batch = st["batch"]
         if (export / "training_log.csv").exists() and not (run / "loss.csv").exists():
             shutil.copy(export / "training_log.csv", run / "loss.csv")  # keep the whole loss curve
         log(f"no checkpoint: resumed from the exported weights at step {step} with a fresh optimizer")
@@ -460,11 +475,14 @@ def main(argv=None) -> None:
                           return_tensors="pt").input_ids[0].to(device)
 
     loss_csv = run / "loss.csv"
+    header = ["step", "loss", "lr", "sec_per_step", "wall_seconds", "time_utc", "batch"]
+    if loss_csv.exists():
+        add_batch_column(loss_csv, prev_batch)
     new_csv = not loss_csv.exists()
     fcsv = open(loss_csv, "a", newline="")
     writer = csv.writer(fcsv)
     if new_csv:
-        writer.writerow(["step", "loss", "lr", "sec_per_step", "wall_seconds", "time_utc"])
+        writer.writerow(header)
 
     def state() -> dict:
         return {"step": step, "scene_counter": counter, "wall_seconds": round(wall, 1),
@@ -558,7 +576,7 @@ def main(argv=None) -> None:
             sps = (time.time() - t_last) / len(losses)
             losses = [float(torch.stack(losses).mean())]
             writer.writerow([step, f"{np.mean(losses):.5f}", f"{lr:.2e}", f"{sps:.3f}", f"{wall:.0f}",
-                             time.strftime("%H:%M:%S", time.gmtime())])
+                             time.strftime("%H:%M:%S", time.gmtime()), args.batch])
             fcsv.flush()
             if step % (args.log_every * 5) == 0:
                 log(f"step {step} loss {np.mean(losses):.4f} lr {lr:.1e} {sps:.2f}s/step")
