@@ -13,6 +13,8 @@ with the shipped scheduler:
   against the other object.
 
 Nothing here feeds back into training (the rules of issue 3): the test split is only read.
+Sampling settings (steps, guidance) are chosen with ``--split val`` (validation captions), never
+on the test split the bars are reported on.
 """
 
 from __future__ import annotations
@@ -110,21 +112,24 @@ def summarize(rows: list[dict]) -> dict:
 
 def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out/quality", steps: int = 30,
              guidance: float = 5.0, threshold: float = 0.4, start: int = 0, device: str = "cpu",
-             progress: bool = True) -> dict:
-    """Generate (resumably) and score ``n`` test-split two-object prompts; returns the summary."""
+             progress: bool = True, split: str = "test") -> dict:
+    """Generate (resumably) and score ``n`` two-object prompts of ``split`` (test: the bars; val: for
+    choosing sampling settings); returns the summary."""
     from .. import load_experiment, load_pipeline
     from ..runner import run_experiments
     from .annotator import Annotator
 
     world = ShapeWorld()
-    items = [{"id": f"q-{start + i:04d}", "prompt": world.scene("test", start + i, kind="pair").caption,
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' (to choose settings) or 'test' (the bars), not {split!r}")
+    items = [{"id": f"q-{start + i:04d}", "prompt": world.scene(split, start + i, kind="pair").caption,
               "seed": start + i} for i in range(n)]
     pipe = load_pipeline(model, device=device)
     records = run_experiments(pipe, items, Path(out_dir) / "runs", defaults={"steps": steps, "guidance": guidance},
                               model_name=model, progress=progress)
     annotator = Annotator.load()
     rows = [score(load_experiment(r["path"])[0], r["prompt"], annotator, threshold) for r in records]
-    summary = {"model": model, "steps": steps, "guidance": guidance, "threshold": threshold,
+    summary = {"model": model, "split": split, "steps": steps, "guidance": guidance, "threshold": threshold,
                "scheduler": type(pipe.scheduler).__name__, **summarize(rows)}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "quality.json").write_text(json.dumps(summary, indent=1))
@@ -134,14 +139,16 @@ def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapeworld")
-    p.add_argument("--n", type=int, default=200, help="two-object test prompts")
+    p.add_argument("--n", type=int, default=200, help="two-object prompts")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="test: the bars; val: for choosing sampling settings")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--threshold", type=float, default=0.4)
     p.add_argument("--out", default="out/quality")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    s = evaluate(args.model, args.n, args.out, args.steps, args.guidance, args.threshold)
+    s = evaluate(args.model, args.n, args.out, args.steps, args.guidance, args.threshold, split=args.split)
     for k, v in s.items():
         if k != "bars":
             print(f"{k}: {v}")
