@@ -61,3 +61,9 @@ def test_old_loss_logs_get_a_batch_column(tmp_path):
                           "time_utc": "00:00:00", "batch": "32"}]
     train.add_batch_column(log, 256)  # already there: unchanged
     assert rows(log)[0]["batch"] == "32"
+
+
+def test_cooldown_needs_a_time_limit():
+    with pytest.raises(SystemExit):
+        train.parse_args(["--cooldown-minutes", "2"])
+    assert train.parse_args(["--cooldown-minutes", "2", "--max-minutes", "7"]).cooldown_minutes == 2

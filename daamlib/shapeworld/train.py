@@ -2,7 +2,7 @@
 
     python -m daamlib.shapeworld.train                 # start, or resume where a killed run stopped
     python -m daamlib.shapeworld.train --max-minutes 100
-    python -m daamlib.shapeworld.train --device cuda --workers 12 --batch 128 --refresh 1024 --max-minutes 8
+    python -m daamlib.shapeworld.train --device cuda --workers 12 --batch 256 --refresh 2048 --pool 32768 --max-minutes 7 --cooldown-minutes 2.5
 
 Resumable: a checkpoint (model, EMA, optimizer, step, RNG state) is written atomically to
 ``runs/shapeworld/ckpt.pt`` every ``--ckpt-minutes``; the diffusers folder (EMA weights, DDIM
@@ -94,7 +94,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-layers", type=int, default=0)
     p.add_argument("--unet-channels", default="32,64,128")
     p.add_argument("--unet-heads", type=int, default=4)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.cooldown_minutes > 0 and (args.max_minutes is None or args.cooldown_minutes > args.max_minutes):
+        p.error("--cooldown-minutes needs --max-minutes at least as long (the cool-down is the run's last minutes)")
+    return args
 
 
 def log(msg: str) -> None:
@@ -538,7 +541,7 @@ def main(argv=None) -> None:
             counter += args.refresh
             next_refresh = renderer.render_ahead(counter, counter + args.refresh)
         lr = args.lr * min(1.0, (step + 1 - warm_from) / args.warmup)
-        if args.cooldown_minutes > 0 and cooldown_from is not None and time.time() - t_invocation > cooldown_from:
+        if args.cooldown_minutes > 0 and time.time() - t_invocation > cooldown_from:
             lr *= 1 - 0.9 * min(1.0, (time.time() - t_invocation - cooldown_from) / (args.cooldown_minutes * 60))
         for g in opt.param_groups:
             g["lr"] = lr
