@@ -134,11 +134,20 @@ def make_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
                                    requires_safety_checker=False)
 
 
+def images_to_tensor(images_uint8) -> torch.Tensor:
+    """uint8 [B, H, W, 3] (numpy or tensor) → float [B, 3, H, W] in [−1, 1], the VAE's input range."""
+    return torch.as_tensor(images_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """The inverse of :func:`images_to_tensor`: float [B, 3, H, W] in [−1, 1] → uint8 [B, H, W, 3] (clipped)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
 @torch.no_grad()
 def encode_images(vae, images_uint8, sample: bool = False, generator=None) -> torch.Tensor:
     """uint8 [B, H, W, 3] (numpy or tensor) → scaled latents [B, 4, h, w]."""
-    x = torch.as_tensor(images_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
-    dist = vae.encode(x).latent_dist
+    dist = vae.encode(images_to_tensor(images_uint8)).latent_dist
     z = dist.sample(generator) if sample else dist.mean
     return z * vae.config.scaling_factor
 
@@ -149,7 +158,6 @@ def reconstruct_images(vae, images_uint8, batch: int = 64) -> np.ndarray:
     keeps of an image, the best a generated image can look."""
     out = []
     for a in range(0, len(images_uint8), batch):
-        x = torch.as_tensor(images_uint8[a : a + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        r = vae.decode(vae.encode(x).latent_dist.mean).sample
-        out.append(((r.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+        r = vae.decode(vae.encode(images_to_tensor(images_uint8[a : a + batch])).latent_dist.mean).sample
+        out.append(tensor_to_images(r))
     return np.concatenate(out)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .model import images_to_tensor
 from .world import SIZE, ShapeWorld
 
 
@@ -79,8 +80,7 @@ def probe(path: str | Path, n_scenes: int = 64, timesteps=(100, 300, 500, 700, 9
     per_res = defaultdict(lambda: defaultdict(list))
     for a in range(0, n_scenes, batch):
         sc = scenes[a : a + batch]
-        x = torch.from_numpy(np.stack([s.image for s in sc])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        z0 = vae.encode(x).latent_dist.mean * sf
+        z0 = vae.encode(images_to_tensor(np.stack([s.image for s in sc]))).latent_dist.mean * sf
         ids = tok([s.caption for s in sc], padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids
         cond = text(ids)[0]

@@ -37,8 +37,10 @@ from .model import (
     build_train_scheduler,
     build_unet,
     build_vae,
+    images_to_tensor,
     make_pipeline,
     reconstruct_images,
+    tensor_to_images,
 )
 from .world import ShapeWorld
 
@@ -108,10 +110,6 @@ def atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def grid_png(rows: list[np.ndarray], path: Path, scale: int = 2) -> None:
@@ -190,7 +188,7 @@ def train_vae(args, cfg: ModelConfig, world: ShapeWorld, run: Path, export: Path
         rec = torch.cat([vae.decode(lat[i : i + 64]).sample for i in range(0, 256, 64)])
     sf = float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=sf)
-    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    rec_u8 = tensor_to_images(rec)
     mse = float(((rec_u8.astype(float) - val.astype(float)) ** 2).mean())
     psnr = 10 * math.log10(255**2 / mse)
     log(f"VAE done: val MSE {mse:.1f} (0..255 units), PSNR {psnr:.2f} dB, latent std {lat.std():.3f}, "
@@ -294,20 +292,18 @@ class SceneRenderer:
     def _ranges(self, start: int, stop: int) -> list[tuple[int, int, int]]:
         return [(self.seed, a, min(a + self.chunk, stop)) for a in range(start, stop, self.chunk)]
 
-    def render(self, start: int, stop: int):
-        """An iterator of (first index, images, captions) chunks, in order."""
-        ranges = self._ranges(start, stop)
-        if self.procs is None:
-            return ((r[1], *render_train(*r)) for r in ranges)
-        return ((r[1], *out) for r, out in zip(ranges, self.procs.starmap(render_train, ranges)))
-
     def render_ahead(self, start: int, stop: int):
-        """Start rendering in the workers now; call the returned function to get the chunks."""
-        if self.procs is None:
-            return lambda: self.render(start, stop)
+        """Start rendering in the workers now (in this process: when the chunks are read); call the
+        returned function for an iterator of (first index, images, captions) chunks, in order."""
         ranges = self._ranges(start, stop)
+        if self.procs is None:
+            return lambda: ((r[1], *render_train(*r)) for r in ranges)
         pending = self.procs.starmap_async(render_train, ranges)
         return lambda: ((r[1], *out) for r, out in zip(ranges, pending.get()))
+
+    def render(self, start: int, stop: int):
+        """Scenes ``start..stop-1`` as (first index, images, captions) chunks, in order."""
+        return self.render_ahead(start, stop)()
 
     def close(self) -> None:
         if self.procs is not None:
@@ -326,8 +322,8 @@ class LatentPool:
     @torch.no_grad()
     def add(self, chunks, vae, tokenizer) -> None:
         """Encode (first index, images, captions) chunks into their slots."""
+        device = self.mean.device
         for a, images, captions in chunks:
-            device = self.mean.device
             d = vae.encode(images_to_tensor(images).to(device)).latent_dist
             ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids
@@ -434,9 +430,9 @@ def main(argv=None) -> None:
     log(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder "
         f"{sum(p.numel() for p in text.parameters()) / 1e6:.3f}M, VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M")
 
-    step, counter, wall = 0, args.pool, 0.0
+    step, counter = 0, args.pool
     prev_batch = args.batch  # the batch of the run this one resumes (for the loss log's batch column)
-    wall_by_device: dict[str, float] = {}  # where the wall time was spent (cpu, cuda)
+    wall_by_device: dict[str, float] = {}  # training wall time by device (cpu, cuda); the total is their sum
     ck = run / "ckpt.pt"
     if ck.exists():
         s = torch.load(ck, weights_only=True, map_location="cpu")  # restricted unpickler: tensors, containers, ...
@@ -444,8 +440,8 @@ def main(argv=None) -> None:
         ema_unet.load_state_dict(s["ema_unet"]), ema_text.load_state_dict(s["ema_text"])
         opt.load_state_dict(s["opt"])
         torch.set_rng_state(s["rng"])
-        step, counter, wall = s["step"], s["counter"], s["wall"]
-        wall_by_device = s.get("wall_by_device", {"cpu": wall})  # checkpoints before 2026-11-30 ran on the CPU
+        step, counter = s["step"], s["counter"]
+        wall_by_device = s.get("wall_by_device", {"cpu": s["wall"]})  # checkpoints before 2026-11-30 ran on the CPU
         prev_batch = s["args"]["batch"]
         log(f"resumed from {ck} at step {step}")
     elif (export / "training_state.json").exists():
@@ -459,8 +455,8 @@ def main(argv=None) -> None:
             m.load_state_dict(eu.state_dict())
         for m in (text, ema_text):
             m.load_state_dict(et.state_dict())
-        step, counter, wall = st["step"], st["scene_counter"], st["wall_seconds"]
-        wall_by_device = st.get("wall_seconds_by_device", {"cpu": wall})
+        step, counter = st["step"], st["scene_counter"]
+        wall_by_device = st.get("wall_seconds_by_device", {"cpu": st["wall_seconds"]})
         prev_batch = st["batch"]
         if (export / "training_log.csv").exists() and not (run / "loss.csv").exists():
             shutil.copy(export / "training_log.csv", run / "loss.csv")  # keep the whole loss curve
@@ -488,7 +484,7 @@ def main(argv=None) -> None:
         writer.writerow(header)
 
     def state() -> dict:
-        return {"step": step, "scene_counter": counter, "wall_seconds": round(wall, 1),
+        return {"step": step, "scene_counter": counter, "wall_seconds": round(sum(wall_by_device.values()), 1),
                 "wall_seconds_by_device": {k: round(v, 1) for k, v in wall_by_device.items()}, "seed": args.seed,
                 "batch": args.batch, "lr": args.lr, "ema": args.ema, "p_uncond": args.p_uncond,
                 "min_snr_gamma": args.min_snr_gamma,
@@ -499,7 +495,8 @@ def main(argv=None) -> None:
     def checkpoint() -> None:
         atomic_save({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
                      "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
-                     "step": step, "counter": counter, "wall": wall, "wall_by_device": wall_by_device,
+                     "step": step, "counter": counter, "wall": sum(wall_by_device.values()),
+                     "wall_by_device": wall_by_device,
                      "args": vars(args)}, ck)
 
     decoder_seen = {"mtime": 0.0}
@@ -571,14 +568,13 @@ def main(argv=None) -> None:
         ema_update(ema_text, text, decay)
         step += 1
         now = time.time()
-        wall += now - t_mark
         wall_by_device[device.type] = wall_by_device.get(device.type, 0.0) + now - t_mark
         t_mark = now
         losses.append(loss)  # a tensor: no device sync per step
         if step % args.log_every == 0:
             sps = (time.time() - t_last) / len(losses)
             losses = [float(torch.stack(losses).mean())]
-            writer.writerow([step, f"{np.mean(losses):.5f}", f"{lr:.2e}", f"{sps:.3f}", f"{wall:.0f}",
+            writer.writerow([step, f"{np.mean(losses):.5f}", f"{lr:.2e}", f"{sps:.3f}", f"{sum(wall_by_device.values()):.0f}",
                              time.strftime("%H:%M:%S", time.gmtime()), args.batch])
             fcsv.flush()
             if step % (args.log_every * 5) == 0:
@@ -594,7 +590,7 @@ def main(argv=None) -> None:
     do_export()
     fcsv.close()
     renderer.close()
-    log(f"stopped at step {step}; total training wall time {wall / 60:.1f} min")
+    log(f"stopped at step {step}; total training wall time {sum(wall_by_device.values()) / 60:.1f} min")
 
 
 if __name__ == "__main__":
