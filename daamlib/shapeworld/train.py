@@ -268,13 +268,9 @@ def finetune_decoder(args, run: Path) -> None:
 # Phase 2: UNet + text encoder
 
 
-_WORKER_WORLD: dict = {}
-
-
 def render_train(seed: int, start: int, stop: int) -> tuple[np.ndarray, list[str]]:
-    """Images and captions of train scenes ``start..stop-1`` (a worker process keeps one world per seed)."""
-    world = _WORKER_WORLD.setdefault(seed, ShapeWorld(seed=seed))
-    scenes = [world.scene("train", i) for i in range(start, stop)]
+    """Images and captions of train scenes ``start..stop-1`` (a world is a few settings: cheap to make per call)."""
+    scenes = ShapeWorld(seed=seed).scenes("train", start, stop - start)
     return np.stack([s.image for s in scenes]), [s.caption for s in scenes]
 
 
