@@ -167,7 +167,7 @@ def synthetic_heat_maps(grids, size, steps=30, words=10, device="cpu"):
     """A finished trace's worth of maps with given layer grids [(h, w), ...] (values random)."""
     from transformers import CLIPTokenizer
 
-    from daamlib.tiny import tokenizer_dir
+    from daamlib.testing.tiny import tokenizer_dir
 
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir())
     prompt = " ".join(["cat"] * words)

@@ -10,7 +10,7 @@ def sd2_base(seed: int = 0):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from daamlib.tiny import tokenizer_dir
+    from daamlib.testing.tiny import tokenizer_dir
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

@@ -16,15 +16,17 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import SCHEDULERS, TINY
+    from .models import registered
+    from .pipeline import SCHEDULERS
 
     p = argparse.ArgumentParser(prog="daam", description="Generate an image and a DAAM heat map for every word of the prompt.")
     p.add_argument("prompt", help="the text prompt")
-    p.add_argument("--model", default=None, help=f"Hub id, local folder, 'shapeworld' (embedded, the default) or {', '.join(TINY)}")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: 30 for shapeworld, else the pipeline's)")
+    p.add_argument("--model", default=None, help="Hub id, local folder or a registered name: "
+                   f"{', '.join(sorted(registered()))} (default: the embedded model when present)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own, else the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale, ≤1 turns it off (default: 5 for shapeworld, else the pipeline's)")
+                   help="classifier-free guidance scale, ≤1 turns it off (default: the model's own, else the pipeline's)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (a multiple of 8 for SD)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels")
     p.add_argument("--negative-prompt", default=None, help="negative prompt")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .io import ExperimentError, save_experiment
-    from .pipeline import check_prompt, default_model, generate, load_pipeline
+    from .pipeline import check_prompt, default_model, generate, load_pipeline, sampling_defaults
 
     try:
         check_prompt(args.prompt)
@@ -72,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daam: error: {e}", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=False, desc=f"daam {model}")
-    # the embedded model's own defaults (its model card): 30 DDIM steps, guidance 5 (7.5 oversaturates it)
-    steps = args.steps or (30 if model == "shapeworld" else None)
-    guidance = args.guidance if args.guidance is not None else (5.0 if model == "shapeworld" else None)
+    own = sampling_defaults(pipe)  # the model's own settings (its folder's sampling.json), recorded as used
+    steps = args.steps or own.get("steps")
+    guidance = args.guidance if args.guidance is not None else own.get("guidance")
     hm = generate(pipe, args.prompt, seed=args.seed, steps=steps, guidance_scale=guidance,
                   height=args.height, width=args.width, negative_prompt=args.negative_prompt)
 
@@ -82,12 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     Image.fromarray(hm.image).save(out / "image.png")
-    fig = hm.plot()
-    fig.savefig(out / "grid.png", dpi=150)
-    plt.close(fig)
-    fig = hm.plot(threshold=args.threshold)
-    fig.savefig(out / "grid_masks.png", dpi=150)
-    plt.close(fig)
+    for name, threshold in (("grid.png", None), ("grid_masks.png", args.threshold)):
+        fig = hm.plot(threshold=threshold).figure_
+        fig.savefig(out / name, dpi=150)
+        plt.close(fig)
     for i, wm in enumerate(hm):
         fig, ax = plt.subplots(figsize=(3, 3))
         wm.plot(ax=ax)

@@ -11,11 +11,9 @@ widgets by setting their ``value`` and read ``explorer.heat`` / ``explorer.mask`
 
 from __future__ import annotations
 
-import io
-
 import torch
 
-from .heatmap import HeatMaps
+from .heatmap import HeatMaps, overlay_png
 
 
 class Explorer:
@@ -71,19 +69,4 @@ class Explorer:
                              f"mask covers {100 * self.mask.float().mean():.1f}% of the image")
 
     def _render(self, shown: torch.Tensor) -> bytes:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(3.2, 3.2), dpi=100)  # no pyplot: nothing global is touched
-        FigureCanvasAgg(fig)
-        ax = fig.add_axes((0, 0, 1, 1))
-        if self.heat_maps.image is not None:
-            ax.imshow(self.heat_maps.image)
-            ax.imshow(shown.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1,
-                      extent=(-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5))
-        else:
-            ax.imshow(shown.numpy(), cmap="jet", vmin=0, vmax=1)
-        ax.set_axis_off()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return overlay_png([(self.heat_maps.image, shown)])

@@ -7,6 +7,7 @@
 >>> hm["a", 1]                                        # second "a"           # doctest: +SKIP
 >>> hm.select(steps=range(0, 10), resolutions=[8])    # post-hoc, no regeneration  # doctest: +SKIP
 >>> hm["circle"].plot(ax=ax)                          # doctest: +SKIP
+>>> hm.word_at(2), list(hm.keys())[:3], hm.to("cpu")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -34,6 +35,72 @@ def _as_image_array(image) -> np.ndarray | None:
     if arr.dtype != np.uint8:
         arr = np.clip(arr * 255 if arr.max() <= 1.0 else arr, 0, 255).round().astype(np.uint8)
     return arr
+
+
+def draw_overlay(ax, image: np.ndarray | None, shown=None, cmap: str = "jet", alpha: float = 0.5) -> None:
+    """The one overlay renderer (word plots, the explorer, the rating widget): ``shown`` (an ``[H, W]`` map
+    already in [0, 1], or None for the image alone) over ``image`` (uint8 ``[H, W, 3]``, or None)."""
+    if shown is not None and torch.is_tensor(shown):
+        shown = shown.detach().cpu().numpy()
+    if image is not None:
+        ax.imshow(image)
+        if shown is not None:
+            ax.imshow(shown, cmap=cmap, alpha=alpha, vmin=0, vmax=1,
+                      extent=(-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5))
+    elif shown is not None:
+        ax.imshow(shown, cmap=cmap, vmin=0, vmax=1)
+    ax.set_axis_off()
+
+
+def overlay_png(panels: list[tuple[np.ndarray | None, object]], size: tuple[float, float] = (3.2, 3.2),
+                cmap: str = "jet", alpha: float = 0.5) -> bytes:
+    """PNG bytes of :func:`draw_overlay` panels side by side (``[(image, shown), ...]``), drawn without pyplot,
+    so widgets redraw without touching global figure state."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    n = len(panels)
+    for i, (image, shown) in enumerate(panels):
+        draw_overlay(fig.add_axes((i / n, 0, 1 / n, 1)), image, shown, cmap, alpha if image is not None else 1.0)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+class HeatMapsDisplay:
+    """A figure of several heat maps, as scikit-learn's Display objects: ``figure_`` and ``ax_`` (the axes)."""
+
+    def __init__(self, heat_maps: HeatMaps, words: list[WordHeatMap]):
+        self.heat_maps, self.words = heat_maps, words
+
+    def plot(self, threshold: float | None = None, mode: str = "minmax", ncols: int | None = None, fig=None,
+             **kwargs) -> HeatMapsDisplay:
+        """A grid: the image, then one overlay per word (a new figure unless ``fig`` is given)."""
+        import matplotlib.pyplot as plt
+
+        hm, items = self.heat_maps, self.words
+        n = len(items) + (hm.image is not None)
+        ncols = ncols or min(n, 6)
+        nrows = -(-n // ncols)
+        if fig is None:
+            fig = plt.figure(figsize=(2.2 * ncols, 2.5 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        k = 0
+        if hm.image is not None:
+            axes[0].imshow(hm.image)
+            axes[0].set_title("image")
+            k = 1
+        for ax, item in zip(axes[k:], items):
+            item.plot(ax=ax, threshold=threshold, mode=mode, **kwargs)
+        for ax in axes:
+            ax.set_axis_off()
+        fig.suptitle(hm.prompt + (f"  (τ = {threshold})" if threshold is not None else ""), fontsize=9)
+        self.ax_, self.figure_ = axes, fig
+        return self
 
 
 class WordHeatMap:
@@ -81,12 +148,8 @@ class WordHeatMap:
                 ax.imshow((self.image * (0.2 + 0.8 * mask[..., None])).astype(np.uint8))
             else:
                 ax.imshow(mask, cmap="gray", vmin=0, vmax=1)
-        elif self.image is not None:
-            ax.imshow(self.image)
-            ax.imshow(self.normalized(mode).numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1,
-                      extent=(-0.5, self.image.shape[1] - 0.5, self.image.shape[0] - 0.5, -0.5))
         else:
-            ax.imshow(self.normalized(mode).numpy(), cmap=cmap, vmin=0, vmax=1)
+            draw_overlay(ax, self.image, self.normalized(mode), cmap, alpha)
         ax.set_axis_off()
         if title:
             ax.set_title(title if isinstance(title, str) else self.word.text)
@@ -167,6 +230,39 @@ class HeatMaps:
         idx = list(w.tokens)
         own = kernel.aggregate([m[..., idx, :, :] for m in self.maps.values()], self.size)
         return WordHeatMap(w, own.mean(0), self.image, self.prompt)
+
+    def word_at(self, index: int) -> WordHeatMap:
+        """The map of the word at word position ``index`` (0 is the prompt's first word)."""
+        by_index = {w.index: w for w in self.alignment.words}
+        if index not in by_index:
+            raise IndexError(f"the prompt {self.prompt!r} has no word {index} ({len(by_index)} words)")
+        w = by_index[index]
+        if w.truncated:
+            raise WordNotFoundError(f"word {index} ({w.text!r}) was cut off: the text encoder never saw it")
+        return self._map_of(w)
+
+    def has_word(self, index: int) -> bool:
+        """True when word position ``index`` exists and was seen by the text encoder (not truncated)."""
+        return any(w.index == index and not w.truncated for w in self.alignment.words)
+
+    def keys(self) -> list[str | tuple[str, int]]:
+        """Every word's key, in prompt order: its text, or ``(text, occurrence)`` for a repeated word."""
+        words = [w for w in self.alignment.words if not w.truncated]
+        count: dict[str, int] = {}
+        for w in words:
+            count[w.text.lower()] = count.get(w.text.lower(), 0) + 1
+        return [(w.text, w.occurrence) if count[w.text.lower()] > 1 else w.text for w in words]
+
+    def items(self) -> list[tuple[str | tuple[str, int], WordHeatMap]]:
+        """``(key, map)`` for every word, in prompt order (``self[key]`` is the same map)."""
+        return list(zip(self.keys(), self))
+
+    def to(self, device: str | torch.device) -> HeatMaps:
+        """A copy with the recorded maps on ``device`` (e.g. ``"cpu"`` after tracing on a GPU)."""
+        out = HeatMaps(self.alignment, {k: v.to(device) for k, v in self.maps.items()}, self.size, None,
+                       self.timesteps or None, self.steps)
+        out.image = self.image
+        return out
 
     def phrase(self, indices: Iterable[int]) -> WordHeatMap:
         """The map of several words taken as one (e.g. the noun "hot dog"), by word position: the mean
@@ -253,25 +349,8 @@ class HeatMaps:
 
     # -- plotting ---------------------------------------------------------------------------
     def plot(self, words: Iterable[str] | None = None, threshold: float | None = None, mode: str = "minmax",
-             ncols: int | None = None, fig=None, **kwargs):
-        """A grid: the image, then one overlay per word. Returns the figure (new unless ``fig`` is given)."""
-        import matplotlib.pyplot as plt
-
+             ncols: int | None = None, fig=None, **kwargs) -> HeatMapsDisplay:
+        """A grid: the image, then one overlay per word (or the Eq. 7 masks at ``threshold``).
+        Returns a :class:`HeatMapsDisplay` (``.figure_``, ``.ax_``); a new figure unless ``fig`` is given."""
         items = list(self) if words is None else [self[w] for w in words]
-        n = len(items) + (self.image is not None)
-        ncols = ncols or min(n, 6)
-        nrows = -(-n // ncols)
-        if fig is None:
-            fig = plt.figure(figsize=(2.2 * ncols, 2.5 * nrows), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        k = 0
-        if self.image is not None:
-            axes[0].imshow(self.image)
-            axes[0].set_title("image")
-            k = 1
-        for ax, item in zip(axes[k:], items):
-            item.plot(ax=ax, threshold=threshold, mode=mode, **kwargs)
-        for ax in axes:
-            ax.set_axis_off()
-        fig.suptitle(self.prompt + (f"  (τ = {threshold})" if threshold is not None else ""), fontsize=9)
-        return fig
+        return HeatMapsDisplay(self, items).plot(threshold=threshold, mode=mode, ncols=ncols, fig=fig, **kwargs)

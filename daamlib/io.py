@@ -98,7 +98,8 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
     return path
 
 
-def _read_meta(path: Path) -> dict:
+def read_meta(path: Path) -> dict:
+    """The checked ``meta.json`` of an experiment folder (files are not hashed: see :func:`load_experiment`)."""
     f = path / META
     if not f.is_file():
         raise ExperimentError(f"{f} is missing: {path} is not a complete experiment; re-run it to regenerate")
@@ -126,7 +127,7 @@ def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
         raise ExperimentError(f"no experiment at {path}; check the path")
     if not path.is_dir():
         raise ExperimentError(f"{path} is a file, not an experiment folder; pass the folder that holds {META}")
-    meta = _read_meta(path)
+    meta = read_meta(path)
     for name, digest in meta["files"].items():
         f = path / name
         if not f.is_file():

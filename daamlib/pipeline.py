@@ -1,38 +1,56 @@
 """Load a pipeline by name or path, and generate an image with its heat maps in one call.
 
->>> pipe = load_pipeline("shapeworld")                          # the embedded model   # doctest: +SKIP
+>>> pipe = load_pipeline("shapeworld")                          # a registered name      # doctest: +SKIP
 >>> pipe = load_pipeline("stabilityai/stable-diffusion-2-base", device="cuda", dtype=torch.float16)  # doctest: +SKIP
 >>> hm = generate(pipe, "a red circle above a blue square", seed=0)                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from . import models
 from .heatmap import HeatMaps
 from .trace import trace
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED_MODEL = REPO_ROOT / "data" / "models" / "shapeworld"
-TINY = {"tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 SCHEDULERS = ("ddim", "dpm", "euler", "pndm")
+SAMPLING_FILE = "sampling.json"  # in a model folder: the model's own steps, guidance (and scheduler)
+SAMPLING_KEYS = ("steps", "guidance", "scheduler")
 
 
 def default_model() -> str:
-    """``"shapeworld"`` (the embedded model) when its folder is present, else the tiny SD-1 test model."""
-    return "shapeworld" if (EMBEDDED_MODEL / "model_index.json").is_file() else "tiny-sd1"
+    """The default model's name: the available registered model of highest priority (see :mod:`daamlib.models`)."""
+    return models.default()
 
 
-def resolve_model(model_id: str) -> str:
-    """A model name, alias or folder → what ``from_pretrained`` takes (aliases: shapeworld, tiny-sd1/2/xl)."""
-    if model_id == "shapeworld":
-        if not (EMBEDDED_MODEL / "model_index.json").is_file():
-            raise FileNotFoundError(f"the embedded ShapeWorld model is not at {EMBEDDED_MODEL}; "
-                                    "check out the repository with its data/ folder, or pass --model tiny-sd1")
-        return str(EMBEDDED_MODEL)
-    return model_id
+def resolve_model(model_id: str):
+    """A model name, folder or Hub id → what ``from_pretrained`` takes (a folder or Hub id), or a ready
+    pipeline for registered models that build one (the tiny test models)."""
+    entry = models.get(model_id)
+    if entry is None:
+        return model_id
+    if not entry.available():
+        raise FileNotFoundError(f"the registered model {model_id!r} ({entry.description}) is not available here; "
+                                "check out the repository with its data/ folder, or pass another --model")
+    return entry.source()
+
+
+def sampling_defaults(source) -> dict:
+    """A model's own sampling settings (``steps``, ``guidance``, ``scheduler``): from ``sampling.json`` in its
+    folder, or from a loaded pipeline's ``daam_sampling``; ``{}`` when it has none (the pipeline's own apply)."""
+    if not isinstance(source, (str, Path)):
+        return dict(getattr(source, "daam_sampling", None) or {})
+    f = Path(source) / SAMPLING_FILE
+    if not f.is_file():
+        return {}
+    found = json.loads(f.read_text())
+    unknown = sorted(set(found) - set(SAMPLING_KEYS))
+    if unknown:
+        raise ValueError(f"{f} has unknown keys {unknown}; allowed: {', '.join(SAMPLING_KEYS)}")
+    return found
 
 
 def set_scheduler(pipe, name: str):
@@ -58,31 +76,36 @@ def _dtype_keyword() -> str:
 
 def load_pipeline(model_id: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                   scheduler: str | None = None):
-    """Load a text-to-image pipeline: a tiny alias, ``shapeworld``, a local folder or a Hub id.
+    """Load a text-to-image pipeline: a registered name (:mod:`daamlib.models`), a local folder or a Hub id.
 
     ``DiffusionPipeline.from_pretrained`` picks the class (SD 1.x/2.x → ``StableDiffusionPipeline``,
     SDXL → ``StableDiffusionXLPipeline``). The safety checker is left out: it blanks images,
-    which would blank their maps' meaning too.
+    which would blank their maps' meaning too. The model's own sampling settings (its folder's
+    ``sampling.json``) are kept as ``pipe.daam_sampling`` for :func:`generate` and the runner;
+    ``scheduler`` overrides the one they name.
     """
     from diffusers import DiffusionPipeline
 
     model_id = model_id or default_model()
-    if model_id in TINY:
-        from .tiny import tiny_pipeline
-
-        pipe = tiny_pipeline(TINY[model_id])
+    source = resolve_model(model_id)
+    if isinstance(source, DiffusionPipeline):
+        pipe = source
     else:
-        source = resolve_model(model_id)
+        source = str(source)
         local = Path(source).is_dir()
         if not local and (source.startswith((".", "/", "~")) or Path(source).suffix):
+            names = ", ".join(sorted(models.registered()))
             raise FileNotFoundError(f"model folder {source!r} does not exist; pass a folder with model_index.json, "
-                                    f"a Hub id such as stabilityai/stable-diffusion-2-base, or one of: shapeworld, {', '.join(TINY)}")
+                                    f"a Hub id such as stabilityai/stable-diffusion-2-base, or one of: {names}")
         try:
             pipe = DiffusionPipeline.from_pretrained(source, **{_dtype_keyword(): dtype}, local_files_only=local,
                                                      safety_checker=None, requires_safety_checker=False)
         except OSError as e:
             raise OSError(f"could not load {source!r}: {e}\nIf this machine is offline, download the model elsewhere "
                           "and pass its folder, or use the embedded model (shapeworld)") from e
+        pipe.daam_sampling = sampling_defaults(source) if local else {}
+    sampling = sampling_defaults(pipe)
+    scheduler = scheduler or sampling.get("scheduler")
     if scheduler:
         set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(leave=False)
@@ -131,11 +154,15 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
     """Generate with ``pipe`` under a trace; return the image's :class:`HeatMaps` (a list for several images).
 
     The seed drives a CPU ``torch.Generator``, so an image is the same on every device
-    for the same seed (up to the device's arithmetic). ``store`` / ``replay`` are
+    for the same seed (up to the device's arithmetic). ``steps`` and ``guidance_scale`` left at None
+    take the model's own (:func:`sampling_defaults`), else the pipeline's. ``store`` / ``replay`` are
     :class:`daamlib.replay.AttentionStore` s to fill / to inject (see :func:`trace`).
     Other keywords go to the pipeline.
     """
     prompts = check_prompt(prompt)
+    own = sampling_defaults(pipe)
+    steps = own.get("steps") if steps is None else steps
+    guidance_scale = own.get("guidance") if guidance_scale is None else guidance_scale
     kwargs = {k: v for k, v in dict(num_inference_steps=steps, guidance_scale=guidance_scale, height=height,
                                     width=width, negative_prompt=negative_prompt).items() if v is not None}
     generator = torch.Generator("cpu").manual_seed(int(seed))

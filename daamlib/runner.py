@@ -33,10 +33,7 @@ Why a crash or a second process never loses or mixes work:
 from __future__ import annotations
 
 import argparse
-import csv
-import difflib
 import json
-import math
 import os
 import re
 import socket
@@ -45,197 +42,19 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .io import META, ExperimentError, _read_meta
+from .io import META, ExperimentError, read_meta
+from .items import SETTINGS, Item, ItemError, read_items  # noqa: F401 (ItemError and Item are part of this API)
 
-SETTINGS = ("steps", "guidance", "height", "width", "negative_prompt")
-ALIASES = {"num_inference_steps": "steps", "guidance_scale": "guidance"}  # diffusers' names, accepted too
-REQUIRED = ("id", "prompt", "seed")
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 ITEMS, MANIFEST, LOG, LOCKS = "items", "manifest", "log", ".locks"
-
-
-class ItemError(ValueError):
-    """A row of the item table is unusable (bad id, prompt, seed or setting); the message names the row."""
 
 
 class SettingsChangedError(ExperimentError):
     """A finished item would be generated with other settings; pass ``overwrite=True`` to replace it."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One row of the table: what to generate and where."""
-
-    id: str  # folder name under items/
-    prompt: str
-    seed: int
-    settings: dict[str, Any] = field(default_factory=dict)  # steps, guidance, height, width, negative_prompt; None: default
-    info: dict[str, Any] = field(default_factory=dict)  # other columns: kept in the manifest, not used to generate
-
-
-# -- reading and checking the table --------------------------------------------------------------
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
-
-
-def _plain(v):
-    """numpy / pandas scalars → Python ones, so that JSON and comparisons behave."""
-    return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
-
-
-def _as_int(v, name: str, minimum: int) -> int:
-    v = _plain(v)
-    if isinstance(v, str):
-        try:
-            v = float(v.strip())
-        except ValueError:
-            raise ValueError(f"{name} must be an integer, got {v!r}") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        raise ValueError(f"{name} must be an integer, got {v!r}")
-    if int(v) < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {int(v)}")
-    return int(v)
-
-
-def _as_float(v, name: str) -> float:
-    v = _plain(v)
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {v!r}") from None
-    if isinstance(v, bool) or not math.isfinite(f):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    return f
-
-
-def _check_setting(name: str, v):
-    if name == "steps":
-        return _as_int(v, "steps", 1)
-    if name in ("height", "width"):
-        return _as_int(v, name, 8)
-    if name == "guidance":
-        return _as_float(v, "guidance")
-    if not isinstance(v, str):
-        raise ValueError(f"{name} must be a string, got {type(v).__name__} {v!r}")
-    return v
-
-
-def check_id(item_id) -> str:
-    """``item_id`` as a safe folder name, or a ValueError that says which characters are allowed."""
-    item_id = _plain(item_id)
-    if isinstance(item_id, float) and item_id.is_integer():
-        item_id = int(item_id)
-    if isinstance(item_id, int) and not isinstance(item_id, bool):
-        item_id = str(item_id)
-    if not isinstance(item_id, str) or not _SAFE_ID.fullmatch(item_id):
-        raise ValueError(f"id {item_id!r} is not a safe folder name; use 1–100 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit (e.g. 'cat-001')")
-    return item_id
-
-
-def _rows(items) -> list[dict]:
-    """A list of dicts from a path (.csv, .jsonl, .json), a DataFrame, or an iterable of dicts / Items."""
-    if isinstance(items, (str, os.PathLike)):
-        path = Path(items)
-        if not path.is_file():
-            raise FileNotFoundError(f"item table {path} does not exist; pass a .csv, .jsonl or .json file "
-                                    "with columns id, prompt, seed")
-        if path.suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f))
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if path.suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(rows, list):
-                raise ItemError(f"{path} holds a JSON {type(rows).__name__}; it must be a list of items (dicts)")
-            return rows
-        raise ItemError(f"cannot read an item table from {path.name}; use .csv, .jsonl or .json")
-    if hasattr(items, "to_dict"):  # a pandas DataFrame
-        return items.to_dict("records")
-    rows = []
-    for r in items:
-        if isinstance(r, Item):
-            r = {"id": r.id, "prompt": r.prompt, "seed": r.seed, **r.settings, **r.info}
-        if not isinstance(r, Mapping):
-            raise ItemError(f"each item must be a dict with id, prompt and seed, got {type(r).__name__} {r!r}")
-        rows.append(dict(r))
-    return rows
-
-
-def read_items(items, defaults: Mapping[str, Any] | None = None) -> list[Item]:
-    """Check a table of items and return them as :class:`Item` s, or raise one :class:`ItemError` listing every bad row.
-
-    ``defaults`` gives settings for rows that leave them empty (``{"steps": 30}``).
-    """
-    from .pipeline import check_prompt
-
-    known = set(REQUIRED) | set(SETTINGS) | set(ALIASES)
-    base = {}
-    for k, v in (defaults or {}).items():
-        k = ALIASES.get(k, k)
-        if k not in SETTINGS:
-            raise ItemError(f"unknown default setting {k!r}; settings are: {', '.join(SETTINGS)}")
-        if not _missing(v):
-            base[k] = _check_setting(k, v)
-
-    out: list[Item] = []
-    errors: list[str] = []
-    seen: dict[str, str] = {}
-    rows = _rows(items)
-    if not rows:
-        raise ItemError("the item table is empty; give at least one row with id, prompt and seed")
-    for n, row in enumerate(rows):
-        where = f"row {n}" + (f" (id {row['id']!r})" if "id" in row and not _missing(row["id"]) else "")
-        try:
-            # a blank prompt is present but empty: check_prompt below says so
-            absent = [c for c in REQUIRED
-                      if c not in row or _missing(row[c]) and not (c == "prompt" and isinstance(row[c], str))]
-            if absent:
-                raise ValueError(f"no {', '.join(map(repr, absent))}; every row needs id, prompt and seed")
-            for col in row:
-                if col not in known:
-                    near = difflib.get_close_matches(col, sorted(known), n=1, cutoff=0.8)
-                    if near:
-                        raise ValueError(f"unknown column {col!r}: did you mean {near[0]!r}? Rename it "
-                                         f"(settings are: {', '.join(SETTINGS)})")
-            item_id = check_id(row["id"])
-            prompt = row["prompt"]
-            try:
-                check_prompt(prompt)
-            except (TypeError, ValueError) as e:
-                raise ValueError(str(e)) from None
-            if not isinstance(prompt, str):
-                raise ValueError(f"prompt must be one string per row, got {type(prompt).__name__} {prompt!r}")
-            seed = _as_int(row["seed"], "seed", 0)
-            settings = dict.fromkeys(SETTINGS)
-            settings.update(base)
-            for col, v in row.items():
-                col = ALIASES.get(col, col)
-                if col in SETTINGS and not _missing(v):
-                    settings[col] = _check_setting(col, v)
-            info = {c: None if _missing(v) and not isinstance(v, str) else _plain(v) for c, v in row.items() if c not in known}
-            try:
-                json.dumps(info, allow_nan=False)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"the other columns must hold plain values (text, numbers) for the manifest: {e}") from None
-            other = seen.get(item_id.lower())
-            if other is not None:
-                raise ValueError(f"id {item_id!r} is used again (first by {other}); ids name folders, so they must be "
-                                 "unique (also ignoring case)")
-            seen[item_id.lower()] = f"row {n}"
-            out.append(Item(item_id, prompt, seed, settings, info))
-        except ValueError as e:
-            errors.append(f"{where}: {e}")
-    if errors:
-        shown = "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
-        raise ItemError(f"{len(errors)} bad row(s) in the item table; fix them and run again:\n  {shown}")
-    return out
 
 
 # -- the output folder -----------------------------------------------------------------------------
@@ -330,7 +149,7 @@ def _check_finished(out: Path, items: Iterable[Item], run_settings: Mapping[str,
         if not folder.is_dir():
             continue
         try:
-            meta = _read_meta(folder)
+            meta = read_meta(folder)
         except ExperimentError as e:
             problems.append(f"{item.id}: {e}")
             continue
@@ -406,7 +225,8 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
     ``pipe_or_model_id``: a loaded pipeline, or anything :func:`daamlib.load_pipeline` takes (then
     ``device``, ``dtype`` and ``scheduler`` are used to load it; ``device`` defaults to accelerate's).
     ``items``: a path (.csv/.jsonl/.json), a DataFrame or dicts with ``id, prompt, seed`` and settings
-    (see :func:`read_items`). ``model_name`` is what the model is recorded as (default: the id
+    (see :func:`daamlib.items.read_items`); settings left empty take the model's own
+    (:func:`daamlib.pipeline.sampling_defaults`), then the pipeline's. ``model_name`` is what the model is recorded as (default: the id
     given, or the pipeline's ``name_or_path``); with the scheduler and dtype it is part of every
     item's settings. ``shard=(index, count)`` overrides accelerate's process index and count.
 
@@ -417,7 +237,7 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
     from tqdm.auto import tqdm
 
     from .io import save_experiment
-    from .pipeline import generate, load_pipeline, weights_fingerprint
+    from .pipeline import generate, load_pipeline, sampling_defaults, weights_fingerprint
 
     out = Path(out_dir)
     table = read_items(items, defaults)  # the whole table, so every process refuses the same bad input
@@ -432,6 +252,10 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
     else:
         pipe = pipe_or_model_id
         model_name = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
+    own = {k: v for k, v in sampling_defaults(pipe).items() if k in SETTINGS and v is not None}
+    if own:  # the model's own settings fill what the table and defaults leave empty, and are recorded as such
+        table = [replace(it, settings={**it.settings, **{k: v for k, v in own.items() if it.settings.get(k) is None}})
+                 for it in table]
     unet = getattr(pipe, "unet", None)  # none: the first generation says which pipelines are supported
     run_settings = {"model": model_name, "weights": weights_fingerprint(pipe),
                     "scheduler": type(getattr(pipe, "scheduler", None)).__name__,
@@ -455,7 +279,7 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
             status = "generated"
             if folder.is_dir():
                 try:
-                    meta = _read_meta(folder)
+                    meta = read_meta(folder)
                     diffs = _differences(meta, want)
                 except ExperimentError:
                     if not overwrite:
@@ -484,7 +308,7 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
                 _log(out, item.id, "failed", error=f"{type(e).__name__}: {e}", **who)
                 raise
             seconds = round(time.perf_counter() - t0, 3)
-            rec = _record(item, _read_meta(folder), finished=_now(), seconds=seconds,
+            rec = _record(item, read_meta(folder), finished=_now(), seconds=seconds,
                           host=socket.gethostname(), device=str(getattr(pipe, "device", None)), **who)
             _write_json_atomic(out / MANIFEST / f"{item.id}.json", rec)
             _log(out, item.id, "done", seconds=seconds, **who)
@@ -517,13 +341,14 @@ def load_results(out_dir: str | os.PathLike, items=None) -> list[dict]:
         if not folder.is_dir():
             raise ExperimentError(f"{MANIFEST}/{i}.json has no experiment folder {folder}; it was removed — "
                                   "run the runner again to regenerate it")
-        records.append({**_read_record(out, i, _read_meta(folder)), "path": str(folder)})
+        records.append({**_read_record(out, i, read_meta(folder)), "path": str(folder)})
     return records
 
 
 # -- command line ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import SCHEDULERS, TINY
+    from .models import registered
+    from .pipeline import SCHEDULERS
 
     p = argparse.ArgumentParser(
         prog="python -m daamlib.runner",
@@ -532,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", help="item table: .csv, .jsonl or .json with columns id, prompt, seed [, steps, guidance, "
                                  "height, width, negative_prompt, any other columns kept as info]")
     p.add_argument("--out", required=True, help="output folder (shared by all processes)")
-    p.add_argument("--model", default=None, help=f"Hub id, local folder, 'shapeworld' (default when present) or {', '.join(TINY)}")
+    p.add_argument("--model", default=None, help=f"Hub id, local folder or a registered name: {', '.join(sorted(registered()))} "
+                                                      "(default: the embedded model when present)")
     p.add_argument("--model-name", default=None, help="record the model under this name (default: --model)")
     p.add_argument("--overwrite", action="store_true", help="regenerate finished items whose settings changed")
     p.add_argument("--steps", type=int, default=None, help="default denoising steps for rows without them")

@@ -1,4 +1,4 @@
-"""Overlap statistics of binary maps (paper §3.1 and §4), with confidence intervals.
+"""Overlap statistics of binary maps (paper §3.1 and §4), map mass on a region, and confidence intervals.
 
 For a head map H and a dependent map D (boolean, same shape):
 
@@ -99,54 +99,9 @@ def pair_overlap(head, dependent) -> dict[str, float]:
     return {"iou": iou(head, dependent), "iod": iod(head, dependent), "ioh": ioh(head, dependent)}
 
 
-def paired_p_value(a, b) -> float:
-    """Two-sided Wilcoxon signed-rank p-value for paired samples ``a`` vs ``b`` (NaN pairs dropped)."""
-    from scipy import stats as st
-
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    keep = ~(np.isnan(x) | np.isnan(y))
-    x, y = x[keep], y[keep]
-    if len(x) < 2 or np.allclose(x, y):
-        return math.nan if len(x) < 2 else 1.0
-    return float(st.wilcoxon(x, y).pvalue)
-
-
-def relation_table(rows, alpha: float = 0.01, dominance: float = 10.0):
-    """Table 2: per relation, n, mIoD, mIoH, Δ = |mIoD − mIoH|, mIoU (all ×100), the paired p of mIoD ≠ mIoH,
-    and which map dominates (``head`` when mIoD > mIoH by more than ``dominance`` points at p < ``alpha``).
-
-    ``rows``: dicts or a DataFrame with columns ``relation``, ``iou``, ``iod``, ``ioh``. A pair whose IoD
-    or IoH is undefined (an empty mask) is left out of every column, so n, the means, Δ and p all
-    describe the same pairs; ``excluded`` counts those left out.
-    """
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    out = []
-    for rel, g_all in df.groupby("relation", sort=False):
-        g = g_all[g_all["iod"].notna() & g_all["ioh"].notna()]
-        m_iod, m_ioh = 100 * g["iod"].mean(), 100 * g["ioh"].mean()
-        p = paired_p_value(g["iod"], g["ioh"])
-        delta = abs(m_iod - m_ioh)
-        dominant = ("head" if m_iod > m_ioh else "dependent") if delta > dominance and p < alpha else ""
-        out.append({"relation": rel, "n": len(g), "mIoD": m_iod, "mIoH": m_ioh, "delta": delta,
-                    "mIoU": 100 * g["iou"].mean(), "p": p, "dominant": dominant, "excluded": len(g_all) - len(g)})
-    return pd.DataFrame(out)
-
-
-def fisher_exact(successes_a: int, total_a: int, successes_b: int, total_b: int) -> tuple[float, float]:
-    """Fisher's exact test on two proportions: ``(odds ratio, two-sided p)``."""
-    from scipy import stats as st
-
-    res = st.fisher_exact([[successes_a, total_a - successes_a], [successes_b, total_b - successes_b]])
-    return float(res.statistic), float(res.pvalue)
-
-
-def overlap_bin(value: float, cuts: tuple[float, float] = (0.4, 0.6)) -> str | None:
-    """The paper's §5.1 overlap bins: ``low`` (≤ 0.4), ``mid`` (0.4–0.6), ``high`` (≥ 0.6); None for a
-    NaN overlap (both masks empty), which belongs to no bin."""
-    if value != value:
-        return None
-    if value <= cuts[0]:
-        return "low"
-    return "high" if value >= cuts[1] else "mid"
+def mass_on_region(heat: torch.Tensor, region) -> float:
+    """Share of a soft map's mass that falls inside ``region`` (NaN for an all-zero map); the region moves
+    to the map's device (maps traced on a GPU meet masks read on the CPU)."""
+    region = _bool(region)
+    total = float(heat.clamp(min=0).sum())
+    return float((heat.clamp(min=0) * region.to(heat.device).float()).sum()) / total if total > 0 else float("nan")

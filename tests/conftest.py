@@ -12,7 +12,7 @@ torch.set_num_threads(1)  # 2 cores: leave one for whatever else runs
 @pytest.fixture(scope="session")
 def tiny():
     """Tiny pipelines by kind, built once per test session."""
-    from daamlib.tiny import tiny_pipeline
+    from daamlib.testing.tiny import tiny_pipeline
 
     cache = {}
 

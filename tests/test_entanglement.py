@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from daamlib.entanglement import background_shift, hue_distance, spread_outside
+from daamlib.studies.adjectives import background_shift, hue_distance, spread_outside
 
 
 def scene(bg_rgb):

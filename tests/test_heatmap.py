@@ -58,5 +58,6 @@ def test_plot_on_given_axes_touches_no_global_state(hm):
     hm["giraffe"].plot(ax=ax)
     assert len(ax.images) == 3  # + image and heat overlay
     grid = hm.plot()
-    assert len([a for a in grid.axes if a.images]) == 6  # image + 5 words
+    assert grid.figure_ is grid.ax_[0].figure
+    assert len([a for a in grid.figure_.axes if a.images]) == 6  # image + 5 words
     plt.close("all")

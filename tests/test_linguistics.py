@@ -3,9 +3,9 @@
 import pytest
 from transformers import CLIPTokenizer
 
-from daamlib import ontology
-from daamlib.linguistics import RELATIONS, dependencies, load_spacy, tag_words
-from daamlib.tiny import tokenizer_dir
+from daamlib.studies import cohyponyms as ontology
+from daamlib.studies.linguistics import RELATIONS, dependencies, load_spacy, tag_words
+from daamlib.testing.tiny import tokenizer_dir
 from daamlib.words import align_words
 
 

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from daamlib.ratings import RatingItem, RatingWidget, load_ratings, mean_opinion_by_pos
+from daamlib.studies.pos import RatingItem, RatingWidget, load_ratings, mean_opinion_by_pos
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from daamlib import segmentation as seg
+from daamlib.stats import mass_on_region
+from daamlib.studies import segmentation as seg
 
 
 def test_centre_blob_covers_the_requested_area():
@@ -28,8 +29,8 @@ def test_mass_on_region():
     heat[0, 0], heat[3, 3] = 3.0, 1.0
     region = torch.zeros(4, 4, dtype=torch.bool)
     region[0, 0] = True
-    assert seg.mass_on_region(heat, region) == pytest.approx(0.75)
-    assert np.isnan(seg.mass_on_region(torch.zeros(4, 4), region))
+    assert mass_on_region(heat, region) == pytest.approx(0.75)
+    assert np.isnan(mass_on_region(torch.zeros(4, 4), region))
 
 
 def test_human_masks_layout(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from daamlib import stats
+from daamlib.studies import cohyponyms, syntax
 
 
 def masks():
@@ -57,7 +58,7 @@ def test_relation_table_marks_dominance_only_when_large_and_significant():
     for _ in range(60):  # "amod": the head contains the dependent -> IoD high, IoH low
         rows.append({"relation": "amod", "iod": rng.uniform(0.8, 1.0), "ioh": rng.uniform(0.3, 0.5), "iou": 0.4})
         rows.append({"relation": "det", "iod": (x := rng.uniform(0.4, 0.6)), "ioh": x + rng.normal(0, 0.01), "iou": 0.3})
-    table = stats.relation_table(rows).set_index("relation")
+    table = syntax.relation_table(rows).set_index("relation")
     assert table.loc["amod", "dominant"] == "head" and table.loc["amod", "p"] < 1e-6
     assert table.loc["amod", "delta"] == pytest.approx(table.loc["amod", "mIoD"] - table.loc["amod", "mIoH"])
     assert table.loc["amod", "mIoD"] == pytest.approx(90, abs=3)
@@ -65,16 +66,16 @@ def test_relation_table_marks_dominance_only_when_large_and_significant():
 
 
 def test_fisher_and_overlap_bins():
-    odds, p = stats.fisher_exact(61, 100, 52, 100)
+    odds, p = cohyponyms.fisher_exact(61, 100, 52, 100)
     assert odds > 1 and 0 < p < 1
-    assert stats.fisher_exact(50, 50, 0, 50)[1] < 1e-20
-    assert [stats.overlap_bin(v) for v in (0.1, 0.4, 0.5, 0.6, 0.9)] == ["low", "low", "mid", "high", "high"]
-    assert stats.overlap_bin(float("nan")) is None  # not "mid"
+    assert cohyponyms.fisher_exact(50, 50, 0, 50)[1] < 1e-20
+    assert [cohyponyms.overlap_bin(v) for v in (0.1, 0.4, 0.5, 0.6, 0.9)] == ["low", "low", "mid", "high", "high"]
+    assert cohyponyms.overlap_bin(float("nan")) is None  # not "mid"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_maps_on_the_gpu_meet_masks_on_the_cpu():
-    from daamlib.segmentation import mass_on_region
+    from daamlib.stats import mass_on_region
 
     a = torch.zeros(4, 4, dtype=torch.bool, device="cuda")
     a[:2] = True

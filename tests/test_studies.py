@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from daamlib import studies
+from daamlib.stats import iou
+from daamlib.studies import adjectives, cohyponyms, pos, segmentation, syntax
+from daamlib.studies.data import read_label
 
 
 @pytest.fixture(scope="module")
@@ -14,14 +16,14 @@ def hm(traced):
 def test_segmentation_rows_and_table1(hm):
     left = torch.zeros(64, 64, dtype=torch.bool)
     left[:, :32] = True
-    rows = studies.segmentation_rows(hm, {1: left, 4: ~left}, item="x", split="gen", ablation_steps=(1, 2))
+    rows = segmentation.segmentation_rows(hm, {1: left, 4: ~left}, item="x", split="gen", ablation_steps=(1, 2))
     table = [r for r in rows if r["kind"] == "table"]
     assert {r["word"] for r in rows} == {"giraffe", "zebra"}
     assert len(table) == 2 * (3 + 3)  # two nouns × (three τ + three baselines)
     whole = next(r for r in table if r["method"] == "whole image")
     assert whole["iou"] == pytest.approx(0.5)
     daam = next(r for r in table if r["method"] == "DAAM" and r["tau"] == 0.4 and r["word"] == "giraffe")
-    assert daam["iou"] == pytest.approx(studies.iou(hm["giraffe"].binarize(0.4), left))
+    assert daam["iou"] == pytest.approx(iou(hm["giraffe"].binarize(0.4), left))
     abl = {(r["method"], r["n"]) for r in rows if r["kind"] == "ablation"}
     assert {("first n steps", 1), ("last n steps", 2), ("all", 4)} <= abl
     assert any(m.startswith("only ") for m, _ in abl)
@@ -30,14 +32,15 @@ def test_segmentation_rows_and_table1(hm):
     full = [r["iou"] for r in rows if r["kind"] == "ablation" and r["word"] == "zebra"
             and (r["method"], r["n"]) in {("coarsest n resolutions", R), ("finest n resolutions", R), ("all", 4)}]
     assert len(full) == 3 and max(full) - min(full) < 1e-6  # every resolution = the whole map
-    t1 = studies.table1(rows).set_index("method")
+    t1 = segmentation.table1(rows).set_index("method")
     assert t1.loc["whole image", "gen"] == pytest.approx(50.0) and t1.loc["DAAM-0.4", "n"] == 2
 
 
 def test_word_at_refuses_a_missing_position(hm):
-    assert studies.word_at(hm, 4).text == "zebra"
+    assert hm.word_at(4).word.text == "zebra" and torch.equal(hm.word_at(4).heat, hm["zebra"].heat)
+    assert hm.has_word(4) and not hm.has_word(9)
     with pytest.raises(IndexError, match="no word 9"):
-        studies.word_at(hm, 9)
+        hm.word_at(9)
 
 
 def box(y0, y1, x0, x1):
@@ -51,26 +54,26 @@ def test_word_regions_follow_the_grammar():
     roles = {0: "numeral", 1: "colour", 2: "noun", 6: "colour", 7: "noun", 9: "background"}
     circles, square = box(0, 20, 0, 20), box(40, 60, 40, 60)
     bg = ~(circles | square)
-    r = studies.word_regions(words, roles, {2: circles, 7: square}, bg)
+    r = pos.word_regions(words, roles, {2: circles, 7: square}, bg)
     assert torch.equal(r[0], circles) and torch.equal(r[1], circles) and torch.equal(r[6], square)
     assert torch.equal(r[3], circles | square) and torch.equal(r[4], circles | square)  # "left of"
     assert 5 not in r and 8 not in r  # "a", "on": no region
     assert torch.equal(r[9], bg)
     # a noun the annotator did not find takes its modifiers' regions with it
-    r2 = studies.word_regions(words, roles, {2: circles, 7: torch.zeros(64, 64, dtype=torch.bool)}, bg)
+    r2 = pos.word_regions(words, roles, {2: circles, 7: torch.zeros(64, 64, dtype=torch.bool)}, bg)
     assert 6 not in r2 and 7 not in r2 and 3 not in r2
 
 
 def test_attribution_and_dependency_rows(hm):
-    from daamlib.linguistics import dependencies
+    from daamlib.studies.linguistics import dependencies
 
     regions = {1: box(0, 32, 0, 64), 4: box(32, 64, 0, 64)}
-    rows = studies.attribution_rows(hm, regions, {1: "NOUN", 4: "NOUN"}, item="x")
+    rows = pos.attribution_rows(hm, regions, {1: "NOUN", 4: "NOUN"}, item="x")
     assert len(rows) == 2 and all(0 <= r["mass_on_region"] <= 1 for r in rows)
     assert rows[0]["mass_on_region"] + rows[0]["mass_on_other_region"] == pytest.approx(1.0, abs=1e-5)
-    table = studies.pos_table(rows)
+    table = pos.pos_table(rows)
     assert table.iloc[0]["words"] == 2 and table.iloc[0]["uniform_map"] == pytest.approx(0.5)
-    deps = studies.dependency_rows(hm, dependencies(hm.alignment), unrelated_per_prompt=1, item="x")
+    deps = syntax.dependency_rows(hm, dependencies(hm.alignment), unrelated_per_prompt=1, item="x")
     rels = [r["relation"] for r in deps]
     assert "det" in rels and rels.count("unrelated") == 1
     det = next(r for r in deps if r["relation"] == "det")
@@ -79,10 +82,10 @@ def test_attribution_and_dependency_rows(hm):
 
 def test_adjective_swap_holds_the_seed_and_varies_the_rest(tiny):
     pipe = tiny("sd1")
-    out = studies.adjective_swap(pipe, "a {adj} circle above a square", ["yellow", "red"], seed=1, steps=2)
+    out = adjectives.adjective_swap(pipe, "a {adj} circle above a square", ["yellow", "red"], seed=1, steps=2)
     assert set(out["replayed"]) == set(out["plain"]) == {"yellow", "red"}
-    assert (out["replayed"]["yellow"] == out["seed"].image).all()
-    assert (out["replayed"]["red"] != out["plain"]["red"].image).any()  # the layout was held, so the image differs
+    assert out["replayed"]["yellow"] is out["seed"]
+    assert (out["replayed"]["red"].image != out["plain"]["red"].image).any()  # the layout was held, so the image differs
     assert out["plain"]["red"].prompt == "a red circle above a square"
 
 
@@ -90,11 +93,11 @@ def test_multi_word_nouns_of_the_pair_template(traced):
     """"a hot dog and a cat": the first noun is words 1–2, the second word 5; the phrase map is the
     mean of all its tokens' maps, by both the cached and the per-word path."""
     from daamlib import kernel
-    from daamlib.ontology import pair_prompt
+    from daamlib.studies.cohyponyms import pair_prompt
 
     prompt = pair_prompt("hot dog", "cat")
     hm = traced(prompt, steps=2)
-    pa, pb = studies.pair_positions("hot dog", "cat")
+    pa, pb = cohyponyms.pair_positions("hot dog", "cat")
     assert [hm.words[i] for i in pa] == ["hot", "dog"] and [hm.words[i] for i in pb] == ["cat"]
     phrase = hm.phrase(pa)
     tokens = hm["hot"].word.tokens + hm["dog"].word.tokens
@@ -107,19 +110,19 @@ def test_multi_word_nouns_of_the_pair_template(traced):
 
 def test_word_starting_at_follows_the_alignment(traced):
     hm = traced("hello, a red cat", steps=2)  # the comma is a word of its own
-    assert studies.word_starting_at(hm, len("hello, a ")).text == "red"
-    assert studies.word_starting_at(hm, len("hello, a ")).index == 3
+    assert adjectives.word_starting_at(hm, len("hello, a ")).text == "red"
+    assert adjectives.word_starting_at(hm, len("hello, a ")).index == 3
     with pytest.raises(IndexError, match="starts at character 2"):
-        studies.word_starting_at(hm, 2)
+        adjectives.word_starting_at(hm, 2)
 
 
 @pytest.mark.parametrize("cell, label", [(1, True), (0, False), (1.0, True), ("yes", True), ("No", False),
                                          ("correct", True), ("incorrect", False), (True, True), ("", None),
                                          (float("nan"), None), (None, None)])
 def test_read_label(cell, label):
-    assert studies.read_label(cell) is label
+    assert read_label(cell) is label
 
 
 def test_read_label_refuses_what_it_cannot_read():
     with pytest.raises(ValueError, match="cannot read 'maybe'"):
-        studies.read_label("maybe")
+        read_label("maybe")

@@ -3,7 +3,7 @@
 import pytest
 from transformers import CLIPTokenizer
 
-from daamlib.tiny import tokenizer_dir
+from daamlib.testing.tiny import tokenizer_dir
 from daamlib.words import AmbiguousWordError, WordNotFoundError, align_words
 
 

@@ -1,12 +1,45 @@
-"""The embedded ShapeWorld model: a procedural world with exact per-word ground truth, an annotator
-for generated images, and the code that trains a small Stable-Diffusion-layout model on the world.
+"""The embedded ShapeWorld model, a leaf of daamlib: it imports the core, the core never imports it.
 
-- :mod:`daamlib.shapeworld.world` — ``ShapeWorld().scene(split, index)``: image, caption, word masks.
-- :mod:`daamlib.shapeworld.annotator` — ``Annotator.load().annotate(image, caption)``.
-- :mod:`daamlib.shapeworld.model` — configs and builders; :mod:`~daamlib.shapeworld.train` — the CLI.
-- :mod:`daamlib.shapeworld.probe` — per-token object/background attention ratios (training monitor).
+A procedural world with exact per-word ground truth, an annotator for generated images, the code
+that trains a small Stable-Diffusion-layout model on the world, its quality bars, and the prompts
+and ground truth the paper's studies take from it.
 
-Only :mod:`~daamlib.shapeworld.world` is imported here; the rest pull in torch/diffusers on use.
+- :mod:`~daamlib.shapeworld.world` — ``ShapeWorld().scene(split, index)``: image, caption, word masks.
+- :mod:`~daamlib.shapeworld.annotator` — ``Annotator.load().annotate(image, caption)``.
+- :mod:`~daamlib.shapeworld.studies` — per-study prompts and the annotator as ground truth.
+- :mod:`~daamlib.shapeworld.model` — configs and builders; :mod:`~daamlib.shapeworld.train` — the trainer.
+- :mod:`~daamlib.shapeworld.probe` — per-token object/background attention ratios (training monitor).
+- :mod:`~daamlib.shapeworld.quality` — the model's quality bars; :mod:`~daamlib.shapeworld.report` — its card's figures.
+
+The model is registered as ``shapeworld`` (:mod:`daamlib.models`); its folder is ``$DAAM_SHAPEWORLD_MODEL``
+or, in a checkout, ``data/models/shapeworld``. Only :mod:`~daamlib.shapeworld.world` is imported here.
 """
 
+import os
+from pathlib import Path
+
 from .world import ONTOLOGY, SHAPES, Scene, ShapeWorld  # noqa: F401
+
+NAME = "shapeworld"
+
+
+def model_dir() -> Path:
+    """The embedded model's folder: ``$DAAM_SHAPEWORLD_MODEL``, else ``data/models/shapeworld`` of this checkout."""
+    env = os.environ.get("DAAM_SHAPEWORLD_MODEL")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "models" / NAME
+
+
+def register_models() -> None:
+    """The ``daamlib.models`` entry point: the embedded model, the default whenever its folder is present."""
+    from .. import models
+
+    models.register(NAME, lambda: str(model_dir()), description=f"the embedded ShapeWorld model ({model_dir()})",
+                    priority=10, available=lambda: (model_dir() / "model_index.json").is_file())
+
+
+def register_studies() -> None:
+    """The ``daamlib.studies`` entry point: ShapeWorld's prompts and ground truth for the model ``shapeworld``."""
+    from ..studies import data
+    from .studies import ShapeWorldStudies
+
+    data.register(NAME, ShapeWorldStudies)

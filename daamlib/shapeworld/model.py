@@ -43,7 +43,7 @@ class ModelConfig:
 
 def build_tokenizer(out_dir: str | Path, cfg: ModelConfig):
     """A CLIP-format BPE over the world's words; every world word is exactly one token."""
-    from ..vocab import build_clip_tokenizer
+    from ..testing.vocab import build_clip_tokenizer
 
     words = all_words()
     texts = [" ".join(words)] * 4

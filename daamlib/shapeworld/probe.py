@@ -1,17 +1,18 @@
 """Training monitor: does a ShapeWorld model's cross-attention look at the right pixels?
 
 For rendered *validation* scenes (never test), the scene is encoded, noised to a few time steps,
-and denoised once with its caption; the probabilities ``softmax(QKᵀ·scale)`` of every cross-attention
-layer (conditional branch only) are recorded, upsampled to 64×64 and summed over layers, heads and
-time steps, as DAAM does. For each token the probe reports
+and denoised once with its caption under :func:`daamlib.trace` (no guidance: every row is the
+caption's); the kernel (:func:`daamlib.kernel.aggregate`) sums the recorded probabilities over
+layers, heads and time steps and upsamples them to 64×64, exactly as DAAM does for a generation
+(per resolution too, for the by-resolution ratios). For each token the probe reports
 
 * ``obj/bg``: mean attention on the token's own region over the mean on background pixels (for a
   background word: the background over all objects; for words without a region, EOS and padding:
   all objects over the background), and
 * ``own/other``: in two-object scenes, mean on the word's own object over the other object.
 
-Ratios above 1 mean the token localises. ``daamlib.trace`` replaces this for the final evaluation;
-this stays small on purpose.
+Ratios above 1 mean the token localises. Every token position is kept (padding included), since
+no prompt goes through ``encode_prompt`` here.
 
     python -m daamlib.shapeworld.probe data/models/shapeworld --scenes 64
 """
@@ -26,31 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..kernel import aggregate
+from ..trace import trace
 from .model import images_to_tensor
 from .world import SIZE, ShapeWorld
-
-
-class RecordingCrossAttnProcessor:
-    """A plain attention processor that keeps the cross-attention probabilities it computes."""
-
-    def __init__(self, name: str, store: dict):
-        self.name, self.store = name, store
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        residual = hidden_states
-        query = attn.to_q(hidden_states)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        key, value = attn.to_k(context), attn.to_v(context)
-        query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
-        probs = attn.get_attention_scores(query, key, attention_mask)  # [batch*heads, query_pos, key_pos]
-        self.store[self.name] = probs.unflatten(0, (-1, attn.heads)).detach()  # [batch, heads, query_pos, key_pos]
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
 
 
 def _category(role: str | None, word: str) -> str:
@@ -64,12 +45,6 @@ def probe(path: str | Path, n_scenes: int = 64, timesteps=(100, 300, 500, 700, 9
 
     pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)
     unet, vae, text, tok = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
-    store: dict[str, torch.Tensor] = {}
-    procs = dict(unet.attn_processors)
-    for name, module in unet.named_modules():
-        if getattr(module, "is_cross_attention", False):
-            procs[name + ".processor"] = RecordingCrossAttnProcessor(name, store)
-    unet.set_attn_processor(dict(procs))
     world = ShapeWorld(seed=0)
     scenes = [world.scene("val", i) for i in range(n_scenes)]
     sched = pipe.scheduler
@@ -84,18 +59,23 @@ def probe(path: str | Path, n_scenes: int = 64, timesteps=(100, 300, 500, 700, 9
         ids = tok([s.caption for s in sc], padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids
         cond = text(ids)[0]
-        maps = {}  # resolution → [B, K, 64, 64] summed over layers, heads, time steps
-        for t in timesteps:
-            noise = torch.randn(z0.shape, generator=g)
-            tt = torch.full((len(sc),), t, dtype=torch.long)
-            unet(sched.add_noise(z0, noise, tt), tt, encoder_hidden_states=cond)
-            for name, p in store.items():
-                B, Hh, Q, K = p.shape
-                r = int(round(Q**0.5))
-                m = p.sum(1).transpose(1, 2).reshape(B, K, r, r)  # [B, K, r, r]
-                up = F.interpolate(m, size=(SIZE, SIZE), mode="bicubic", align_corners=False).clamp_min(0)
-                maps[r] = maps.get(r, 0) + up
-        total = sum(maps.values())
+        with trace(pipe) as tc:  # UNet calls made directly: one recorded step per time step, every row and token
+            for t in timesteps:
+                noise = torch.randn(z0.shape, generator=g)
+                tt = torch.full((len(sc),), t, dtype=torch.long)
+                unet(sched.add_noise(z0, noise, tt), tt, encoder_hidden_states=cond)
+        recorded = tc.generations[-1].maps  # layer → per step [B, K, h, w], heads summed
+        B, K = len(sc), ids.shape[1]
+        by_res: dict[int, list[torch.Tensor]] = defaultdict(list)
+        for steps in recorded.values():
+            m = torch.stack(steps)  # [steps, B, K, h, w]
+            by_res[m.shape[-2]].append(m.flatten(1, 2))  # [steps, B·K, h, w]: images and tokens as one axis
+
+        def eq6(layer_maps) -> torch.Tensor:  # → [B, K, 64, 64]
+            return aggregate(layer_maps, (SIZE, SIZE)).reshape(B, K, SIZE, SIZE)
+
+        maps = {r: eq6(ms) for r, ms in by_res.items()}  # resolution (grid height) → [B, K, 64, 64]
+        total = eq6([m for ms in by_res.values() for m in ms])
         for bi, s in enumerate(sc):
             objs_union = ~s.background_mask
             bg = s.background_mask

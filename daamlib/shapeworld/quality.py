@@ -46,9 +46,7 @@ def _targets(words: list[str]) -> list[tuple[int, str, str | None, int | None]]:
 
 def score(hm, caption: str, annotator, threshold: float = 0.4) -> dict:
     """One generated image: correctness, noun IoUs (DAAM and whole image), colour-word mass split."""
-    from ..segmentation import mass_on_region
-    from ..stats import iou
-    from ..studies import word_at
+    from ..stats import iou, mass_on_region
 
     ann = annotator.annotate(hm.image, caption)
     words = caption.split()
@@ -64,8 +62,7 @@ def score(hm, caption: str, annotator, threshold: float = 0.4) -> dict:
             continue
         truth = torch.from_numpy(truth)
         objects[pos] = truth
-        w = word_at(hm, pos)
-        row["daam_iou"].append(iou(hm.word(w.text, w.occurrence).binarize(threshold), truth))
+        row["daam_iou"].append(iou(hm.word_at(pos).binarize(threshold), truth))
         row["whole_iou"].append(iou(whole, truth))
     if len(objects) == 2:
         (p1, m1), (p2, m2) = objects.items()
@@ -74,8 +71,7 @@ def score(hm, caption: str, annotator, threshold: float = 0.4) -> dict:
                 if colour_at is None or pos not in objects:
                     continue
                 own, other = (m1, m2) if pos == p1 else (m2, m1)
-                cw = word_at(hm, colour_at)
-                heat = hm.word(cw.text, cw.occurrence).heat
+                heat = hm.word_at(colour_at).heat
                 row["colour_own"].append(mass_on_region(heat, own))
                 row["colour_other"].append(mass_on_region(heat, other))
     return row

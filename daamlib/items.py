@@ -1,0 +1,202 @@
+"""The item table of an experiment run: read it from a file, a DataFrame or dicts, and check every row.
+
+>>> read_items([{"id": "cat-0", "prompt": "a cat", "seed": 0, "steps": 30, "split": "Gen"}])   # doctest: +SKIP
+[Item(id='cat-0', prompt='a cat', seed=0, settings={'steps': 30, ...}, info={'split': 'Gen'})]
+
+One row per item: ``id`` (a safe folder name), ``prompt``, ``seed`` and, optionally, the settings
+``steps``, ``guidance``, ``height``, ``width``, ``negative_prompt`` (diffusers' names
+``num_inference_steps`` and ``guidance_scale`` are accepted too). Other columns are kept as ``info``.
+Every bad row is reported at once, before anything is generated (:class:`ItemError`).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SETTINGS = ("steps", "guidance", "height", "width", "negative_prompt")
+ALIASES = {"num_inference_steps": "steps", "guidance_scale": "guidance"}  # diffusers' names, accepted too
+REQUIRED = ("id", "prompt", "seed")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class ItemError(ValueError):
+    """A row of the item table is unusable (bad id, prompt, seed or setting); the message names the row."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One row of the table: what to generate and where."""
+
+    id: str  # folder name under items/
+    prompt: str
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)  # steps, guidance, height, width, negative_prompt; None: default
+    info: dict[str, Any] = field(default_factory=dict)  # other columns: kept in the manifest, not used to generate
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def _plain(v):
+    """numpy / pandas scalars → Python ones, so that JSON and comparisons behave."""
+    return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
+
+
+def _as_int(v, name: str, minimum: int) -> int:
+    v = _plain(v)
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if int(v) < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {int(v)}")
+    return int(v)
+
+
+def _as_float(v, name: str) -> float:
+    v = _plain(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {v!r}") from None
+    if isinstance(v, bool) or not math.isfinite(f):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return f
+
+
+def check_setting(name: str, v):
+    if name == "steps":
+        return _as_int(v, "steps", 1)
+    if name in ("height", "width"):
+        return _as_int(v, name, 8)
+    if name == "guidance":
+        return _as_float(v, "guidance")
+    if not isinstance(v, str):
+        raise ValueError(f"{name} must be a string, got {type(v).__name__} {v!r}")
+    return v
+
+
+def check_id(item_id) -> str:
+    """``item_id`` as a safe folder name, or a ValueError that says which characters are allowed."""
+    item_id = _plain(item_id)
+    if isinstance(item_id, float) and item_id.is_integer():
+        item_id = int(item_id)
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        item_id = str(item_id)
+    if not isinstance(item_id, str) or not _SAFE_ID.fullmatch(item_id):
+        raise ValueError(f"id {item_id!r} is not a safe folder name; use 1–100 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit (e.g. 'cat-001')")
+    return item_id
+
+
+def _rows(items) -> list[dict]:
+    """A list of dicts from a path (.csv, .jsonl, .json), a DataFrame, or an iterable of dicts / Items."""
+    if isinstance(items, (str, os.PathLike)):
+        path = Path(items)
+        if not path.is_file():
+            raise FileNotFoundError(f"item table {path} does not exist; pass a .csv, .jsonl or .json file "
+                                    "with columns id, prompt, seed")
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.suffix == ".json":
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(rows, list):
+                raise ItemError(f"{path} holds a JSON {type(rows).__name__}; it must be a list of items (dicts)")
+            return rows
+        raise ItemError(f"cannot read an item table from {path.name}; use .csv, .jsonl or .json")
+    if hasattr(items, "to_dict"):  # a pandas DataFrame
+        return items.to_dict("records")
+    rows = []
+    for r in items:
+        if isinstance(r, Item):
+            r = {"id": r.id, "prompt": r.prompt, "seed": r.seed, **r.settings, **r.info}
+        if not isinstance(r, Mapping):
+            raise ItemError(f"each item must be a dict with id, prompt and seed, got {type(r).__name__} {r!r}")
+        rows.append(dict(r))
+    return rows
+
+
+def read_items(items, defaults: Mapping[str, Any] | None = None) -> list[Item]:
+    """Check a table of items and return them as :class:`Item` s, or raise one :class:`ItemError` listing every bad row.
+
+    ``defaults`` gives settings for rows that leave them empty (``{"steps": 30}``).
+    """
+    from .pipeline import check_prompt
+
+    known = set(REQUIRED) | set(SETTINGS) | set(ALIASES)
+    base = {}
+    for k, v in (defaults or {}).items():
+        k = ALIASES.get(k, k)
+        if k not in SETTINGS:
+            raise ItemError(f"unknown default setting {k!r}; settings are: {', '.join(SETTINGS)}")
+        if not _missing(v):
+            base[k] = check_setting(k, v)
+
+    out: list[Item] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    rows = _rows(items)
+    if not rows:
+        raise ItemError("the item table is empty; give at least one row with id, prompt and seed")
+    for n, row in enumerate(rows):
+        where = f"row {n}" + (f" (id {row['id']!r})" if "id" in row and not _missing(row["id"]) else "")
+        try:
+            # a blank prompt is present but empty: check_prompt below says so
+            absent = [c for c in REQUIRED
+                      if c not in row or _missing(row[c]) and not (c == "prompt" and isinstance(row[c], str))]
+            if absent:
+                raise ValueError(f"no {', '.join(map(repr, absent))}; every row needs id, prompt and seed")
+            for col in row:
+                if col not in known:
+                    near = difflib.get_close_matches(col, sorted(known), n=1, cutoff=0.8)
+                    if near:
+                        raise ValueError(f"unknown column {col!r}: did you mean {near[0]!r}? Rename it "
+                                         f"(settings are: {', '.join(SETTINGS)})")
+            item_id = check_id(row["id"])
+            prompt = row["prompt"]
+            try:
+                check_prompt(prompt)
+            except (TypeError, ValueError) as e:
+                raise ValueError(str(e)) from None
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt must be one string per row, got {type(prompt).__name__} {prompt!r}")
+            seed = _as_int(row["seed"], "seed", 0)
+            settings = dict.fromkeys(SETTINGS)
+            settings.update(base)
+            for col, v in row.items():
+                col = ALIASES.get(col, col)
+                if col in SETTINGS and not _missing(v):
+                    settings[col] = check_setting(col, v)
+            info = {c: None if _missing(v) and not isinstance(v, str) else _plain(v) for c, v in row.items() if c not in known}
+            try:
+                json.dumps(info, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"the other columns must hold plain values (text, numbers) for the manifest: {e}") from None
+            other = seen.get(item_id.lower())
+            if other is not None:
+                raise ValueError(f"id {item_id!r} is used again (first by {other}); ids name folders, so they must be "
+                                 "unique (also ignoring case)")
+            seen[item_id.lower()] = f"row {n}"
+            out.append(Item(item_id, prompt, seed, settings, info))
+        except ValueError as e:
+            errors.append(f"{where}: {e}")
+    if errors:
+        shown = "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
+        raise ItemError(f"{len(errors)} bad row(s) in the item table; fix them and run again:\n  {shown}")
+    return out

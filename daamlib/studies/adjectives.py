@@ -1,0 +1,321 @@
+"""§5.2, Fig. 8 and Fig. 9: adjectival entanglement — does a colour word leak into the background?
+
+>>> run = AdjectiveRun(pipe, templates, adjectives, "out/05", truth, mask_source="truth")   # doctest: +SKIP
+>>> df, gallery, skipped = run.rows()          # resumable: finished templates are read back   # doctest: +SKIP
+>>> plot_background_shift(per_adjective(df), adjectives).figure_                            # doctest: +SKIP
+
+With the layout held fixed by attention replay (``daamlib.replay``), the seed image and a
+variant differ only where the swapped adjective acts. Outside the object those changes are
+entanglement: the paper shows, e.g., a "blue car" turning the street blue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.colors import rgb_to_hsv
+
+from ..heatmap import HeatMaps
+from ..stats import mass_on_region
+
+MASK_SOURCES = ("truth", "daam")
+
+
+def _hsv(image) -> np.ndarray:
+    return rgb_to_hsv(np.asarray(image, dtype=np.float32)[..., :3] / 255.0)
+
+
+def hue_distance(h1, h2) -> np.ndarray:
+    """Circular hue distance in degrees (hues in [0, 1))."""
+    d = np.abs(np.asarray(h1) - np.asarray(h2)) % 1.0
+    return 360.0 * np.minimum(d, 1.0 - d)
+
+
+def background_shift(seed_image, variant_image, object_mask, target_rgb, min_saturation: float = 0.15) -> dict:
+    """How the background (outside ``object_mask``) moved from the seed image to the variant.
+
+    * ``hue_shift_deg``: mean decrease of the hue distance to ``target_rgb`` (the adjective's
+      colour) over background pixels coloured in *both* images (saturation ≥ ``min_saturation``);
+      positive = the background's hue moved toward the adjective's colour. A grey pixel has no
+      hue (matplotlib calls it 0°, red), so it is left out here; NaN when no pixel qualifies.
+    * ``toward_share``: share of those pixels whose hue moved toward the target (NaN when none).
+    * ``chroma_toward``: mean over *all* background pixels of the change of the pixel's chroma
+      vector (HSV chroma ``s·v`` at angle hue) projected on the target's hue direction, in [−1, 1]:
+      also counts grey turning coloured (grey → blue is toward blue, grey → red toward red).
+    * ``pixel_diff``: mean absolute RGB difference in [0, 1] over all background pixels.
+    * ``saturation_gain``: mean saturation change of the background.
+    * ``coloured_pixels``: how many pixels ``hue_shift_deg`` averages over.
+    """
+    bg = ~np.asarray(object_mask, dtype=bool)
+    if not bg.any():
+        raise ValueError("the object mask covers the whole image: there is no background to measure")
+    a, b = _hsv(seed_image), _hsv(variant_image)
+    target = rgb_to_hsv(np.asarray(target_rgb, dtype=np.float32)[None, None, :3] / 255.0)[0, 0, 0]
+    coloured = bg & (a[..., 1] >= min_saturation) & (b[..., 1] >= min_saturation)
+    moved = hue_distance(a[..., 0], target) - hue_distance(b[..., 0], target)
+
+    def chroma(hsv):
+        c, angle = hsv[..., 1] * hsv[..., 2], 2 * np.pi * hsv[..., 0]
+        return np.stack([c * np.cos(angle), c * np.sin(angle)], -1)
+
+    toward = np.array([np.cos(2 * np.pi * target), np.sin(2 * np.pi * target)])
+    diff = np.abs(np.asarray(seed_image, np.float32) - np.asarray(variant_image, np.float32))[..., :3] / 255.0
+    return {
+        "hue_shift_deg": float(moved[coloured].mean()) if coloured.any() else float("nan"),
+        "toward_share": float((moved[coloured] > 0).mean()) if coloured.any() else float("nan"),
+        "chroma_toward": float(((chroma(b) - chroma(a)) @ toward)[bg].mean()),
+        "pixel_diff": float(diff[bg].mean()),
+        "saturation_gain": float((b[..., 1] - a[..., 1])[bg].mean()),
+        "coloured_pixels": int(coloured.sum()),
+        "background_pixels": int(bg.sum()),
+    }
+
+
+def spread_outside(heat: torch.Tensor, object_mask) -> float:
+    """Share of a soft map's mass outside the object (0: all on the object; 1: all elsewhere)."""
+    region = torch.as_tensor(np.asarray(object_mask, dtype=bool))
+    return 1.0 - mass_on_region(heat, region)
+
+
+def adjective_swap(pipe, template: str, adjectives: list[str], seed: int = 0, **generate_kwargs) -> dict:
+    """Generate ``template.format(adj=adjectives[0])`` while keeping its attention, then every other
+    adjective twice: replayed onto the seed's attention (layout fixed) and plainly (its own maps).
+
+    Returns ``{"seed": HeatMaps, "replayed": {adj: HeatMaps}, "plain": {adj: HeatMaps}}``;
+    ``replayed[adjectives[0]]`` is the seed generation itself (a replayed generation's maps are the injected ones).
+    """
+    from ..pipeline import generate
+    from ..replay import AttentionStore
+
+    store = AttentionStore()
+    first = generate(pipe, template.format(adj=adjectives[0]), seed=seed, store=store, **generate_kwargs)
+    replayed, plain = {adjectives[0]: first}, {adjectives[0]: first}
+    for adj in adjectives[1:]:
+        prompt = template.format(adj=adj)
+        replayed[adj] = generate(pipe, prompt, seed=seed, replay=store, **generate_kwargs)
+        plain[adj] = generate(pipe, prompt, seed=seed, **generate_kwargs)
+    return {"seed": first, "replayed": replayed, "plain": plain}
+
+
+def word_starting_at(hm: HeatMaps, char: int):
+    """The :class:`~daamlib.words.Word` whose text starts at character ``char`` of the prompt (e.g. where a
+    template's ``{adj}`` was filled in), by the alignment's own word split, punctuation included."""
+    for w in hm.alignment.words:
+        if w.span[0] == char:
+            return w
+    raise IndexError(f"no word of {hm.prompt!r} starts at character {char}")
+
+
+class AdjectiveRun:
+    """§5.2 over many templates, resumable: each template's rows are appended to ``out_dir/rows.jsonl`` when it is
+    done, and a re-run skips templates already there, provided the settings and weights are the same
+    (``rows.settings.json``; otherwise it stops and says what differs, never mixing two runs' rows).
+
+    ``mask_source``: ``"truth"`` crops the noun's object as the ground truth finds it (also where the variant's
+    object lies if it moved, and ``grow`` px around both, so soft edges do not count as background), or
+    ``"daam"``: the noun's own DAAM-0.4 mask. ``gallery``: how many templates keep their generations for Fig. 8–9.
+    """
+
+    def __init__(self, pipe, templates: Sequence[str], adjectives: Mapping[str, Sequence[int]], out_dir, truth,
+                 mask_source: str = "truth", seed: int = 0, steps: int | None = None, guidance: float | None = None,
+                 model: str = "", gallery: int = 2, grow: int = 2):
+        from ..pipeline import sampling_defaults, weights_fingerprint
+
+        if mask_source not in MASK_SOURCES:
+            raise ValueError(f"MASK_SOURCE must be one of {MASK_SOURCES}, got {mask_source!r}")
+        if mask_source == "truth" and not truth.has_masks:
+            raise ValueError("MASK_SOURCE='truth' needs ground-truth masks, which this model's source has none of; "
+                             "use MASK_SOURCE='daam' (the noun's own DAAM-0.4 mask)")
+        bad = [t for t in templates if t.count("{adj}") != 1]
+        if not templates or bad or not adjectives:
+            raise ValueError(f"give TEMPLATES with exactly one {{adj}} each (bad: {bad}) and ADJECTIVES ({{word: [r, g, b]}})")
+        own = sampling_defaults(pipe)
+        self.pipe, self.templates, self.adjectives, self.truth = pipe, list(templates), dict(adjectives), truth
+        self.mask_source, self.seed, self.gallery, self.grow = mask_source, seed, gallery, grow
+        self.steps = own.get("steps") if steps is None else steps
+        self.guidance = own.get("guidance") if guidance is None else guidance
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        # finished rows are reused only under the same settings and weights: never mix two runs' rows
+        self.settings = json.loads(json.dumps({
+            "model": model, "weights": weights_fingerprint(pipe), "steps": self.steps, "guidance": self.guidance,
+            "seed": seed, "mask_source": mask_source, "adjectives": self.adjectives}))
+
+    def object_mask(self, hm: HeatMaps, noun_index: int) -> torch.Tensor:
+        """The noun's object in this image: the ground truth's mask (empty if not found), or its DAAM-0.4 mask."""
+        if self.mask_source == "truth":
+            found = self.truth.noun_masks({"id": "", "prompt": hm.prompt}, hm).get(noun_index)
+            return found if found is not None else torch.zeros(hm.size, dtype=torch.bool)
+        return hm.word_at(noun_index).binarize(0.4)
+
+    def object_region(self, obj: torch.Tensor, variant: HeatMaps, noun_index: int) -> np.ndarray:
+        """What does not count as background in a seed–variant pair (see the class docs)."""
+        from scipy.ndimage import binary_dilation
+
+        covered = obj.numpy().copy()
+        if self.mask_source == "truth":
+            moved = self.truth.noun_masks({"id": "", "prompt": variant.prompt}, variant).get(noun_index)
+            if moved is not None:
+                covered |= moved.numpy()
+        return binary_dilation(covered, iterations=self.grow) if self.grow else covered
+
+    def _done(self) -> list[dict]:
+        done_path, settings_path = self.out / "rows.jsonl", self.out / "rows.settings.json"
+        if done_path.exists():
+            before = json.loads(settings_path.read_text()) if settings_path.exists() else None
+            if before != self.settings:
+                raise ValueError(f"{done_path} holds rows of another run (settings {before} ≠ now {self.settings}); "
+                                 "choose another OUT_DIR, or delete that file to recompute them")
+            return [json.loads(line) for line in done_path.read_text().splitlines()]
+        settings_path.write_text(json.dumps(self.settings, indent=1))
+        return []
+
+    def template_rows(self, template: str, res: dict, order: list[str], obj: torch.Tensor, noun_pos: int,
+                      adj_pos: int) -> list[dict]:
+        """One row per swapped adjective: the background shift (replayed) and the map spread (plain)."""
+        rows = []
+        for adj in order[1:]:
+            plain = res["plain"][adj]  # its own layout: its own object mask for the spread
+            plain_obj = self.object_mask(plain, noun_pos)
+            spread_ok = bool(plain_obj.any()) and not bool(plain_obj.all())
+            variant = res["replayed"][adj]
+            rows.append({"template": template, "seed_adjective": order[0], "adjective": adj,
+                         **background_shift(res["seed"].image, variant.image,
+                                            self.object_region(obj, variant, noun_pos), self.adjectives[adj]),
+                         "adjective_spread": spread_outside(plain.word_at(adj_pos).heat, plain_obj.numpy())
+                                             if spread_ok else float("nan"),
+                         "noun_spread": spread_outside(plain.word_at(noun_pos).heat, plain_obj.numpy())
+                                        if spread_ok else float("nan"),
+                         "object_share": float(obj.float().mean())})
+        return rows
+
+    def rows(self, progress: bool = True):
+        """Generate what is not finished; return ``(rows DataFrame, gallery, skipped templates)``. The first
+        ``gallery`` templates are generated again when finished, to draw Fig. 8–9 (``{template: (order, res, obj,
+        adjective position)}``)."""
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        adjs = list(self.adjectives)
+        done = self._done()
+        finished = {r["template"] for r in done}
+        gallery, skipped = {}, []
+        for k, template in enumerate(tqdm(self.templates, desc="templates", disable=not progress)):
+            if template in finished and k >= self.gallery:
+                continue
+            order = adjs[k % len(adjs):] + adjs[:k % len(adjs)]  # rotate which adjective seeds the layout
+            res = adjective_swap(self.pipe, template, order, seed=self.seed + k, steps=self.steps,
+                                 guidance_scale=self.guidance)
+            adj_pos = word_starting_at(res["seed"], len(template.split("{adj}")[0])).index
+            noun_pos = adj_pos + 1  # the word after the adjective
+            obj = self.object_mask(res["seed"], noun_pos)
+            if k < self.gallery:
+                gallery[template] = (order, res, obj, adj_pos)
+            if template in finished:
+                continue
+            if not obj.any() or obj.all():
+                skipped.append(template)  # no object found (or nothing else): nothing to crop
+                continue
+            rows = self.template_rows(template, res, order, obj, noun_pos, adj_pos)
+            with open(self.out / "rows.jsonl", "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+            done += rows
+        df = pd.DataFrame(done)
+        if df.empty:
+            raise RuntimeError("no seed image had its object found, so no background can be cropped: "
+                               "raise N_PROMPTS, or check the model's samples (notebook 00)")
+        return df, gallery, skipped
+
+
+def per_adjective(df):
+    """Per adjective: mean hue shift, share of pixels moved toward, chroma shift, pixel difference, map spreads
+    (means skip NaN: no hue to compare on grey backgrounds, or no object found in a plain image), n."""
+    return df.groupby("adjective").agg(hue_shift_deg=("hue_shift_deg", "mean"), toward_share=("toward_share", "mean"),
+                                       chroma_toward=("chroma_toward", "mean"), pixel_diff=("pixel_diff", "mean"),
+                                       adjective_spread=("adjective_spread", "mean"), noun_spread=("noun_spread", "mean"),
+                                       n=("template", "size"), n_hue=("hue_shift_deg", "count")).reset_index()
+
+
+class RowsDisplay:
+    """Fig. 8–9 analogue for one template: the seed's adjective map and the object cropped out (left), then each
+    replayed variant (top) and its background with the object cropped, saturation doubled (bottom)."""
+
+    def __init__(self, template: str, order: list[str], res: dict, obj: torch.Tensor, adj_pos: int):
+        self.template, self.order, self.res, self.obj, self.adj_pos = template, order, res, obj, adj_pos
+
+    def plot(self, ax=None) -> RowsDisplay:
+        """``ax``: a ``[2, variants + 1]`` array of axes, or None for a new figure."""
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import hsv_to_rgb
+
+        order, res, obj = self.order, self.res, self.obj
+        if ax is None:
+            _, ax = plt.subplots(2, len(order) + 1, figsize=(1.9 * (len(order) + 1), 4.2), squeeze=False)
+        res["seed"].word_at(self.adj_pos).plot(ax=ax[0, 0], title=f"map: {order[0]}")
+        ax[1, 0].imshow(obj, cmap="gray"); ax[1, 0].set_title("object (cropped)", fontsize=8)
+        for ax_top, ax_bot, adj in zip(ax[0, 1:], ax[1, 1:], order):
+            img = res["replayed"][adj].image
+            ax_top.imshow(img); ax_top.set_title(adj, fontsize=8)
+            bg = img.astype(float) * (~obj.numpy())[..., None]
+            hsv = rgb_to_hsv(bg / 255); hsv[..., 1] = np.clip(hsv[..., 1] * 2, 0, 1)  # saturated for visibility
+            ax_bot.imshow(hsv_to_rgb(hsv))
+        for a in ax.ravel():
+            a.set_axis_off()
+        fig = ax[0, 0].figure
+        fig.suptitle(self.template.format(adj="⟨adj⟩") + "  (layout held fixed by replay)", fontsize=8)
+        self.ax_, self.figure_ = ax, fig
+        return self
+
+
+def plot_rows(template: str, order, res, obj, adj_pos, ax=None) -> RowsDisplay:
+    return RowsDisplay(template, order, res, obj, adj_pos).plot(ax)
+
+
+class BackgroundShiftDisplay:
+    """Per adjective: hue shift of coloured background pixels, chroma shift of all background pixels, and the map
+    spread of the adjective beside the noun's, each bar in the adjective's colour."""
+
+    def __init__(self, per_adj, adjectives: Mapping[str, Sequence[int]]):
+        self.per_adj, self.adjectives = per_adj, adjectives
+
+    def plot(self, ax=None) -> BackgroundShiftDisplay:
+        """``ax``: three axes, or None for a new figure."""
+        import matplotlib.pyplot as plt
+
+        per_adj = self.per_adj
+        if ax is None:
+            _, ax = plt.subplots(1, 3, figsize=(13, 3.3))
+        colours = [np.array(self.adjectives[a]) / 255 for a in per_adj.adjective]
+        ax[0].bar(per_adj.adjective, per_adj.hue_shift_deg, color=colours)
+        ax[0].axhline(0, color="k", lw=0.8); ax[0].set_ylabel("hue shift toward the adjective (°)", fontsize=8)
+        ax[0].set_title("coloured background pixels", fontsize=8)
+        ax[1].bar(per_adj.adjective, 100 * per_adj.chroma_toward, color=colours)
+        ax[1].axhline(0, color="k", lw=0.8); ax[1].set_ylabel("chroma toward the adjective (×100)", fontsize=8)
+        ax[1].set_title("all background pixels (grey included)", fontsize=8)
+        x = np.arange(len(per_adj))
+        ax[2].bar(x - 0.2, 100 * per_adj.adjective_spread, 0.4, label="adjective", color=colours)
+        ax[2].bar(x + 0.2, 100 * per_adj.noun_spread, 0.4, label="noun", color="lightgray")
+        ax[2].set_xticks(x, per_adj.adjective); ax[2].set_ylabel("% of map mass outside the object", fontsize=8)
+        ax[2].legend(fontsize=8)
+        for a in ax:
+            a.tick_params(axis="x", labelsize=8)
+        self.ax_, self.figure_ = ax, ax[0].figure
+        return self
+
+
+def plot_background_shift(per_adj, adjectives, ax=None) -> BackgroundShiftDisplay:
+    return BackgroundShiftDisplay(per_adj, adjectives).plot(ax)
+
+
+def results(model: str, templates: Sequence[str], df, per_adj, mask_source: str) -> dict:
+    """The headline numbers 05 records."""
+    return {"model": model, "templates": len(templates), "templates_scored": int(df.template.nunique()),
+            "rows": len(df), "mask_source": mask_source,
+            "per_adjective": per_adj.set_index("adjective").round(4).to_dict("index"),
+            "mean_hue_shift_deg": float(df.hue_shift_deg.mean()), "mean_chroma_toward": float(df.chroma_toward.mean()),
+            "mean_pixel_diff": float(df.pixel_diff.mean()),
+            "adjective_spread": float(df.adjective_spread.mean()), "noun_spread": float(df.noun_spread.mean())}

@@ -1,0 +1,360 @@
+"""§3.2, Fig. 3 and Fig. 4: which parts of speech DAAM attributes well.
+
+Two measures. People's ratings (the paper's): a rating widget that saves to CSV, and Fig. 3 from any
+ratings CSV. And, where the ground truth says which region each word refers to (the embedded
+world), an automatic measure, labelled as such: the share of a word's map mass on its own region,
+against another word's region and a uniform map.
+
+>>> items = rating_items(maps, tags, per_pos=40, seed=0)                  # doctest: +SKIP
+>>> RatingWidget(items, "ratings.csv", rater="ann").widget               # doctest: +SKIP
+>>> plot_ratings(mean_opinion_by_pos(load_ratings("ratings.csv")))       # doctest: +SKIP
+
+The ratings CSV
+
+The CSV has one row per judgement::
+
+    item_id,word,occurrence,pos,rater,rating,label,timestamp
+
+``rating`` is the paper's five-point scale, 1 (bad) … 5 (excellent), empty when the rater chose
+``image too poor`` or ``word not visible`` (then ``label`` says which). Word–image pairs any
+rater called unusable are dropped, as the paper dropped pairs deemed too abstract; each
+remaining pair scores the median of its raters (paper: three raters, median).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..heatmap import HeatMaps, overlay_png
+from ..stats import mass_on_region, mean_ci
+
+SCALE = {1: "bad", 2: "poor", 3: "fair", 4: "good", 5: "excellent"}
+UNUSABLE = ("image too poor", "word not visible")
+FIELDS = ("item_id", "word", "occurrence", "pos", "rater", "rating", "label", "timestamp")
+
+
+@dataclass
+class RatingItem:
+    """One word of one generated image to rate."""
+
+    item_id: str
+    heat_maps: object  # daamlib.HeatMaps
+    word: str
+    occurrence: int = 0
+    pos: str = ""
+
+
+class RatingWidget:
+    """ipywidgets UI: image, the word's map over it, the prompt with the word highlighted, and seven buttons.
+
+    Every click appends one row to ``csv_path`` at once (nothing is lost if the kernel dies)
+    and moves to the next item. ``widget`` is what to display.
+    """
+
+    def __init__(self, items: list[RatingItem], csv_path: str | Path, rater: str):
+        import ipywidgets as w
+
+        if not rater.strip():
+            raise ValueError("give the rater a name or id (rater='...'), so ratings from several people stay apart")
+        self.items, self.csv_path, self.rater = list(items), Path(csv_path), rater
+        self.position = 0
+        self.prompt = w.HTML()
+        self.image = w.Image(format="png")
+        self.progress = w.HTML()
+        self.buttons = [w.Button(description=f"{k} {v}") for k, v in SCALE.items()]
+        self.buttons += [w.Button(description=label, button_style="warning") for label in UNUSABLE]
+        for b, value in zip(self.buttons, list(SCALE) + list(UNUSABLE)):
+            b.on_click(lambda _b, value=value: self.rate(value))
+        self.widget = w.VBox([self.prompt, self.image, w.HBox(self.buttons[:5]), w.HBox(self.buttons[5:]), self.progress])
+        self._show()
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.items)
+
+    def rate(self, value: int | str) -> None:
+        """Record a rating (1–5) or an unusable label for the current item, then show the next."""
+        if self.done:
+            return
+        item = self.items[self.position]
+        rating, label = (value, SCALE[value]) if isinstance(value, int) else ("", value)
+        new = not self.csv_path.exists()
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(FIELDS)
+            writer.writerow([item.item_id, item.word, item.occurrence, item.pos, self.rater, rating, label,
+                             f"{time.time():.0f}"])
+        self.position += 1
+        self._show()
+
+    def _show(self) -> None:
+        if self.done:
+            self.prompt.value = "<b>All items rated. Thank you.</b>"
+            self.progress.value = f"{len(self.items)} rated; saved to {html.escape(str(self.csv_path))}"
+            return
+        item = self.items[self.position]
+        wm = item.heat_maps.word(item.word, item.occurrence)
+        p = item.heat_maps.prompt
+        a, b = wm.word.span
+        self.prompt.value = (f"How well does the highlighted area show <b>{html.escape(item.word)}</b>?<br>"
+                             f"{html.escape(p[:a])}<mark>{html.escape(p[a:b])}</mark>{html.escape(p[b:])}")
+        image = item.heat_maps.image
+        self.image.value = overlay_png([(image, None), (image, wm.normalized())], size=(6.4, 3.2))
+        self.progress.value = f"item {self.position + 1} of {len(self.items)}"
+
+
+def load_ratings(path: str | Path):
+    """Read a ratings CSV, checking its columns and values."""
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype={"item_id": str, "word": str, "pos": str, "rater": str, "label": str})
+    missing = [c for c in ("item_id", "word", "pos", "rater", "rating", "label") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; expected {', '.join(FIELDS)}")
+    bad = df["rating"].notna() & ~df["rating"].isin(list(SCALE))
+    if bad.any():
+        raise ValueError(f"{path} has ratings outside 1–5 in rows {list(df.index[bad][:5])}")
+    return df
+
+
+def mean_opinion_by_pos(ratings):
+    """Fig. 3: per part of speech, the mean opinion score with a 95% CI and the share rated fair–excellent."""
+    import pandas as pd
+
+    df = ratings.copy()
+    if "occurrence" not in df.columns:
+        df["occurrence"] = 0
+    key = ["item_id", "word", "occurrence"]
+    unusable = df[df["label"].isin(UNUSABLE)].groupby(key).size().index
+    usable = df[~df.set_index(key).index.isin(unusable) & df["rating"].notna()]
+    pairs = usable.groupby(key + ["pos"], as_index=False)["rating"].median()
+    rows = []
+    for pos, g in pairs.groupby("pos"):
+        ci = mean_ci(g["rating"])
+        rows.append({"pos": pos, "pairs": len(g), "MOS": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
+                     "fair_to_excellent": float((g["rating"] >= 3).mean())})
+    return pd.DataFrame(rows, columns=["pos", "pairs", "MOS", "ci_low", "ci_high", "fair_to_excellent"])
+
+
+FUNCTION_WORDS = {"a", "an", "the"}
+
+
+def word_regions(words: list[str], roles: dict[int, str], noun_masks: dict[int, object],
+                 background_mask=None) -> dict[int, torch.Tensor]:
+    """The image region each word refers to, from the objects found for its nouns.
+
+    ``roles``: word position → ``noun`` / ``colour`` / ``size`` / ``pattern`` / ``numeral`` /
+    ``background``. A noun → its object(s); a modifier or numeral → the object(s) of the next
+    noun; a background word → the background; a relation word between two nouns ("above",
+    "left of", "and", …) → both nouns' objects. Words whose region is empty are left out.
+    """
+    nouns = sorted(i for i, r in roles.items() if r == "noun")
+    masks = {i: _mask(m) for i, m in noun_masks.items()}
+    out: dict[int, torch.Tensor] = {}
+    for i, role in roles.items():
+        if role == "noun":
+            m = masks.get(i)
+        elif role == "background":
+            m = None if background_mask is None else _mask(background_mask)
+        else:
+            m = masks.get(next((n for n in nouns if n > i), -1))
+        if m is not None and m.any():
+            out[i] = m
+    for a, b in zip(nouns, nouns[1:]):
+        if a in out and b in out:
+            for i in range(a + 1, b):
+                if i not in roles and words[i].lower() not in FUNCTION_WORDS:
+                    out[i] = out[a] | out[b]
+    return out
+
+
+def attribution_rows(hm: HeatMaps, regions: dict[int, torch.Tensor], pos: dict[int, str], seed: int = 0,
+                     **info) -> list[dict]:
+    """For each word with a region: the share of its map's mass on its own region, and on another
+    word's region of the same image chosen at random (the baseline). ``pos``: position → POS tag."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, region in regions.items():
+        if not hm.has_word(i):
+            continue
+        wm = hm.word_at(i)
+        others = [m for j, m in regions.items() if j != i and not torch.equal(m, region)]
+        heat = wm.heat
+        other = others[rng.integers(len(others))] if others else None
+        rows.append({**info, "word": wm.word.text, "word_index": i, "pos": pos.get(i, "X"),
+                     "mass_on_region": mass_on_region(heat, region),
+                     "mass_on_other_region": mass_on_region(heat, other) if other is not None else float("nan"),
+                     "region_share": float(region.float().mean()),
+                     "other_region_share": float(other.float().mean()) if other is not None else float("nan")})
+    return rows
+
+
+def pos_table(rows):
+    """Per part of speech: words, mean share of map mass on the word's own region (95% CI), on a random
+    other region, and the share of the image the regions cover (what a uniform map would score).
+
+    Regions differ in size (a background is most of the image, a colour's object a tenth of it), so
+    the fair comparison is the *lift*: mass on a region ÷ the region's share of the image (1 = no
+    better than a uniform map), for the own region (``lift_own``) and the random one (``lift_random``),
+    averaged over words.
+    """
+    import pandas as pd
+
+
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame()
+    out = []
+    for pos, g in df.groupby("pos"):
+        own, other = mean_ci(g["mass_on_region"]), mean_ci(g["mass_on_other_region"])
+        out.append({"pos": pos, "words": len(g), "mass_on_own_region": own.mean, "ci_low": own.low,
+                    "ci_high": own.high, "mass_on_random_region": other.mean,
+                    "uniform_map": float(g["region_share"].mean()),
+                    "lift_own": float((g["mass_on_region"] / g["region_share"]).mean()),
+                    "lift_random": float((g["mass_on_other_region"] / g["other_region_share"]).mean())})
+    return pd.DataFrame(out).sort_values("words", ascending=False)
+
+
+def _mask(m) -> torch.Tensor:
+    return m if torch.is_tensor(m) else torch.from_numpy(np.asarray(m, dtype=bool))
+
+
+def tag_maps(maps: Mapping[str, HeatMaps], nlp=None) -> dict[str, dict[int, str]]:
+    """spaCy's universal POS tag of every word of every item: ``{item id: {word position: tag}}``."""
+    from .linguistics import tag_words
+
+    return {k: {w.index: pos for w, pos in tag_words(hm.alignment, nlp)} for k, hm in maps.items()}
+
+
+def rating_items(maps: Mapping[str, HeatMaps], tags: Mapping[str, Mapping[int, str]], per_pos: int,
+                 seed: int = 0, skip=("DET", "PUNCT", "X")) -> list[RatingItem]:
+    """Up to ``per_pos`` words per part of speech to rate, drawn at random (function words and punctuation
+    left out), grouped by part of speech in the order each first appears in the draw."""
+    rng = np.random.default_rng(seed)
+    pool = [(k, w, tags[k].get(w.index, "X")) for k, hm in maps.items() for w in hm.alignment.words
+            if not w.truncated and tags[k].get(w.index) not in skip]
+    by_pos: dict[str, list[RatingItem]] = {}
+    for k, w, pos in (pool[i] for i in rng.permutation(len(pool))):
+        by_pos.setdefault(pos, [])
+        if len(by_pos[pos]) < per_pos:
+            by_pos[pos].append(RatingItem(k, maps[k], w.text, w.occurrence, pos))
+    return [it for group in by_pos.values() for it in group]
+
+
+def automatic_rows(records: Sequence[Mapping], maps: Mapping[str, HeatMaps], tags, truth, seed: int = 0) -> list[dict]:
+    """:func:`attribution_rows` of every item, with the regions ``truth`` gives (none without a world that knows them)."""
+    rows = []
+    for r in records:
+        hm = maps[r["id"]]
+        rows += attribution_rows(hm, truth.regions(r, hm), tags[r["id"]], seed=seed, item=r["id"])
+    return rows
+
+
+class RatingsDisplay:
+    """Fig. 3: mean opinion score per part of speech with its 95% CI, and the share rated fair to excellent."""
+
+    def __init__(self, mos):
+        self.mos = mos
+
+    def plot(self, ax=None) -> RatingsDisplay:
+        """``ax``: two axes (top, bottom), or None for a new figure."""
+        import matplotlib.pyplot as plt
+
+        mos = self.mos
+        if ax is None:
+            _, ax = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+        ax[0].bar(mos["pos"], mos["MOS"], yerr=[mos["MOS"] - mos["ci_low"], mos["ci_high"] - mos["MOS"]], capsize=3)
+        ax[0].set_ylabel("mean opinion score"); ax[0].set_ylim(1, 5)
+        ax[1].bar(mos["pos"], 100 * mos["fair_to_excellent"]); ax[1].set_ylabel("% fair–excellent")
+        self.ax_, self.figure_ = ax, ax[0].figure
+        return self
+
+
+def plot_ratings(mos, ax=None) -> RatingsDisplay:
+    return RatingsDisplay(mos).plot(ax)
+
+
+class AutomaticDisplay:
+    """The automatic measure per part of speech: map mass on the own region, another word's region and a uniform
+    map (left), and the lift over a uniform map (right)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def plot(self, ax=None) -> AutomaticDisplay:
+        """``ax``: two axes, or None for a new figure."""
+        import matplotlib.pyplot as plt
+
+        auto = self.table
+        if ax is None:
+            _, ax = plt.subplots(1, 2, figsize=(11, 3.5), layout="constrained")
+        a, a2 = ax
+        x = np.arange(len(auto))
+        a.bar(x - 0.27, 100 * auto["mass_on_own_region"], 0.27, label="own region",
+              yerr=[100 * (auto["mass_on_own_region"] - auto["ci_low"].clip(lower=0)),
+                    100 * (auto["ci_high"].clip(upper=1) - auto["mass_on_own_region"])], capsize=2)  # a share stays in [0, 1]
+        a.bar(x, 100 * auto["mass_on_random_region"], 0.27, label="another word's region")
+        a.bar(x + 0.27, 100 * auto["uniform_map"], 0.27, label="uniform map", color="lightgray")
+        a.set_xticks(x, auto["pos"]); a.set_ylabel("% of the word's map mass"); a.set_ylim(0, 100); a.legend(fontsize=8)
+        a.set_title("automatic attribution measure (embedded model, not human ratings)", fontsize=9)
+        a2.bar(x - 0.2, auto["lift_own"], 0.4, label="own region")
+        a2.bar(x + 0.2, auto["lift_random"], 0.4, label="another word's region")
+        a2.axhline(1, color="k", lw=0.8, ls="--"); a2.set_xticks(x, auto["pos"])
+        a2.set_ylabel("lift: mass ÷ region share"); a2.legend(fontsize=8)
+        a2.set_title("1 = no better than a uniform map (regions differ in size)", fontsize=9)
+        self.ax_, self.figure_ = ax, a.figure
+        return self
+
+
+def plot_automatic(table, ax=None) -> AutomaticDisplay:
+    return AutomaticDisplay(table).plot(ax)
+
+
+class ExamplesDisplay:
+    """Fig. 4 analogue: the first rating item of each part of speech (up to ``n``), its map over the image."""
+
+    def __init__(self, items: Sequence[RatingItem], n: int = 6):
+        first: dict[str, RatingItem] = {}
+        for it in items:
+            first.setdefault(it.pos, it)
+        self.examples = list(first.values())[:n]
+
+    def plot(self, ax=None) -> ExamplesDisplay:
+        import matplotlib.pyplot as plt
+
+        ex = self.examples
+        if ax is None:
+            _, ax = plt.subplots(1, len(ex), figsize=(2.4 * len(ex), 2.8), squeeze=False)
+        for a, it in zip(ax[0], ex):
+            it.heat_maps.word(it.word, it.occurrence).plot(ax=a, title=f"{it.pos}: {it.word}")
+            a.text(0.5, -0.08, it.heat_maps.prompt, transform=a.transAxes, ha="center", va="top", fontsize=5)
+        self.ax_, self.figure_ = ax, ax[0][0].figure
+        return self
+
+
+def plot_examples(items: Sequence[RatingItem], n: int = 6, ax=None) -> ExamplesDisplay:
+    return ExamplesDisplay(items, n).plot(ax)
+
+
+def results(model: str, records, tags, auto=None, mos=None) -> dict:
+    """The headline numbers 02 records: words per POS, the automatic measure and the ratings (when there are any)."""
+    import pandas as pd
+
+    counts = pd.Series([p for t in tags.values() for p in t.values()]).value_counts()
+    out = {"model": model, "images": len(records), "words_by_pos": counts.to_dict()}
+    if auto is not None and len(auto):
+        cols = ["words", "mass_on_own_region", "mass_on_random_region", "uniform_map", "lift_own", "lift_random"]
+        out["automatic"] = auto.set_index("pos")[cols].round(4).to_dict("index")
+    if mos is not None:
+        out["ratings"] = mos.set_index("pos").round(3).to_dict("index")
+    return out

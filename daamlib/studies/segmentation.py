@@ -1,0 +1,358 @@
+"""§3.1, Table 1 and Fig. 11: DAAM's Eq. 7 masks as noun segmentations, scored by mIoU beside baselines.
+
+>>> scores = score_items(records, source.truth, thresholds=(0.3, 0.4, 0.5))      # doctest: +SKIP
+>>> table1(scores)                                                               # doctest: +SKIP
+>>> plot_tau_sweep(scores).figure_                                               # doctest: +SKIP
+
+Baselines that need no training and no text, so any gap to DAAM is the prompt's doing:
+
+* ``whole_image``: every pixel (the floor any method must beat);
+* ``centre_blob``: a centred ellipse covering a fixed share of the image (photographers' prior);
+* ``colour_clusters``: k-means on the image's own colours; the cluster that owns most of the
+  border is background, the rest is foreground. It cannot tell two objects apart, which is
+  exactly what DAAM adds.
+
+Human masks for Stable Diffusion images are read from a folder in this layout::
+
+    masks/<item_id>/image.png           the generated image
+    masks/<item_id>/<noun>.png          one mask per present noun: white (or opaque alpha) = noun
+
+(a noun with no PNG is treated as absent from the image and skipped, as in the paper). File
+names match the prompt's words case-insensitively and mark the word's first occurrence;
+:func:`human_ground_truth` names the files that match no word instead of dropping them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..heatmap import HeatMaps
+from ..stats import iou
+
+BASELINES = ("whole image", "centre blob", "colour clusters")
+SWEEP = tuple(float(t) for t in np.round(np.linspace(0, 1, 11), 2))
+
+
+def whole_image(shape: tuple[int, int]) -> torch.Tensor:
+    return torch.ones(shape, dtype=torch.bool)
+
+
+def centre_blob(shape: tuple[int, int], area: float = 0.3) -> torch.Tensor:
+    """A centred ellipse with the image's aspect ratio covering ``area`` of it."""
+    h, w = shape
+    y, x = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    r = np.sqrt(4 * area / np.pi)  # π r² / 4 of the [-1, 1]² square = area
+    return (x**2 + y**2) <= r**2
+
+
+def colour_clusters(image: np.ndarray, k: int = 3, iters: int = 10, seed: int = 0) -> torch.Tensor:
+    """Foreground by k-means on colour (see module docs). ``image``: uint8 ``[H, W, 3]``."""
+    px = image.reshape(-1, 3).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    centres = px[rng.choice(len(px), size=k, replace=False)]
+    for _ in range(iters):
+        label = ((px[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        for j in range(k):
+            if (label == j).any():
+                centres[j] = px[label == j].mean(0)
+    label = label.reshape(image.shape[:2])
+    border = np.concatenate([label[0], label[-1], label[:, 0], label[:, -1]])
+    background = np.bincount(border, minlength=k).argmax()
+    return torch.from_numpy(label != background)
+
+
+def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A mask PNG: alpha channel if it has one (the paper's ``.gt.png``), else pixels brighter than half."""
+    from PIL import Image
+
+    im = Image.open(path)
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.NEAREST)
+    arr = np.asarray(im)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        return torch.from_numpy(arr[..., 3] >= 128)
+    if arr.ndim == 3:
+        arr = arr[..., :3].mean(-1)
+    return torch.from_numpy(arr >= 128)
+
+
+def load_human_masks(folder: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """``{item_id: {noun: mask}}`` from the documented layout (see module docs)."""
+    folder = check_mask_folder(folder)
+    out = {}
+    for item in sorted(p for p in folder.iterdir() if p.is_dir()):
+        masks = {p.stem: read_mask(p) for p in _mask_files(item)}
+        if masks:
+            out[item.name] = masks
+    return out
+
+
+def check_mask_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path, or a FileNotFoundError that says which layout is expected."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no human-mask folder at {folder}; expected {folder}/<item_id>/<noun>.png "
+                                "beside each image.png (see daamlib.studies.segmentation)")
+    return folder
+
+
+def _mask_files(item_folder: Path) -> list[Path]:
+    """One item's mask PNGs: every PNG but the image itself."""
+    return [p for p in sorted(item_folder.glob("*.png")) if p.name != "image.png"]
+
+
+def human_ground_truth(hm, item_folder: str | Path) -> tuple[dict[int, torch.Tensor], list[str]]:
+    """The human masks of one item matched to the prompt's words: ``({word index: mask}, unmatched)``.
+
+    ``<noun>.png`` matches the first word whose text equals ``noun`` ignoring case; masks are read
+    at the image's size. ``unmatched`` lists the files that name no word of the prompt (a typo, a
+    plural), so the caller can say so rather than score fewer nouns in silence.
+    """
+    folder = Path(item_folder)
+    if not folder.is_dir():
+        return {}, []
+    first = {}
+    for w in hm.alignment.words:
+        first.setdefault(w.text.lower(), w)
+    gt, unmatched = {}, []
+    for f in _mask_files(folder):
+        w = first.get(f.stem.lower())
+        if w is None or w.truncated:
+            unmatched.append(f.name)
+            continue
+        gt[w.index] = read_mask(f, hm.size)
+    return gt, unmatched
+
+
+def _mask(m) -> torch.Tensor:
+    return m if torch.is_tensor(m) else torch.from_numpy(np.asarray(m, dtype=bool))
+
+
+def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0.4, 0.5), sweep=SWEEP,
+                      ablation_tau: float = 0.4, ablation_steps=(1, 2, 5, 10, 20), **info) -> list[dict]:
+    """IoU rows for Table 1, the τ sweep and the Fig. 11 ablation, for every word with a ground-truth mask.
+
+    ``gt``: word position → boolean mask at image size. ``info`` (e.g. ``item``, ``split``) is
+    copied into every row. Row ``kind``: ``table`` (method × τ), ``sweep`` (DAAM, both Eq. 7
+    modes, τ from 0 to 1), ``ablation`` (DAAM-``ablation_tau`` on the first/last n steps, the coarsest/finest
+    n layer resolutions, and each resolution alone: ``grid_h`` × ``grid_w``, typed, beside its label).
+    """
+    rows = []
+    size = hm.size
+    base = {"whole image": whole_image(size), "centre blob": centre_blob(size)}
+    if hm.image is not None:
+        base["colour clusters"] = colour_clusters(hm.image)
+    S = len(hm.steps)
+    views = {("all", S, None): hm}
+    for n in sorted({min(n, S) for n in ablation_steps} | {S}):
+        views[("first n steps", n, None)] = hm.select(steps=range(n))
+        views[("last n steps", n, None)] = hm.select(steps=range(S - n, S))
+    coarse_to_fine = sorted(hm.resolutions, key=lambda r: r[0] * r[1])
+    R = len(coarse_to_fine)
+    for n in range(1, R + 1):  # the paper's layer ablation: resolutions c ≤ c* and c ≥ c*
+        views[("coarsest n resolutions", n, None)] = hm.select(resolutions=coarse_to_fine[:n])
+        views[("finest n resolutions", n, None)] = hm.select(resolutions=coarse_to_fine[R - n:])
+    for r in hm.resolutions:
+        views[(f"only {r[0]}×{r[1]}", S, r)] = hm.select(resolutions=[r])
+    for index, truth in gt.items():
+        if not hm.has_word(index):
+            continue
+        truth = _mask(truth)
+        wm = hm.word_at(index)
+        row = {**info, "word": wm.word.text, "word_index": index}
+        for t in thresholds:
+            rows.append({**row, "kind": "table", "method": "DAAM", "tau": t, "iou": iou(wm.binarize(t), truth)})
+        for name, m in base.items():
+            rows.append({**row, "kind": "table", "method": name, "tau": None, "iou": iou(m, truth)})
+        for mode in ("minmax", "max"):
+            for t in sweep:
+                rows.append({**row, "kind": "sweep", "method": f"DAAM ({mode})", "tau": float(t),
+                             "iou": iou(wm.binarize(float(t), mode), truth)})
+        for (what, n, grid), view in views.items():
+            vm = view.word_at(index)
+            rows.append({**row, "kind": "ablation", "method": what, "n": n, "tau": ablation_tau,
+                         "grid_h": grid[0] if grid else None, "grid_w": grid[1] if grid else None,
+                         "iou": iou(vm.binarize(ablation_tau), truth)})
+    return rows
+
+
+def score_items(records: Sequence[Mapping], truth, thresholds=(0.3, 0.4, 0.5)):
+    """Every finished item of a run scored against ``truth`` (a :class:`~daamlib.studies.data.GroundTruth`):
+    one DataFrame of :func:`segmentation_rows` (``item`` and ``split`` from the record). Empty when the
+    ground truth has no masks."""
+    import pandas as pd
+
+    from ..io import load_experiment
+
+    rows = []
+    if truth.has_masks:
+        for rec in records:
+            hm, _ = load_experiment(rec["path"])
+            rows += segmentation_rows(hm, truth.noun_masks(rec, hm), thresholds, item=rec["id"],
+                                      split=rec["info"]["split"])
+    return pd.DataFrame(rows)
+
+
+def table1(scores, thresholds=(0.3, 0.4, 0.5)):
+    """Table 1 analogue: mIoU (×100) per method (DAAM-τ and baselines) and split, with n (nouns)."""
+    import pandas as pd
+
+    df = pd.DataFrame(scores)
+    if df.empty:
+        return pd.DataFrame()
+    df = df[df["kind"] == "table"].copy()
+    df["method"] = [f"DAAM-{t}" if m == "DAAM" else m for m, t in zip(df["method"], df["tau"])]
+    order = [f"DAAM-{t}" for t in thresholds] + list(BASELINES)
+    out = (100 * df.pivot_table(index="method", columns="split", values="iou", aggfunc="mean")).reindex(order)
+    out["n"] = df.groupby("method").size().reindex(order)
+    return out.reset_index()
+
+
+def sweep_curves(scores):
+    """mIoU (×100) per split, Eq. 7 mode and τ: columns ``split, method, tau, iou``."""
+    return scores[scores.kind == "sweep"].groupby(["split", "method", "tau"])["iou"].mean().mul(100).reset_index()
+
+
+def ablation_curves(scores) -> dict:
+    """Fig. 11's numbers: mIoU (×100) by n for the first / last n steps and the coarsest / finest n resolutions,
+    and by single resolution (``all`` first, then coarse to fine... as labelled), each a ``{n or label: mIoU}``."""
+    abl = scores[scores.kind == "ablation"]
+
+    def curve(method):
+        g = abl[abl.method == method].groupby("n")["iou"].mean().mul(100)
+        return g.set_axis(g.index.astype(int))
+
+    single = abl[abl.grid_h.notna() | (abl.method == "all")]
+    order = (single.assign(key=-single.grid_h.fillna(np.inf)).groupby("method")["key"].first().sort_values().index)
+    res = single.groupby("method")["iou"].mean().mul(100).reindex(order)
+    return {"first": curve("first n steps"), "last": curve("last n steps"),
+            "coarsest": curve("coarsest n resolutions"), "finest": curve("finest n resolutions"), "resolution": res}
+
+
+class TauSweepDisplay:
+    """The τ sweep: mIoU against τ for both Eq. 7 modes and each split, beside the whole-image baseline."""
+
+    def __init__(self, sweep, whole_image: float):
+        self.sweep, self.whole_image = sweep, whole_image
+
+    @classmethod
+    def from_scores(cls, scores) -> TauSweepDisplay:
+        whole = scores.query("kind == 'table' and method == 'whole image'")["iou"].mean() * 100
+        return cls(sweep_curves(scores), whole)
+
+    def plot(self, ax=None) -> TauSweepDisplay:
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.5))
+        for (split, method), g in self.sweep.groupby(["split", "method"]):
+            ax.plot(g["tau"], g["iou"], marker="o", ms=3, label=f"{method}, {split}")
+        ax.axhline(self.whole_image, color="gray", ls="--", lw=1, label="whole image")
+        ax.set_xlabel("τ"); ax.set_ylabel("mIoU"); ax.legend(fontsize=7); ax.set_title("τ sweep")
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+
+def plot_tau_sweep(scores, ax=None) -> TauSweepDisplay:
+    return TauSweepDisplay.from_scores(scores).plot(ax)
+
+
+class AblationDisplay:
+    """Fig. 11 analogue in three panels: first / last n steps, coarsest / finest n resolutions, one resolution alone."""
+
+    def __init__(self, curves: dict, steps: int):
+        self.curves, self.steps = curves, steps
+
+    @classmethod
+    def from_scores(cls, scores) -> AblationDisplay:
+        return cls(ablation_curves(scores), int(scores.loc[scores.method == "all", "n"].max()))
+
+    def plot(self, ax=None) -> AblationDisplay:
+        """``ax``: three axes, or None for a new figure."""
+        import matplotlib.pyplot as plt
+
+        c = self.curves
+        if ax is None:
+            fig, ax = plt.subplots(1, 3, figsize=(13, 3.5), gridspec_kw={"width_ratios": [3, 2, 2]})
+        axes = ax
+        for what, key in (("first n steps", "first"), ("last n steps", "last")):
+            axes[0].plot(c[key].index, c[key].values, marker="o", label=what)
+        axes[0].set_xlabel("n (of %d steps)" % self.steps); axes[0].set_ylabel("mIoU (DAAM-0.4)"); axes[0].legend()
+        for what, key in (("coarsest n resolutions", "coarsest"), ("finest n resolutions", "finest")):
+            axes[1].plot(c[key].index, c[key].values, marker="o", label=what)
+        axes[1].set_xlabel("n (of %d layer resolutions)" % len(c["coarsest"])); axes[1].legend(fontsize=8)
+        axes[1].set_xticks(c["coarsest"].index)
+        res = c["resolution"]
+        axes[2].bar(range(len(res)), res.values, color="tab:blue")
+        axes[2].set_xticks(range(len(res)), res.index, rotation=30, fontsize=8); axes[2].set_ylabel("mIoU (DAAM-0.4)")
+        fig = axes[0].figure
+        fig.suptitle("Fig. 11 analogue: time steps (left) and layer resolutions (middle: cumulative from either end; "
+                     "right: one at a time)", fontsize=9)
+        self.ax_, self.figure_ = axes, fig
+        return self
+
+
+def plot_ablation(scores, ax=None) -> AblationDisplay:
+    return AblationDisplay.from_scores(scores).plot(ax)
+
+
+class GalleryDisplay:
+    """Rows of image, ground truth, DAAM map and DAAM-τ mask (with its IoU) for the first scored noun of some items."""
+
+    def __init__(self, rows: list[tuple[Mapping, HeatMaps, int, torch.Tensor, float]], threshold: float = 0.4):
+        self.rows, self.threshold = rows, threshold
+
+    @classmethod
+    def from_scores(cls, scores, records, truth, n: int = 6, threshold: float = 0.4) -> GalleryDisplay:
+        from ..io import load_experiment
+
+        shown = scores.query("kind == 'table' and method == 'DAAM' and tau == @threshold").drop_duplicates("item").head(n)
+        by_id = {r["id"]: r for r in records}
+        rows = []
+        for _, s in shown.iterrows():
+            rec = by_id[s["item"]]
+            hm, _ = load_experiment(rec["path"])
+            rows.append((rec, hm, int(s["word_index"]), truth.noun_masks(rec, hm)[s["word_index"]], s["iou"]))
+        return cls(rows, threshold)
+
+    def plot(self, ax=None) -> GalleryDisplay:
+        """``ax``: a ``[rows, 4]`` array of axes, or None for a new figure."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(len(self.rows), 4, figsize=(8, 2.1 * len(self.rows)), squeeze=False)
+        for row_axes, (rec, hm, index, truth, score) in zip(ax, self.rows):
+            wm = hm.word_at(index)
+            w = wm.word
+            row_axes[0].imshow(hm.image); row_axes[0].set_title(rec["prompt"], fontsize=6)
+            row_axes[1].imshow(truth, cmap="gray"); row_axes[1].set_title(f"truth: {w.text}", fontsize=8)
+            wm.plot(ax=row_axes[2], title=f"DAAM: {w.text}")
+            wm.plot(ax=row_axes[3], threshold=self.threshold, title=f"IoU {score:.2f}")
+            for a in row_axes:
+                a.set_axis_off()
+        self.ax_, self.figure_ = ax, ax[0][0].figure
+        return self
+
+
+def plot_gallery(scores, records, truth, n: int = 6, ax=None) -> GalleryDisplay:
+    return GalleryDisplay.from_scores(scores, records, truth, n).plot(ax)
+
+
+def results(model: str, records, scores, table) -> dict:
+    """The headline numbers 01 records: Table 1, nouns scored, the best τ per split and mode, Fig. 11's curves."""
+    out = {"model": model, "images": len(records)}
+    if len(scores):
+        t = table.set_index("method")
+        sweep = sweep_curves(scores)
+        out.update({
+            "table1": {m: {c: round(float(t.loc[m, c]), 2) for c in t.columns if c != "n"} for m in t.index},
+            "nouns": int(t.loc["whole image", "n"]),
+            "best_tau_sweep": sweep.loc[sweep.groupby(["split", "method"])["iou"].idxmax(),
+                                        ["split", "method", "tau", "iou"]].round(2).to_dict("records"),
+            "ablation": {k: v.round(1).to_dict() for k, v in ablation_curves(scores).items()},
+        })
+    return out

@@ -1,0 +1,165 @@
+"""§4, Table 2 and Fig. 5: do a head's and its dependent's maps overlap, and which one contains the other?
+
+For every dependency arc of a prompt (spaCy, mapped to the paper's relations in
+:mod:`daamlib.studies.linguistics`), the Eq. 7 maps of head and dependent are compared by IoU,
+IoD (intersection over the dependent) and IoH (over the head); a Wilcoxon signed-rank test gives
+the p-value of mIoD ≠ mIoH per relation. Unrelated word pairs of the same prompts are the baseline.
+
+>>> pairs = pair_rows(records, threshold=0.4, seed=0)       # doctest: +SKIP
+>>> table2(pairs)                                            # doctest: +SKIP
+>>> plot_examples(pairs, records).figure_                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..heatmap import HeatMaps
+from ..stats import pair_overlap
+from .linguistics import RELATIONS
+
+
+def dependency_rows(hm: HeatMaps, arcs, threshold: float = 0.4, unrelated_per_prompt: int = 2, seed: int = 0,
+                    **info) -> list[dict]:
+    """IoU, IoD, IoH of the binarised maps of every head–dependent arc (``linguistics.dependencies``),
+    plus up to ``unrelated_per_prompt`` word pairs joined by no arc (relation ``unrelated``)."""
+    masks = {w.index: hm.word(w.text, w.occurrence).binarize(threshold)
+             for w in hm.alignment.words if not w.truncated}
+    rows, linked = [], set()
+    for arc in arcs:
+        h, d = arc.head.index, arc.dependent.index
+        if h in masks and d in masks:
+            linked |= {(h, d), (d, h)}
+            rows.append({**info, "relation": arc.relation, "head": arc.head.text, "dependent": arc.dependent.text,
+                         "head_index": h, "dependent_index": d, **pair_overlap(masks[h], masks[d])})
+    rng = np.random.default_rng(seed)
+    idx = sorted(masks)
+    pairs = [(a, b) for a in idx for b in idx if a != b and (a, b) not in linked]
+    for k in rng.permutation(len(pairs))[:unrelated_per_prompt]:
+        a, b = pairs[k]
+        rows.append({**info, "relation": "unrelated", "head": hm.alignment.words[a].text,
+                     "dependent": hm.alignment.words[b].text, "head_index": a, "dependent_index": b,
+                     **pair_overlap(masks[a], masks[b])})
+    return rows
+
+
+def paired_p_value(a, b) -> float:
+    """Two-sided Wilcoxon signed-rank p-value for paired samples ``a`` vs ``b`` (NaN pairs dropped)."""
+    from scipy import stats as st
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 2 or np.allclose(x, y):
+        return math.nan if len(x) < 2 else 1.0
+    return float(st.wilcoxon(x, y).pvalue)
+
+
+def relation_table(rows, alpha: float = 0.01, dominance: float = 10.0):
+    """Table 2: per relation, n, mIoD, mIoH, Δ = |mIoD − mIoH|, mIoU (all ×100), the paired p of mIoD ≠ mIoH,
+    and which map dominates (``head`` when mIoD > mIoH by more than ``dominance`` points at p < ``alpha``).
+
+    ``rows``: dicts or a DataFrame with columns ``relation``, ``iou``, ``iod``, ``ioh``. A pair whose IoD
+    or IoH is undefined (an empty mask) is left out of every column, so n, the means, Δ and p all
+    describe the same pairs; ``excluded`` counts those left out.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    out = []
+    for rel, g_all in df.groupby("relation", sort=False):
+        g = g_all[g_all["iod"].notna() & g_all["ioh"].notna()]
+        m_iod, m_ioh = 100 * g["iod"].mean(), 100 * g["ioh"].mean()
+        p = paired_p_value(g["iod"], g["ioh"])
+        delta = abs(m_iod - m_ioh)
+        dominant = ("head" if m_iod > m_ioh else "dependent") if delta > dominance and p < alpha else ""
+        out.append({"relation": rel, "n": len(g), "mIoD": m_iod, "mIoH": m_ioh, "delta": delta,
+                    "mIoU": 100 * g["iou"].mean(), "p": p, "dominant": dominant, "excluded": len(g_all) - len(g)})
+    return pd.DataFrame(out)
+
+
+def pair_rows(records: Sequence[Mapping], threshold: float = 0.4, seed: int = 0, nlp=None):
+    """:func:`dependency_rows` of every finished item, parsed with spaCy: one DataFrame (column ``item``)."""
+    import pandas as pd
+
+    from ..io import load_experiment
+    from .linguistics import dependencies, load_spacy
+
+    nlp = nlp or load_spacy()
+    rows = []
+    for r in records:
+        hm, _ = load_experiment(r["path"])
+        rows += dependency_rows(hm, dependencies(hm.alignment, nlp), threshold, seed=seed, item=r["id"])
+    return pd.DataFrame(rows)
+
+
+def table2(pairs):
+    """Table 2 analogue: unrelated pairs, all head–dependent pairs, then the paper's relations that occur,
+    most frequent first (see :func:`relation_table` for the columns)."""
+    import pandas as pd
+
+    arcs = pairs[pairs.relation != "unrelated"]
+    return pd.concat([
+        relation_table(pairs[pairs.relation == "unrelated"]),
+        relation_table(arcs.assign(relation="all head–dependent pairs")),
+        relation_table(arcs[arcs.relation.isin(RELATIONS)]).sort_values("n", ascending=False),
+    ], ignore_index=True)
+
+
+class ExamplesDisplay:
+    """Fig. 5 analogue: one pair per relation (each from another prompt where possible): image, head map,
+    dependent map, the map that contains the other (IoD vs IoH) marked ★."""
+
+    def __init__(self, rows: list[tuple[Mapping, HeatMaps]]):
+        self.rows = rows
+
+    @classmethod
+    def from_pairs(cls, pairs, records: Sequence[Mapping], n: int = 5) -> ExamplesDisplay:
+        import pandas as pd
+
+        from ..io import load_experiment
+
+        arcs = pairs[pairs.relation.isin(RELATIONS)]
+        show, used = [], set()
+        for _rel, g in arcs.groupby("relation", sort=False):
+            fresh = g[~g["item"].isin(used)]
+            pick = (fresh if len(fresh) else g).iloc[0]
+            used.add(pick["item"])
+            show.append(pick)
+        by_id = {r["id"]: r for r in records}
+        return cls([(p, load_experiment(by_id[p["item"]]["path"])[0]) for _, p in pd.DataFrame(show).head(n).iterrows()])
+
+    def plot(self, ax=None) -> ExamplesDisplay:
+        """``ax``: a ``[rows, 3]`` array of axes, or None for a new figure."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(len(self.rows), 3, figsize=(6.5, 2.2 * len(self.rows)), squeeze=False)
+        for row_axes, (p, hm) in zip(ax, self.rows):
+            row_axes[0].imshow(hm.image); row_axes[0].set_title(hm.prompt, fontsize=6)
+            for a, role in ((row_axes[1], "head"), (row_axes[2], "dependent")):
+                wm = hm.word_at(int(p[f"{role}_index"]))
+                dominant = "head" if p["iod"] > p["ioh"] else "dependent" if p["iod"] < p["ioh"] else None  # ties, NaN: none
+                mark = " ★" if dominant == role else ""
+                wm.plot(ax=a)
+                a.set_title(f"{p['relation']} {role}: {wm.word.text}{mark}", fontsize=8)
+            for a in row_axes:
+                a.set_axis_off()
+        fig = ax[0][0].figure
+        fig.suptitle("★ = the map that contains the other (IoD vs IoH)", fontsize=8)
+        self.ax_, self.figure_ = ax, fig
+        return self
+
+
+def plot_examples(pairs, records: Sequence[Mapping], n: int = 5, ax=None) -> ExamplesDisplay:
+    return ExamplesDisplay.from_pairs(pairs, records, n).plot(ax)
+
+
+def results(model: str, records, pairs, table) -> dict:
+    """The headline numbers 03 records."""
+    cols = ["n", "mIoD", "mIoH", "delta", "mIoU", "p", "dominant"]
+    return {"model": model, "images": len(records), "pairs": len(pairs),
+            "table2": table.set_index("relation")[cols].round(4).to_dict("index")}
