@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .io import ExperimentError, save_experiment
-    from .pipeline import check_prompt, default_model, generate, load_pipeline, sampling_defaults
+    from .pipeline import check_prompt, default_model, generate, load_pipeline, resolve_sampling
 
     try:
         check_prompt(args.prompt)
@@ -74,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daam: error: {e}", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=False, desc=f"daam {model}")
-    own = sampling_defaults(pipe)  # the model's own settings (its folder's sampling.json), recorded as used
-    steps = args.steps or own.get("steps")
-    guidance = args.guidance if args.guidance is not None else own.get("guidance")
+    # the model's own settings (its folder's sampling.json) fill what is not given, and are recorded as used
+    steps, guidance = resolve_sampling(pipe, args.steps, args.guidance).values()
     hm = generate(pipe, args.prompt, seed=args.seed, steps=steps, guidance_scale=guidance,
                   height=args.height, width=args.width, negative_prompt=args.negative_prompt)
 

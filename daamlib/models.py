@@ -3,12 +3,13 @@
 >>> import daamlib.models as models
 >>> sorted(models.registered())                       # doctest: +SKIP
 ['shapeworld', 'tiny-sd1', 'tiny-sd2', 'tiny-sdxl']
->>> models.get("shapeworld").source()                 # a folder path     # doctest: +SKIP
+>>> models.get("tiny-sd1").source()                   # a pipeline (or a folder path)   # doctest: +SKIP
 
-A package registers its models in its ``pyproject.toml``::
+A package registers its models in its ``pyproject.toml`` (this project's own ``pyproject.toml`` registers
+the embedded model and the tiny test models this way)::
 
     [project.entry-points."daamlib.models"]
-    shapeworld = "daamlib.shapeworld:register_models"
+    my_models = "my_package.models:register_models"
 
 The entry point is a function that calls :func:`register` once per model. It is loaded the first
 time a name is looked up, so importing ``daamlib`` imports no model package. ``register`` can also

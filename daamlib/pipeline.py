@@ -53,6 +53,14 @@ def sampling_defaults(source) -> dict:
     return found
 
 
+def resolve_sampling(pipe, steps: int | None = None, guidance: float | None = None) -> dict:
+    """``{"steps", "guidance"}`` as a generation will use them: the values given, else the model's own
+    (:func:`sampling_defaults`), else None (the pipeline's own default)."""
+    own = sampling_defaults(pipe)
+    return {"steps": own.get("steps") if steps is None else steps,
+            "guidance": own.get("guidance") if guidance is None else guidance}
+
+
 def set_scheduler(pipe, name: str):
     """Swap the pipeline's scheduler for ``ddim``, ``dpm`` (DPM-Solver++ multistep), ``euler`` or ``pndm``."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
@@ -160,9 +168,7 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
     Other keywords go to the pipeline.
     """
     prompts = check_prompt(prompt)
-    own = sampling_defaults(pipe)
-    steps = own.get("steps") if steps is None else steps
-    guidance_scale = own.get("guidance") if guidance_scale is None else guidance_scale
+    steps, guidance_scale = resolve_sampling(pipe, steps, guidance_scale).values()
     kwargs = {k: v for k, v in dict(num_inference_steps=steps, guidance_scale=guidance_scale, height=height,
                                     width=width, negative_prompt=negative_prompt).items() if v is not None}
     generator = torch.Generator("cpu").manual_seed(int(seed))

@@ -79,7 +79,8 @@ def run_notebook(c, **params):
 
     c.nb_started = time.monotonic()
     pm.execute_notebook(str(NOTEBOOK), str(c.tmp / "run.ipynb"), kernel_name="python3", progress_bar=False,
-                        parameters={"OUT_DIR": str(c.tmp / "nb-out"), "FIGURES_DIR": str(c.tmp / "nb-fig"), **params})
+                        parameters={"OUT_DIR": str(c.tmp / "nb-out"), "FIGURES_DIR": str(c.tmp / "nb-fig"), **params},
+                        cwd=str(NOTEBOOK.parent))
 
 
 def nothing_generated(c):
@@ -386,8 +387,12 @@ CASES = [
      PapermillExecutionError, r"parameter N_PROMPTS must be a positive integer, got -1", r"positive integer",
      nothing_generated),
     ("notebook-unknown-model-path", lambda c: run_notebook(c, MODEL_ID="./no/such/model"),
-     PapermillExecutionError, r"MODEL_ID='\./no/such/model' is neither an existing folder nor a Hub id",
-     r"use 'shapeworld' for the embedded model", nothing_generated),
+     PapermillExecutionError, r"MODEL_ID='\./no/such/model' is neither a registered model \(shapeworld, tiny-sd1",
+     r"an existing folder nor a Hub id", nothing_generated),
+    ("notebook-model-without-world-or-prompts", lambda c: run_notebook(c, MODEL_ID="tiny-sd1"),
+     PapermillExecutionError, r"PROMPTS_CSV is required for tiny-sd1", r"columns id, prompt, seed", nothing_generated),
+    ("notebook-masks-folder-missing", lambda c: run_notebook(c, MODEL_ID="tiny-sd1", MASKS_DIR="/no/masks"),
+     PapermillExecutionError, r"no human-mask folder at /no/masks", r"<item_id>/<noun>\.png", nothing_generated),
 ]
 
 

@@ -61,3 +61,14 @@ def test_plot_on_given_axes_touches_no_global_state(hm):
     assert grid.figure_ is grid.ax_[0].figure
     assert len([a for a in grid.figure_.axes if a.images]) == 6  # image + 5 words
     plt.close("all")
+
+
+def test_keys_items_word_at_and_to(traced):
+    hm = traced("a cat and a dog", steps=2)
+    assert hm.keys() == [("a", 0), "cat", "and", ("a", 1), "dog"]
+    for key, wm in hm.items():
+        assert torch.equal(hm[key].heat, wm.heat)
+    assert hm.word_at(3).word.occurrence == 1 and torch.equal(hm.word_at(3).heat, hm["a", 1].heat)
+    moved = hm.to("cpu")
+    assert moved is not hm and moved.layers == hm.layers and moved.steps == hm.steps
+    assert torch.equal(moved["dog"].heat, hm["dog"].heat) and moved.image is hm.image

@@ -53,7 +53,7 @@ def test_notebook_runs_and_keeps_its_numbers(name, tmp_path):
     spec = BASELINES[name]
     params = {**spec["parameters"], "OUT_DIR": str(tmp_path / "out"), "FIGURES_DIR": str(tmp_path / "figures")}
     pm.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
-                        parameters=params, kernel_name="python3", progress_bar=False, cwd=str(REPO))
+                        parameters=params, kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
     results = json.loads((tmp_path / "figures" / f"{name}.json").read_text())
     failures = [f for f in (check(results, rule) for rule in spec["checks"]) if f]
     assert not failures, f"{name}: " + "; ".join(failures)

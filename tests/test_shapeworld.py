@@ -195,3 +195,29 @@ def test_shipped_model_quality_small_n(tmp_path):
     assert s["miou_daam"] - s["miou_whole"] >= q["miou_margin_min"], s
     assert s["colour_words_scored"] >= 3, s
     assert s["colour_mass_own"] >= q["colour_own_over_other_min"] * s["colour_mass_other"], s
+
+
+def test_caption_roles_equal_the_rendered_scenes_roles():
+    """ShapeWorld's ground truth for §3.2 reads word roles from the caption alone; they must be the scene's."""
+    from daamlib.shapeworld.studies import caption_roles
+
+    world = ShapeWorld()
+    for split in ("test", "unreal"):
+        for i in range(300):
+            s = world.scene(split, i)
+            assert caption_roles(s.caption) == s.roles, s.caption
+
+
+def test_shapeworld_items_per_study_are_held_out_and_deterministic():
+    from daamlib.shapeworld.studies import ShapeWorldStudies
+
+    src = ShapeWorldStudies()
+    seg = src.items("segmentation", 3, seed=5)
+    assert [r["id"] for r in seg] == ["gen-0000", "gen-0001", "gen-0002", "unreal-0000", "unreal-0001", "unreal-0002"]
+    assert seg[0]["seed"] == 5 and {r["split"] for r in seg} == {"Gen", "Unreal"}
+    assert all(ShapeWorld.split_of_caption(r["prompt"]) == "test" for r in src.items("pos", 20))
+    assert src.items("syntax", 2) == ShapeWorldStudies().items("syntax", 2)
+    templates, adjectives = src.adjective_prompts(4, seed=0)
+    assert len(templates) == 4 and all(t.count("{adj}") == 1 for t in templates) and "red" in adjectives
+    with pytest.raises(ValueError, match="not 'cohyponyms'"):
+        src.items("cohyponyms", 2)

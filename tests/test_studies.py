@@ -126,3 +126,45 @@ def test_read_label(cell, label):
 def test_read_label_refuses_what_it_cannot_read():
     with pytest.raises(ValueError, match="cannot read 'maybe'"):
         read_label("maybe")
+
+
+def test_adjective_run_resumes_and_refuses_other_settings(tiny, tmp_path):
+    """Rows are appended per template; a re-run generates only the gallery templates again and returns the
+    same rows; other settings stop with a message instead of mixing two runs' rows."""
+    from daamlib.studies.data import HumanTruth
+
+    pipe, truth = tiny("sd1"), HumanTruth()
+    templates = ["a {adj} circle above a square", "a {adj} triangle next to a star"]
+    colours = {"yellow": [240, 215, 40], "red": [220, 40, 40]}
+    with pytest.raises(ValueError, match="needs ground-truth masks"):
+        adjectives.AdjectiveRun(pipe, templates, colours, tmp_path, truth, mask_source="truth")
+    run = adjectives.AdjectiveRun(pipe, templates, colours, tmp_path, truth, mask_source="daam", steps=2, gallery=1)
+    df, gallery, _ = run.rows(progress=False)
+    assert len(df) == 2 and set(df.adjective) == {"red", "yellow"} and list(gallery) == [templates[0]]
+    again, _, _ = adjectives.AdjectiveRun(pipe, templates, colours, tmp_path, truth, mask_source="daam", steps=2,
+                                          gallery=0).rows(progress=False)
+    assert again.equals(df)
+    with pytest.raises(ValueError, match="holds rows of another run"):
+        adjectives.AdjectiveRun(pipe, templates, colours, tmp_path, truth, mask_source="daam", steps=3).rows()
+    with pytest.raises(ValueError, match="exactly one {adj}"):
+        adjectives.check_inputs(["a red cat"], colours, "daam", truth)
+
+
+def test_sources_check_files_before_anything_runs(tmp_path):
+    from daamlib.studies import data
+
+    with pytest.raises(ValueError, match="PROMPTS_CSV is required for tiny-sd1"):
+        data.open_source("tiny-sd1").items("segmentation", 2)
+    with pytest.raises(FileNotFoundError, match="no labels file"):
+        data.open_source("tiny-sd1", labels_csv=tmp_path / "none.csv")
+    (tmp_path / "labels.csv").write_text("id,correct\na,1\nb,maybe\n")
+    with pytest.raises(ValueError, match="cannot read 'maybe'"):
+        data.open_source("tiny-sd1", labels_csv=tmp_path / "labels.csv")
+    (tmp_path / "labels.csv").write_text("id,correct\na,1\nb,no\n")
+    (tmp_path / "prompts.csv").write_text("id,prompt,seed\na,a cat,0\n")
+    src = data.open_source("shapeworld", prompts_csv=tmp_path / "prompts.csv", labels_csv=tmp_path / "labels.csv")
+    assert isinstance(src, data.FileSource)  # files given win over the registered world
+    assert src.items("pos", 5) == [{"id": "a", "prompt": "a cat", "seed": 0}]
+    assert src.truth.correct({"id": "b"}, None, [1]) is False and src.truth.noun_masks({"id": "a"}, None) == {}
+    assert not src.truth.has_masks and src.truth.has_labels
+    assert isinstance(data.open_source("shapeworld").truth, data.GroundTruth)

@@ -110,6 +110,30 @@ def word_starting_at(hm: HeatMaps, char: int):
     raise IndexError(f"no word of {hm.prompt!r} starts at character {char}")
 
 
+def check_inputs(templates, adjectives, mask_source: str, truth) -> None:
+    """Refuse, before any generation, templates without exactly one ``{adj}``, no adjectives, or a mask source
+    that cannot be used (``"truth"`` needs ground-truth masks)."""
+    if mask_source not in MASK_SOURCES:
+        raise ValueError(f"MASK_SOURCE must be one of {MASK_SOURCES}, got {mask_source!r}")
+    if mask_source == "truth" and not truth.has_masks:
+        raise ValueError("MASK_SOURCE='truth' needs ground-truth masks, and this model has none (no registered world); "
+                         "use MASK_SOURCE='daam' (the noun's own DAAM-0.4 mask)")
+    bad = [t for t in templates or () if not isinstance(t, str) or t.count("{adj}") != 1]
+    if not templates or bad or not adjectives:
+        raise ValueError("give TEMPLATES, each with exactly one {adj}" + (f" (not: {bad})" if bad else "")
+                         + ", and ADJECTIVES as {word: [r, g, b]}; a registered world makes both when they are None")
+
+
+def choose_prompts(templates, adjectives, source, n: int, seed: int = 0, mask_source: str = "truth", truth=None):
+    """The templates and adjectives to use: those given, else the ones the model's world makes (``n`` templates);
+    checked with :func:`check_inputs`."""
+    made = source.adjective_prompts(n, seed) if templates is None or adjectives is None else None
+    if made is not None:
+        templates, adjectives = templates or made[0], adjectives or made[1]
+    check_inputs(templates, adjectives, mask_source, truth if truth is not None else source.truth)
+    return list(templates), dict(adjectives)
+
+
 class AdjectiveRun:
     """§5.2 over many templates, resumable: each template's rows are appended to ``out_dir/rows.jsonl`` when it is
     done, and a re-run skips templates already there, provided the settings and weights are the same
@@ -123,21 +147,12 @@ class AdjectiveRun:
     def __init__(self, pipe, templates: Sequence[str], adjectives: Mapping[str, Sequence[int]], out_dir, truth,
                  mask_source: str = "truth", seed: int = 0, steps: int | None = None, guidance: float | None = None,
                  model: str = "", gallery: int = 2, grow: int = 2):
-        from ..pipeline import sampling_defaults, weights_fingerprint
+        from ..pipeline import resolve_sampling, weights_fingerprint
 
-        if mask_source not in MASK_SOURCES:
-            raise ValueError(f"MASK_SOURCE must be one of {MASK_SOURCES}, got {mask_source!r}")
-        if mask_source == "truth" and not truth.has_masks:
-            raise ValueError("MASK_SOURCE='truth' needs ground-truth masks, which this model's source has none of; "
-                             "use MASK_SOURCE='daam' (the noun's own DAAM-0.4 mask)")
-        bad = [t for t in templates if t.count("{adj}") != 1]
-        if not templates or bad or not adjectives:
-            raise ValueError(f"give TEMPLATES with exactly one {{adj}} each (bad: {bad}) and ADJECTIVES ({{word: [r, g, b]}})")
-        own = sampling_defaults(pipe)
+        check_inputs(templates, adjectives, mask_source, truth)
         self.pipe, self.templates, self.adjectives, self.truth = pipe, list(templates), dict(adjectives), truth
         self.mask_source, self.seed, self.gallery, self.grow = mask_source, seed, gallery, grow
-        self.steps = own.get("steps") if steps is None else steps
-        self.guidance = own.get("guidance") if guidance is None else guidance
+        self.steps, self.guidance = resolve_sampling(pipe, steps, guidance).values()
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         # finished rows are reused only under the same settings and weights: never mix two runs' rows

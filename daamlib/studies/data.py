@@ -128,21 +128,22 @@ class Source:
 
 
 class FileSource(Source):
-    """Prompts from a CSV (``id, prompt, seed`` and any info columns, e.g. ``split``); human ground truth."""
+    """Prompts from a CSV (``id, prompt, seed`` and any info columns, e.g. ``split``); human ground truth.
+    Every path is checked here; only :meth:`items` needs the prompt CSV (cohyponym pairs come from an ontology)."""
 
-    def __init__(self, prompts_csv: str | Path | None, masks_dir=None, labels_csv=None, model_id: str = ""):
-        if prompts_csv is None:
-            worlds = ", ".join(sorted(registered())) or "none installed"
-            raise ValueError(f"PROMPTS_CSV is required for {model_id or 'this model'}: a CSV with columns id, prompt, "
-                             f"seed (the studies generate their own prompts only for registered worlds: {worlds})")
-        if not Path(prompts_csv).is_file():
+    def __init__(self, prompts_csv: str | Path | None = None, masks_dir=None, labels_csv=None, model_id: str = ""):
+        if prompts_csv is not None and not Path(prompts_csv).is_file():
             raise FileNotFoundError(f"no prompt table at {prompts_csv}; expected a CSV with columns id, prompt, seed")
-        self.prompts_csv = Path(prompts_csv)
+        self.prompts_csv, self.model_id = prompts_csv, model_id
         self.truth = HumanTruth(masks_dir, labels_csv)
 
     def items(self, study, n=None, seed=0):
         import pandas as pd
 
+        if self.prompts_csv is None:
+            worlds = ", ".join(sorted(registered())) or "none installed"
+            raise ValueError(f"PROMPTS_CSV is required for {self.model_id or 'this model'}: a CSV with columns id, "
+                             f"prompt, seed (the studies make their own prompts only for registered worlds: {worlds})")
         return pd.read_csv(self.prompts_csv).to_dict("records")
 
 
@@ -168,9 +169,10 @@ def registered() -> dict[str, Callable[..., Source]]:
 
 
 def open_source(model_id: str, prompts_csv=None, masks_dir=None, labels_csv=None) -> Source:
-    """The source for ``model_id``: files when ``prompts_csv`` is given, else the world registered for it.
+    """The source for ``model_id``: the files when any is given (they win), else the world registered for the
+    model, else a :class:`FileSource` with none (its :meth:`~FileSource.items` then asks for ``PROMPTS_CSV``).
     Checks every path now, before any model is loaded."""
     world = registered().get(model_id)
-    if prompts_csv is None and world is not None:
+    if prompts_csv is None and masks_dir is None and labels_csv is None and world is not None:
         return world()
     return FileSource(prompts_csv, masks_dir, labels_csv, model_id)

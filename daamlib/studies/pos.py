@@ -306,7 +306,7 @@ class AutomaticDisplay:
         a.bar(x, 100 * auto["mass_on_random_region"], 0.27, label="another word's region")
         a.bar(x + 0.27, 100 * auto["uniform_map"], 0.27, label="uniform map", color="lightgray")
         a.set_xticks(x, auto["pos"]); a.set_ylabel("% of the word's map mass"); a.set_ylim(0, 100); a.legend(fontsize=8)
-        a.set_title("automatic attribution measure (embedded model, not human ratings)", fontsize=9)
+        a.set_title("automatic attribution measure (ground-truth regions, not human ratings)", fontsize=9)
         a2.bar(x - 0.2, auto["lift_own"], 0.4, label="own region")
         a2.bar(x + 0.2, auto["lift_random"], 0.4, label="another word's region")
         a2.axhline(1, color="k", lw=0.8, ls="--"); a2.set_xticks(x, auto["pos"])
@@ -346,12 +346,21 @@ def plot_examples(items: Sequence[RatingItem], n: int = 6, ax=None) -> ExamplesD
     return ExamplesDisplay(items, n).plot(ax)
 
 
-def results(model: str, records, tags, auto=None, mos=None) -> dict:
-    """The headline numbers 02 records: words per POS, the automatic measure and the ratings (when there are any)."""
+def count_tags(tags: Mapping[str, Mapping[int, str]]):
+    """Words per part of speech over all items (a Series named ``words``, most frequent first)."""
     import pandas as pd
 
-    counts = pd.Series([p for t in tags.values() for p in t.values()]).value_counts()
-    out = {"model": model, "images": len(records), "words_by_pos": counts.to_dict()}
+    return pd.Series([p for t in tags.values() for p in t.values()]).value_counts().rename("words")
+
+
+def read_ratings(path: str | Path):
+    """Fig. 3's table (:func:`mean_opinion_by_pos`) from the ratings CSV at ``path``, or None when there is none yet."""
+    return mean_opinion_by_pos(load_ratings(path)) if Path(path).is_file() else None
+
+
+def results(model: str, records, tags, auto=None, mos=None) -> dict:
+    """The headline numbers 02 records: words per POS, the automatic measure and the ratings (when there are any)."""
+    out = {"model": model, "images": len(records), "words_by_pos": count_tags(tags).to_dict()}
     if auto is not None and len(auto):
         cols = ["words", "mass_on_own_region", "mass_on_random_region", "uniform_map", "lift_own", "lift_random"]
         out["automatic"] = auto.set_index("pos")[cols].round(4).to_dict("index")

@@ -356,3 +356,17 @@ def results(model: str, records, scores, table) -> dict:
             "ablation": {k: v.round(1).to_dict() for k, v in ablation_curves(scores).items()},
         })
     return out
+
+
+def noun_scores(hm: HeatMaps, truth, threshold: float = 0.4, record: Mapping | None = None) -> dict:
+    """For one image, per noun the ground truth finds: the share of its map's mass on its object
+    (``noun_mass_on_object``) and the IoU of its Eq. 7 mask (``noun_mask_iou``), keyed by word; ``{}`` without masks."""
+    from ..stats import mass_on_region
+
+    if not truth.has_masks:
+        return {}
+    masks = truth.noun_masks(record or {"id": "", "prompt": hm.prompt}, hm)
+    return {"noun_mass_on_object": {hm.word_at(i).word.text: round(mass_on_region(hm.word_at(i).heat, m), 3)
+                                    for i, m in masks.items()},
+            "noun_mask_iou": {hm.word_at(i).word.text: round(iou(hm.word_at(i).binarize(threshold), m), 3)
+                              for i, m in masks.items()}}
