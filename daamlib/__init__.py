@@ -5,9 +5,11 @@
 >>> hm = daamlib.generate(pipe, "a red circle above a blue square")     # doctest: +SKIP
 >>> hm["circle"].binarize(0.4)                                           # doctest: +SKIP
 
-Modules: ``trace`` (capture), ``kernel`` (Eq. 6–7), ``words`` (alignment), ``heatmap``
-(result objects), ``stats`` (IoU/IoD/IoH), ``io`` (experiments), ``pipeline`` (loading),
-``tiny`` (test pipelines), ``vocab`` (tokenizers). Nothing heavy is imported here.
+The core: ``trace`` (capture), ``kernel`` (Eq. 6–7), ``words`` (alignment), ``heatmap``
+(result objects, overlays), ``replay``, ``stats`` (IoU/IoD/IoH), ``io`` (experiments), ``items`` and
+``runner`` (resumable runs), ``models`` (named models), ``pipeline`` (loading, generate), ``explorer``,
+``cli``; ``testing`` holds the tiny test pipelines. The paper's studies are in ``daamlib.studies`` and
+the embedded model in ``daamlib.shapeworld``; the core imports neither. Nothing heavy is imported here.
 """
 
 from .heatmap import HeatMaps, WordHeatMap
