@@ -4,8 +4,8 @@
 >>> Explorer(heat_maps).widget                # display it in a notebook   # doctest: +SKIP
 
 Choose a word, move τ, restrict time steps and layer resolutions, switch between the soft
-map and the Eq. 7 mask: the overlay is recomputed from the recorded maps (post-hoc
-selection), never by generating again. The state is plain attributes, so tests drive the
+map (with the Eq. 7 mask at τ outlined in white, and a colour scale) and the mask itself: the
+overlay is recomputed from the recorded maps (post-hoc selection), never by generating again. The state is plain attributes, so tests drive the
 widgets by setting their ``value`` and read ``explorer.heat`` / ``explorer.mask``.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .heatmap import HeatMaps, overlay_png
+from .heatmap import PANELS_WITH_COLORBAR, HeatMaps, overlay_png
 
 
 class Explorer:
@@ -62,11 +62,17 @@ class Explorer:
         wm = self.selection().word(text, occurrence)
         self.heat = wm.heat
         self.mask = wm.binarize(self.threshold.value, self.mode.value)
-        shown = self.mask.float() if self.view.value == "mask" else wm.normalized(self.mode.value)
-        self.image.value = self._render(shown)
+        if self.view.value == "mask":
+            self.image.value = self._render(self.mask.float())
+        else:  # the soft map, with the Eq. 7 mask at τ outlined: moving τ moves the outline
+            self.image.value = self._render(wm.normalized(self.mode.value), outline=self.mask)
         lo, hi = self.steps.value
         self.status.value = (f"{text!r}: steps {lo}–{hi}, {len(self.resolutions.value)} resolution(s), "
                              f"mask covers {100 * self.mask.float().mean():.1f}% of the image")
 
-    def _render(self, shown: torch.Tensor) -> bytes:
-        return overlay_png([(self.heat_maps.image, shown)])
+    def _render(self, shown: torch.Tensor, outline: torch.Tensor | None = None) -> bytes:
+        h, w = shown.shape[-2:]
+        side = 3.2  # inches (at 100 dpi) on the image's longer side; the colour bar is added to the width
+        size = (side * min(1.0, w / h) / PANELS_WITH_COLORBAR, side * min(1.0, h / w))
+        self.image.width = round(100 * size[0])  # shown at its own size, not stretched to the page
+        return overlay_png([(self.heat_maps.image, shown, outline)], size=size, colorbar=True)

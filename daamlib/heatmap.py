@@ -37,25 +37,38 @@ def _as_image_array(image) -> np.ndarray | None:
     return arr
 
 
-def draw_overlay(ax, image: np.ndarray | None, shown=None, cmap: str = "jet", alpha: float = 0.5) -> None:
+def draw_overlay(ax, image: np.ndarray | None, shown=None, cmap: str = "jet", alpha: float = 0.5, outline=None):
     """The one overlay renderer (word plots, the explorer, the rating widget): ``shown`` (an ``[H, W]`` map
-    already in [0, 1], or None for the image alone) over ``image`` (uint8 ``[H, W, 3]``, or None)."""
-    if shown is not None and torch.is_tensor(shown):
-        shown = shown.detach().cpu().numpy()
+    already in [0, 1], or None for the image alone) over ``image`` (uint8 ``[H, W, 3]``, or None), and
+    ``outline`` (an ``[H, W]`` bool mask, e.g. Eq. 7 at τ) drawn as a white contour. Returns the map's
+    ``AxesImage`` (for a colour bar), or None."""
+    def numpy(x):
+        return x.detach().cpu().numpy() if torch.is_tensor(x) else x
+
+    shown, drawn = numpy(shown), None
     if image is not None:
         ax.imshow(image)
         if shown is not None:
-            ax.imshow(shown, cmap=cmap, alpha=alpha, vmin=0, vmax=1,
-                      extent=(-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5))
+            drawn = ax.imshow(shown, cmap=cmap, alpha=alpha, vmin=0, vmax=1,
+                              extent=(-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5))
     elif shown is not None:
-        ax.imshow(shown, cmap=cmap, vmin=0, vmax=1)
+        drawn = ax.imshow(shown, cmap=cmap, vmin=0, vmax=1)
+    if outline is not None:
+        m = numpy(outline).astype(float)
+        if 0 < m.sum() < m.size:  # an empty or full mask has no edge to draw
+            ax.contour(m, levels=[0.5], colors="white", linewidths=1.2)
     ax.set_axis_off()
+    return drawn
 
 
-def overlay_png(panels: list[tuple[np.ndarray | None, object]], size: tuple[float, float] = (3.2, 3.2),
-                cmap: str = "jet", alpha: float = 0.5) -> bytes:
-    """PNG bytes of :func:`draw_overlay` panels side by side (``[(image, shown), ...]``), drawn without pyplot,
-    so widgets redraw without touching global figure state."""
+PANELS_WITH_COLORBAR = 0.82  # share of an overlay PNG's width its panels take when a colour bar is drawn
+
+
+def overlay_png(panels: list[tuple], size: tuple[float, float] = (3.2, 3.2), cmap: str = "jet", alpha: float = 0.5,
+                colorbar: bool = False) -> bytes:
+    """PNG bytes of :func:`draw_overlay` panels side by side (``[(image, shown[, outline]), ...]``), drawn without
+    pyplot, so widgets redraw without touching global figure state. ``colorbar`` adds the map's scale (0 = least,
+    1 = most attention of this map) at the right."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -64,8 +77,15 @@ def overlay_png(panels: list[tuple[np.ndarray | None, object]], size: tuple[floa
     fig = Figure(figsize=size, dpi=100)
     FigureCanvasAgg(fig)
     n = len(panels)
-    for i, (image, shown) in enumerate(panels):
-        draw_overlay(fig.add_axes((i / n, 0, 1 / n, 1)), image, shown, cmap, alpha if image is not None else 1.0)
+    width = PANELS_WITH_COLORBAR if colorbar else 1.0
+    drawn = None
+    for i, (image, shown, *outline) in enumerate(panels):
+        ax = fig.add_axes((width * i / n, 0, width / n, 1))
+        drawn = draw_overlay(ax, image, shown, cmap, alpha if image is not None else 1.0,
+                             outline[0] if outline else None) or drawn
+    if colorbar and drawn is not None:
+        cax = fig.add_axes((PANELS_WITH_COLORBAR + 0.03, 0.1, 0.035, 0.8))  # labels fit in what is left
+        fig.colorbar(drawn, cax=cax, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=7)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -133,10 +153,11 @@ class WordHeatMap:
         return kernel.binarize_normalized(self.normalized(mode), threshold)
 
     def plot(self, ax=None, threshold: float | None = None, mode: str = "minmax", cmap: str = "jet",
-             alpha: float = 0.5, title: str | bool = True):
+             alpha: float = 0.5, title: str | bool = True, colorbar: bool = False):
         """Overlay the (normalised) map on the image, or, with ``threshold``, show the image inside its Eq. 7 mask.
 
-        Draws on ``ax`` (a new figure only when None); sets ``ax_`` and ``figure_``; returns ``self``.
+        Draws on ``ax`` (a new figure only when None); ``colorbar`` adds the map's scale beside it; sets
+        ``ax_`` and ``figure_``; returns ``self``.
         """
         import matplotlib.pyplot as plt
 
@@ -149,7 +170,9 @@ class WordHeatMap:
             else:
                 ax.imshow(mask, cmap="gray", vmin=0, vmax=1)
         else:
-            draw_overlay(ax, self.image, self.normalized(mode), cmap, alpha)
+            drawn = draw_overlay(ax, self.image, self.normalized(mode), cmap, alpha)
+            if colorbar:
+                ax.figure.colorbar(drawn, ax=ax, fraction=0.046, pad=0.04, ticks=[0, 0.5, 1])
         ax.set_axis_off()
         if title:
             ax.set_title(title if isinstance(title, str) else self.word.text)

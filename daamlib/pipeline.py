@@ -33,8 +33,8 @@ def resolve_model(model_id: str):
     if entry is None:
         return model_id
     if not entry.available():
-        raise FileNotFoundError(f"the registered model {model_id!r} ({entry.description}) is not available here; "
-                                "check out the repository with its data/ folder, or pass another --model")
+        raise FileNotFoundError(f"the registered model {model_id!r} is not available here: {entry.description}; "
+                                "or pass another model (a folder or a Hub id)")
     return entry.source()
 
 
@@ -46,7 +46,12 @@ def sampling_defaults(source) -> dict:
     f = Path(source) / SAMPLING_FILE
     if not f.is_file():
         return {}
-    found = json.loads(f.read_text())
+    try:
+        found = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f} is not valid JSON ({e}); write e.g. {{\"steps\": 30, \"guidance\": 5.0}}") from e
+    if not isinstance(found, dict):
+        raise ValueError(f"{f} must hold a JSON object such as {{\"steps\": 30, \"guidance\": 5.0}}")
     unknown = sorted(set(found) - set(SAMPLING_KEYS))
     if unknown:
         raise ValueError(f"{f} has unknown keys {unknown}; allowed: {', '.join(SAMPLING_KEYS)}")

@@ -49,3 +49,11 @@ def traced(tiny):
         return cache[prompt, steps, kind]
 
     return get
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Expose each phase's report on the test item (``item.rep_call``), for fixtures that act on failures."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)

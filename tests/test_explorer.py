@@ -38,3 +38,25 @@ def test_explorer_follows_its_widgets_without_regenerating(hm):
 
     ex.resolutions.value = ()
     assert "at least one" in ex.status.value
+
+
+def test_tau_changes_the_heat_map_picture_and_non_square_images_keep_their_shape(traced):
+    """In the heat-map view τ moves the outlined Eq. 7 mask, so the picture changes; a 64×96 image renders
+    at its own aspect ratio, with a colour scale beside it."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    hm = traced("a giraffe and a zebra", steps=4)
+    ex = Explorer(hm, word="zebra", threshold=0.2)
+    before = ex.image.value
+    ex.threshold.value = 0.7
+    assert ex.view.value == "heat map" and ex.image.value != before
+
+    from daamlib.heatmap import HeatMaps
+
+    wide = HeatMaps(hm.alignment, {k: torch.nn.functional.interpolate(v, size=(v.shape[-2], v.shape[-1] * 3 // 2))
+                                   for k, v in hm.maps.items()}, (64, 96), image=torch.rand(3, 64, 96))
+    png = Image.open(BytesIO(Explorer(wide).image.value))
+    w, h = png.size
+    assert 1.5 < w / h < 1.9  # 3:2 image plus the colour bar

@@ -52,3 +52,53 @@ def test_bad_ratings_csv_is_refused(tmp_path):
     pd.DataFrame([{"item_id": "i", "word": "w", "pos": "X", "rater": "r", "rating": 9, "label": ""}]).to_csv(path, index=False)
     with pytest.raises(ValueError, match="outside 1–5"):
         load_ratings(path)
+
+
+def make_items(hm):
+    return [RatingItem("img0", hm, "circle", pos="NOUN"), RatingItem("img0", hm, "blue", pos="ADJ"),
+            RatingItem("img0", hm, "above", pos="ADP")]
+
+
+def test_the_csv_is_the_state_resume_undo_and_rerating(hm, tmp_path):
+    csv_path = tmp_path / "ratings.csv"
+    ui = RatingWidget(make_items(hm), csv_path, rater="ann")
+    ui.buttons[4].click()  # circle: 5
+    assert "1 of 3 rated by ann" in ui.progress.value
+    again = RatingWidget(make_items(hm), csv_path, rater="ann")  # e.g. after a kernel restart
+    assert again.position == 1 and "<mark>blue</mark>" in again.prompt.value
+    other = RatingWidget(make_items(hm), csv_path, rater="bob")  # another rater starts at item 1
+    assert other.position == 0
+    again.buttons[1].click()  # blue: 2
+    again.undo()  # takes blue's 2 back and shows blue again
+    assert again.position == 1 and len(load_ratings(csv_path)) == 1
+    again.undo()  # then circle's 5
+    assert again.position == 0 and not csv_path.read_text().strip().splitlines()[1:]
+    again.rate(3)  # circle: 3
+    again.position = 0
+    again.rate(4)  # re-rating circle replaces the 3
+    df = load_ratings(csv_path)
+    assert len(df) == 1 and df.iloc[0]["rating"] == 4 and df.iloc[0]["rater"] == "ann"
+
+
+def test_keyboard_shortcuts_rate_mark_unusable_and_undo(hm, tmp_path):
+    csv_path = tmp_path / "ratings.csv"
+    ui = RatingWidget(make_items(hm), csv_path, rater="ann")
+    ui.keys.value = "4"  # what typing "4" into the keys box does
+    ui.keys.value = "n"
+    assert ui.keys.value == "" and ui.position == 2
+    assert list(load_ratings(csv_path)["label"]) == ["good", "word not visible"]
+    ui.keys.value = "u"
+    assert ui.position == 1 and len(load_ratings(csv_path)) == 1
+    ui.keys.value = "x"  # not a shortcut: nothing happens
+    assert ui.position == 1
+
+
+def test_one_person_one_vote_per_pair(tmp_path):
+    """A rater's duplicate rows (a CSV edited or merged by hand) count once: their latest."""
+    rows = [{"item_id": "i1", "word": "cat", "occurrence": 0, "pos": "NOUN", "rater": "a", "rating": 4, "label": ""},
+            {"item_id": "i1", "word": "cat", "occurrence": 0, "pos": "NOUN", "rater": "a", "rating": 5, "label": ""},
+            {"item_id": "i1", "word": "cat", "occurrence": 0, "pos": "NOUN", "rater": "b", "rating": 2, "label": ""}]
+    path = tmp_path / "r.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    t = mean_opinion_by_pos(load_ratings(path)).set_index("pos")
+    assert t.loc["NOUN", "MOS"] == 3.5 and t.loc["NOUN", "raters_per_pair"] == 2  # median(5, 2), not of (4, 5, 2)

@@ -213,8 +213,10 @@ def test_shapeworld_items_per_study_are_held_out_and_deterministic():
 
     src = ShapeWorldStudies()
     seg = src.items("segmentation", 3, seed=5)
-    assert [r["id"] for r in seg] == ["gen-0000", "gen-0001", "gen-0002", "unreal-0000", "unreal-0001", "unreal-0002"]
-    assert seg[0]["seed"] == 5 and {r["split"] for r in seg} == {"Gen", "Unreal"}
+    assert [r["id"] for r in seg] == ["gen-0000", "gen-0001", "gen-0002", "unreal-0000", "unreal-0001", "unreal-0002",
+                                      "val-0000", "val-0001", "val-0002"]
+    assert seg[0]["seed"] == 5 and {r["split"] for r in seg} == {"Gen", "Unreal", "val"}
+    assert all(ShapeWorld.split_of_caption(r["prompt"]) == "val" for r in seg if r["split"] == "val")
     assert all(ShapeWorld.split_of_caption(r["prompt"]) == "test" for r in src.items("pos", 20))
     assert src.items("syntax", 2) == ShapeWorldStudies().items("syntax", 2)
     templates, adjectives = src.adjective_prompts(4, seed=0)

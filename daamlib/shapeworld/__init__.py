@@ -33,7 +33,9 @@ def register_models() -> None:
     """The ``daamlib.models`` entry point: the embedded model, the default whenever its folder is present."""
     from .. import models
 
-    models.register(NAME, lambda: str(model_dir()), description=f"the embedded ShapeWorld model ({model_dir()})",
+    models.register(NAME, lambda: str(model_dir()),
+                    description=f"the embedded ShapeWorld model, expected at {model_dir()} (a checkout's "
+                                "data/models/shapeworld, or set DAAM_SHAPEWORLD_MODEL to its folder)",
                     priority=10, available=lambda: (model_dir() / "model_index.json").is_file())
 
 

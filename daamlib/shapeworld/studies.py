@@ -68,6 +68,13 @@ class AnnotatorTruth:
         return word_regions(caption.split(), caption_roles(caption), ann.noun_masks, ann.background_mask)
 
 
+    def foreground(self, record: Mapping, hm: HeatMaps) -> torch.Tensor:
+        return torch.from_numpy(~self.annotate(hm.image, record["prompt"]).background_mask)
+
+    def nouns(self, record: Mapping, hm: HeatMaps) -> list[int]:
+        return [i for i, r in caption_roles(record["prompt"]).items() if r == "noun"]
+
+
 class ShapeWorldStudies(Source):
     """Prompts for each study from the world's held-out splits (never train), and :class:`AnnotatorTruth`."""
 
@@ -82,12 +89,14 @@ class ShapeWorldStudies(Source):
         return self._truth
 
     def items(self, study: str, n: int, seed: int = 0) -> list[dict]:
-        """``segmentation``: n test (``Gen``) and n unreal (``Unreal``) scenes; ``pos``: test scenes from index
-        1000; ``syntax``: two-object test scenes from index 2000. Item i has seed ``seed + i``."""
+        """``segmentation``: n test (``Gen``) and n unreal (``Unreal``) scenes, and n validation scenes (``val``, for
+        choosing τ away from the reported splits); ``pos``: test scenes from index 1000; ``syntax``: two-object test
+        scenes from index 2000. Item i has seed ``seed + i``."""
         w = self.world
         if study == "segmentation":
             return [{"id": f"{label.lower()}-{i:04d}", "prompt": w.scene(split, i).caption, "seed": seed + i,
-                     "split": label} for label, split in (("Gen", "test"), ("Unreal", "unreal")) for i in range(n)]
+                     "split": label} for label, split in (("Gen", "test"), ("Unreal", "unreal"), ("val", "val"))
+                    for i in range(n)]
         if study == "pos":
             return [{"id": f"pos-{i:04d}", "prompt": w.scene("test", 1000 + i).caption, "seed": seed + i}
                     for i in range(n)]

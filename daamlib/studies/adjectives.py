@@ -2,7 +2,7 @@
 
 >>> run = AdjectiveRun(pipe, templates, adjectives, "out/05", truth, mask_source="truth")   # doctest: +SKIP
 >>> df, gallery, skipped = run.rows()          # resumable: finished templates are read back   # doctest: +SKIP
->>> plot_background_shift(per_adjective(df), adjectives).figure_                            # doctest: +SKIP
+>>> plot_background_shift(df, adjectives).figure_                 # doctest: +SKIP
 
 With the layout held fixed by attention replay (``daamlib.replay``), the seed image and a
 variant differ only where the swapped adjective acts. Outside the object those changes are
@@ -291,39 +291,52 @@ def plot_rows(template: str, order, res, obj, adj_pos, ax=None) -> RowsDisplay:
 
 
 class BackgroundShiftDisplay:
-    """Per adjective: hue shift of coloured background pixels, chroma shift of all background pixels, and the map
-    spread of the adjective beside the noun's, each bar in the adjective's colour."""
+    """Per adjective, from the rows (one per template and swapped adjective), each a mean with its 95% bootstrap
+    interval: hue shift of coloured background pixels, chroma shift of all background pixels, and the map spread
+    of the adjective beside the noun's; bars in the adjective's colour."""
 
-    def __init__(self, per_adj, adjectives: Mapping[str, Sequence[int]]):
-        self.per_adj, self.adjectives = per_adj, adjectives
+    def __init__(self, rows, adjectives: Mapping[str, Sequence[int]]):
+        self.rows, self.adjectives = rows, adjectives
 
     def plot(self, ax=None) -> BackgroundShiftDisplay:
         """``ax``: three axes, or None for a new figure."""
         import matplotlib.pyplot as plt
+        import seaborn as sns
 
-        per_adj = self.per_adj
-        if ax is None:
-            _, ax = plt.subplots(1, 3, figsize=(13, 3.3))
-        colours = [np.array(self.adjectives[a]) / 255 for a in per_adj.adjective]
-        ax[0].bar(per_adj.adjective, per_adj.hue_shift_deg, color=colours)
-        ax[0].axhline(0, color="k", lw=0.8); ax[0].set_ylabel("hue shift toward the adjective (°)", fontsize=8)
-        ax[0].set_title("coloured background pixels", fontsize=8)
-        ax[1].bar(per_adj.adjective, 100 * per_adj.chroma_toward, color=colours)
-        ax[1].axhline(0, color="k", lw=0.8); ax[1].set_ylabel("chroma toward the adjective (×100)", fontsize=8)
-        ax[1].set_title("all background pixels (grey included)", fontsize=8)
-        x = np.arange(len(per_adj))
-        ax[2].bar(x - 0.2, 100 * per_adj.adjective_spread, 0.4, label="adjective", color=colours)
-        ax[2].bar(x + 0.2, 100 * per_adj.noun_spread, 0.4, label="noun", color="lightgray")
-        ax[2].set_xticks(x, per_adj.adjective); ax[2].set_ylabel("% of map mass outside the object", fontsize=8)
-        ax[2].legend(fontsize=8)
-        for a in ax:
-            a.tick_params(axis="x", labelsize=8)
-        self.ax_, self.figure_ = ax, ax[0].figure
+        from .style import ci_kwargs, label_counts, theme
+
+        df = self.rows.assign(chroma=lambda d: 100 * d.chroma_toward)
+        order = sorted(df.adjective.unique())
+        colours = {a: np.array(self.adjectives[a]) / 255 for a in order}
+        spread = df.melt(id_vars="adjective", value_vars=["adjective_spread", "noun_spread"], var_name="word",
+                         value_name="outside").assign(outside=lambda d: 100 * d.outside,
+                                                      word=lambda d: d.word.str.replace("_spread", ""))
+        with theme():
+            if ax is None:
+                _, ax = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+            for a, y, label, title in ((ax[0], "hue_shift_deg", "hue shift toward the adjective (°)",
+                                        "coloured background pixels"),
+                                       (ax[1], "chroma", "chroma toward the adjective (×100)",
+                                        "all background pixels (grey included)")):
+                sns.barplot(data=df, x="adjective", y=y, order=order, hue="adjective", palette=colours, legend=False,
+                            ax=a, **ci_kwargs())
+                a.axhline(0, color="k", lw=0.8); a.set_ylabel(label, fontsize=8); a.set_title(title, fontsize=8)
+                a.set_xlabel("")
+                label_counts(a, df[y].notna().groupby(df.adjective).sum().to_dict())
+            sns.barplot(data=spread, x="adjective", y="outside", order=order, hue="word", hue_order=["adjective", "noun"],
+                        palette=["0.35", "lightgray"], ax=ax[2], **ci_kwargs())
+            ax[2].set_ylabel("% of map mass outside the object", fontsize=8); ax[2].set_xlabel("")
+            ax[2].set_ylim(0, 100); ax[2].legend(fontsize=7, title=None)
+            label_counts(ax[2], df.adjective_spread.notna().groupby(df.adjective).sum().to_dict())
+            fig = ax[0].figure
+            fig.suptitle(f"{df.template.nunique()} templates, {len(df)} swaps, 95% bootstrap CI (n: rows with a value)",
+                         fontsize=8)
+        self.ax_, self.figure_ = ax, fig
         return self
 
 
-def plot_background_shift(per_adj, adjectives, ax=None) -> BackgroundShiftDisplay:
-    return BackgroundShiftDisplay(per_adj, adjectives).plot(ax)
+def plot_background_shift(rows, adjectives, ax=None) -> BackgroundShiftDisplay:
+    return BackgroundShiftDisplay(rows, adjectives).plot(ax)
 
 
 def results(model: str, templates: Sequence[str], df, per_adj, mask_source: str) -> dict:

@@ -259,8 +259,9 @@ def accuracy_by_bin(df) -> dict:
 
 
 class Fig6Display:
-    """Fig. 6 analogue: mIoU of the two nouns' maps by cohyponym status × correctness (top), and generation
-    accuracy by overlap bin for each group (bottom)."""
+    """Fig. 6 analogue from the item rows: mIoU of the two nouns' maps by cohyponym status × correctness (top),
+    and generation accuracy by overlap bin for each group (bottom), each with its 95% bootstrap interval and
+    n per category (``†``: fewer than five prompts)."""
 
     def __init__(self, df):
         self.df = df
@@ -268,21 +269,37 @@ class Fig6Display:
     def plot(self, ax=None) -> Fig6Display:
         """``ax``: two axes, or None for a new figure."""
         import matplotlib.pyplot as plt
+        import seaborn as sns
 
-        df = self.df
-        if ax is None:
-            _, ax = plt.subplots(2, 1, figsize=(5.5, 6))
-        grp = df.groupby(["cohyponyms", "correct"])["iou"].agg(["mean", "count"]).reset_index()
-        labels = [f"{'co' if c else 'non-co'}hyponyms\n{'correct' if k else 'incorrect'} (n={n})"
-                  for c, k, n in zip(grp.cohyponyms, grp.correct, grp["count"])]
-        ax[0].bar(range(len(grp)), 100 * grp["mean"], color=["tab:blue" if not c else "tab:orange" for c in grp.cohyponyms])
-        ax[0].set_xticks(range(len(grp)), labels, fontsize=7); ax[0].set_ylabel("mIoU of the two nouns' maps")
-        acc = df.groupby(["bin", "cohyponyms"])["correct"].agg(["mean", "count"]).reset_index()
-        for c, g in acc.groupby("cohyponyms"):
-            g = g.set_index("bin").reindex(["low", "mid", "high"])
-            ax[1].plot(["low", "mid", "high"], 100 * g["mean"], marker="o", label="cohyponyms" if c else "non-cohyponyms")
-        ax[1].set_ylim(-5, 105); ax[1].set_ylabel("generation accuracy (%)")
-        ax[1].set_xlabel("overlap bin (≤0.4, 0.4–0.6, ≥0.6)"); ax[1].legend()
+        from .style import ci_kwargs, few_note, label_counts, theme
+
+        df = self.df.assign(
+            group=lambda d: [f"{'co' if c else 'non-co'}hyponyms\n{'correct' if k else 'incorrect'}"
+                             for c, k in zip(d.cohyponyms, d.correct)],
+            pair=lambda d: d.cohyponyms.map({True: "cohyponyms", False: "non-cohyponyms"}),
+            mIoU=lambda d: 100 * d.iou, accuracy=lambda d: 100.0 * d.correct.astype(float))
+        groups = [f"{c}hyponyms\n{k}" for c in ("non-co", "co") for k in ("incorrect", "correct")]
+        groups = [g for g in groups if (df.group == g).any()]
+        bins = [b for b in ("low", "mid", "high") if (df.bin == b).any()]
+        with theme():
+            if ax is None:
+                _, ax = plt.subplots(2, 1, figsize=(6, 6.5), layout="constrained")
+            sns.barplot(data=df, x="group", y="mIoU", order=groups, hue="pair",
+                        hue_order=["non-cohyponyms", "cohyponyms"], legend=False, ax=ax[0], **ci_kwargs())
+            ax[0].set_ylabel("mIoU of the two nouns' maps"); ax[0].set_xlabel(""); ax[0].set_ylim(bottom=0)
+            counts = df.group.value_counts().to_dict()
+            label_counts(ax[0], counts)
+            sns.pointplot(data=df[df.bin.notna()], x="bin", y="accuracy", order=bins, hue="pair",
+                          hue_order=["non-cohyponyms", "cohyponyms"], dodge=0.2, linestyle="none", ax=ax[1],
+                          **ci_kwargs())
+            ax[1].set_ylim(-5, 105); ax[1].set_ylabel("generation accuracy (%)")
+            ax[1].set_xlabel("overlap bin (≤0.4, 0.4–0.6, ≥0.6); n: prompts in the bin, both groups")
+            ax[1].legend(fontsize=7, title=None)
+            bin_counts = df.bin.value_counts().to_dict()
+            label_counts(ax[1], bin_counts)
+            note = few_note({**{k.replace("\n", " "): v for k, v in counts.items()},
+                             **{f"{k} bin": v for k, v in bin_counts.items()}})
+            ax[0].set_title(f"{len(df)} prompts, 95% bootstrap CI" + (f"\n{note}" if note else ""), fontsize=8)
         self.ax_, self.figure_ = ax, ax[0].figure
         return self
 

@@ -46,6 +46,12 @@ class GroundTruth(Protocol):
     def regions(self, record: Mapping, hm: HeatMaps) -> dict[int, torch.Tensor]:
         """Word position → the region the word refers to (nouns, modifiers, background words, …)."""
 
+    def foreground(self, record: Mapping, hm: HeatMaps) -> torch.Tensor | None:
+        """Every object of the image, whichever noun it is (a text-free baseline); None when unknown."""
+
+    def nouns(self, record: Mapping, hm: HeatMaps) -> list[int] | None:
+        """Word positions of the prompt's nouns, drawn or not (None when unknown)."""
+
 
 def _mask(m) -> torch.Tensor:
     return m if torch.is_tensor(m) else torch.from_numpy(np.asarray(m, dtype=bool))
@@ -106,6 +112,13 @@ class HumanTruth:
 
     def regions(self, record, hm):
         return self.noun_masks(record, hm)
+
+    def foreground(self, record, hm):
+        masks = list(self.noun_masks(record, hm).values())
+        return torch.stack(masks).any(0) if masks else None  # the union of the nouns people segmented
+
+    def nouns(self, record, hm):
+        return None  # people segmented the nouns they saw; which nouns went missing is not in the masks
 
 
 class Source:

@@ -52,55 +52,143 @@ class RatingItem:
     pos: str = ""
 
 
-class RatingWidget:
-    """ipywidgets UI: image, the word's map over it, the prompt with the word highlighted, and seven buttons.
+KEYS = {**{str(k): k for k in SCALE}, "p": UNUSABLE[0], "n": UNUSABLE[1]}  # keyboard shortcuts; "u" undoes
 
-    Every click appends one row to ``csv_path`` at once (nothing is lost if the kernel dies)
-    and moves to the next item. ``widget`` is what to display.
+
+def _key(row) -> tuple[str, str, str, str]:
+    """What one judgement is about, as read back from the CSV: (rater, item, word, occurrence)."""
+    return (str(row["rater"]), str(row["item_id"]), str(row["word"]), str(row["occurrence"]))
+
+
+class RatingWidget:
+    """ipywidgets UI: the image, the word's map over it, the prompt with the word highlighted, the paper's
+    five-point scale and two ways out, undo, progress, and keyboard shortcuts (type into the ``keys`` box:
+    ``1``–``5``, ``p`` image too poor, ``n`` word not visible, ``u`` undo).
+
+    The CSV is the state, written at every click (nothing is lost if the kernel dies): one row per
+    (rater, item, word, occurrence), so re-rating replaces the earlier row and the rater's last row is what
+    undo removes. A widget made again for the same rater resumes at their first unrated item. Several
+    raters may share one CSV: every write re-reads it under a lock and replaces it atomically.
+    ``widget`` is what to display.
     """
 
-    def __init__(self, items: list[RatingItem], csv_path: str | Path, rater: str):
+    def __init__(self, items: Sequence[RatingItem], csv_path: str | Path, rater: str):
         import ipywidgets as w
 
-        if not rater.strip():
+        if not isinstance(rater, str) or not rater.strip():
             raise ValueError("give the rater a name or id (rater='...'), so ratings from several people stay apart")
-        self.items, self.csv_path, self.rater = list(items), Path(csv_path), rater
-        self.position = 0
+        self.items, self.csv_path, self.rater = list(items), Path(csv_path), rater.strip()
+        if self.csv_path.exists():
+            load_ratings(self.csv_path)  # a damaged or foreign CSV fails now, before anyone rates
         self.prompt = w.HTML()
-        self.image = w.Image(format="png")
+        self.image = w.Image(format="png", width=640)  # the PNG's own size, not stretched to the page
         self.progress = w.HTML()
         self.buttons = [w.Button(description=f"{k} {v}") for k, v in SCALE.items()]
         self.buttons += [w.Button(description=label, button_style="warning") for label in UNUSABLE]
         for b, value in zip(self.buttons, list(SCALE) + list(UNUSABLE)):
             b.on_click(lambda _b, value=value: self.rate(value))
-        self.widget = w.VBox([self.prompt, self.image, w.HBox(self.buttons[:5]), w.HBox(self.buttons[5:]), self.progress])
+        self.undo_button = w.Button(description="undo last", icon="undo")
+        self.undo_button.on_click(lambda _b: self.undo())
+        self.keys = w.Text(placeholder="keys: 1–5 · p image too poor · n word not visible · u undo",
+                           description="keys", continuous_update=True, layout=w.Layout(width="420px"))
+        self.keys.observe(self._on_key, names="value")
+        self.widget = w.VBox([self.prompt, self.image, w.HBox(self.buttons[:5]),
+                              w.HBox(self.buttons[5:] + [self.undo_button]), self.keys, self.progress])
+        self.position = self._first_unrated()
         self._show()
 
+    # -- the CSV ------------------------------------------------------------------------------
+    def _item_key(self, item: RatingItem) -> tuple[str, str, str, str]:
+        return (self.rater, str(item.item_id), str(item.word), str(item.occurrence))
+
+    def _read(self) -> list[dict]:
+        if not self.csv_path.exists():
+            return []
+        with open(self.csv_path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def _update(self, change) -> list[dict]:
+        """Re-read the CSV under a lock, apply ``change(rows) -> rows``, and replace the file atomically."""
+        import os
+        import uuid
+
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.csv_path.with_name(self.csv_path.name + ".lock"), "w") as lock:
+            try:
+                import fcntl
+
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except ImportError:  # no flock (Windows): one rater per CSV
+                pass
+            rows = change(self._read())
+            tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp-{uuid.uuid4().hex[:8]}")
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, FIELDS)
+                writer.writeheader()
+                writer.writerows({k: r.get(k, "") for k in FIELDS} for r in rows)
+            os.replace(tmp, self.csv_path)
+        return rows
+
+    def rated(self) -> set[tuple[str, str, str, str]]:
+        """The (rater, item, word, occurrence) keys this rater has rated, read from the CSV."""
+        return {_key(r) for r in self._read() if str(r["rater"]) == self.rater}
+
+    def _first_unrated(self) -> int:
+        done = self.rated()
+        return next((i for i, it in enumerate(self.items) if self._item_key(it) not in done), len(self.items))
+
+    # -- actions ------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
         return self.position >= len(self.items)
 
     def rate(self, value: int | str) -> None:
-        """Record a rating (1–5) or an unusable label for the current item, then show the next."""
+        """Record a rating (1–5) or an unusable label for the current item (replacing this rater's earlier
+        one), then show the next item this rater has not rated."""
         if self.done:
             return
         item = self.items[self.position]
         rating, label = (value, SCALE[value]) if isinstance(value, int) else ("", value)
-        new = not self.csv_path.exists()
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(FIELDS)
-            writer.writerow([item.item_id, item.word, item.occurrence, item.pos, self.rater, rating, label,
-                             f"{time.time():.0f}"])
-        self.position += 1
+        row = {"item_id": item.item_id, "word": item.word, "occurrence": item.occurrence, "pos": item.pos,
+               "rater": self.rater, "rating": rating, "label": label, "timestamp": f"{time.time():.0f}"}
+        key = self._item_key(item)
+        self._update(lambda rows: [r for r in rows if _key(r) != key] + [row])  # the last row is the latest
+        self.position = self._first_unrated()
         self._show()
 
+    def undo(self) -> None:
+        """Remove this rater's latest rating and show that item again (nothing to undo: nothing happens)."""
+        removed: list[dict] = []
+
+        def drop_last(rows):
+            mine = [i for i, r in enumerate(rows) if str(r["rater"]) == self.rater]
+            if mine:
+                removed.append(rows.pop(mine[-1]))
+            return rows
+
+        self._update(drop_last)
+        if removed:
+            key = _key(removed[0])
+            self.position = next((i for i, it in enumerate(self.items) if self._item_key(it) == key), self.position)
+        self._show()
+
+    def _on_key(self, change) -> None:
+        text = change["new"]
+        if not text:
+            return
+        self.keys.value = ""  # one key, one action
+        key = text[-1].lower()
+        if key == "u":
+            self.undo()
+        elif key in KEYS:
+            self.rate(KEYS[key])
+
     def _show(self) -> None:
+        n_done = len(self.rated() & {self._item_key(it) for it in self.items})
         if self.done:
             self.prompt.value = "<b>All items rated. Thank you.</b>"
-            self.progress.value = f"{len(self.items)} rated; saved to {html.escape(str(self.csv_path))}"
+            self.progress.value = (f"{n_done} of {len(self.items)} rated by {html.escape(self.rater)}; "
+                                   f"saved to {html.escape(str(self.csv_path))}")
             return
         item = self.items[self.position]
         wm = item.heat_maps.word(item.word, item.occurrence)
@@ -109,8 +197,9 @@ class RatingWidget:
         self.prompt.value = (f"How well does the highlighted area show <b>{html.escape(item.word)}</b>?<br>"
                              f"{html.escape(p[:a])}<mark>{html.escape(p[a:b])}</mark>{html.escape(p[b:])}")
         image = item.heat_maps.image
-        self.image.value = overlay_png([(image, None), (image, wm.normalized())], size=(6.4, 3.2))
-        self.progress.value = f"item {self.position + 1} of {len(self.items)}"
+        self.image.value = overlay_png([(image, None), (image, wm.normalized())], size=(6.4, 3.2), colorbar=True)
+        self.progress.value = (f"item {self.position + 1} of {len(self.items)} · {n_done} of {len(self.items)} "
+                               f"rated by {html.escape(self.rater)}")
 
 
 def load_ratings(path: str | Path):
@@ -128,22 +217,36 @@ def load_ratings(path: str | Path):
 
 
 def mean_opinion_by_pos(ratings):
-    """Fig. 3: per part of speech, the mean opinion score with a 95% CI and the share rated fair–excellent."""
-    import pandas as pd
+    """Fig. 3: per part of speech, the mean opinion score with a 95% CI and the share rated fair–excellent,
+    counting raters, not rows (see :func:`rating_pairs`)."""
+    return summarize_pairs(rating_pairs(ratings))
 
+
+def rating_pairs(ratings):
+    """One row per usable word–image pair: the median of its raters' ratings (``rating``) and how many raters
+    (``raters``). One judgement per rater and pair counts (a rater's latest row, should a CSV hold several);
+    pairs any rater called unusable are dropped."""
     df = ratings.copy()
     if "occurrence" not in df.columns:
         df["occurrence"] = 0
     key = ["item_id", "word", "occurrence"]
+    df = df.drop_duplicates(key + ["rater"], keep="last")  # one person, one vote per pair
     unusable = df[df["label"].isin(UNUSABLE)].groupby(key).size().index
     usable = df[~df.set_index(key).index.isin(unusable) & df["rating"].notna()]
-    pairs = usable.groupby(key + ["pos"], as_index=False)["rating"].median()
+    return usable.groupby(key + ["pos"], as_index=False).agg(rating=("rating", "median"), raters=("rater", "nunique"))
+
+
+def summarize_pairs(pairs):
+    """Fig. 3's table from :func:`rating_pairs`: per part of speech, pairs, the mean raters per pair, MOS with
+    its 95% CI, and the share of pairs rated fair to excellent."""
+    import pandas as pd
+
     rows = []
     for pos, g in pairs.groupby("pos"):
         ci = mean_ci(g["rating"])
-        rows.append({"pos": pos, "pairs": len(g), "MOS": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
-                     "fair_to_excellent": float((g["rating"] >= 3).mean())})
-    return pd.DataFrame(rows, columns=["pos", "pairs", "MOS", "ci_low", "ci_high", "fair_to_excellent"])
+        rows.append({"pos": pos, "pairs": len(g), "raters_per_pair": float(g["raters"].mean()), "MOS": ci.mean,
+                     "ci_low": ci.low, "ci_high": ci.high, "fair_to_excellent": float((g["rating"] >= 3).mean())})
+    return pd.DataFrame(rows, columns=["pos", "pairs", "raters_per_pair", "MOS", "ci_low", "ci_high", "fair_to_excellent"])
 
 
 FUNCTION_WORDS = {"a", "an", "the"}
@@ -251,73 +354,110 @@ def rating_items(maps: Mapping[str, HeatMaps], tags: Mapping[str, Mapping[int, s
     return [it for group in by_pos.values() for it in group]
 
 
-def automatic_rows(records: Sequence[Mapping], maps: Mapping[str, HeatMaps], tags, truth, seed: int = 0) -> list[dict]:
-    """:func:`attribution_rows` of every item, with the regions ``truth`` gives (none without a world that knows them)."""
+def automatic_rows(records: Sequence[Mapping], maps: Mapping[str, HeatMaps], tags, truth, seed: int = 0):
+    """:func:`attribution_rows` of every item as one DataFrame (one row per word with a region), with the
+    regions ``truth`` gives; empty without a ground truth that knows them."""
+    import pandas as pd
+
     rows = []
     for r in records:
         hm = maps[r["id"]]
         rows += attribution_rows(hm, truth.regions(r, hm), tags[r["id"]], seed=seed, item=r["id"])
-    return rows
+    return pd.DataFrame(rows)
+
+
+def _by_count(values) -> list:
+    """Categories, most frequent first (ties: by name)."""
+    import pandas as pd
+
+    counts = pd.Series(values).value_counts()
+    return sorted(counts.index, key=lambda k: (-counts[k], k))
 
 
 class RatingsDisplay:
-    """Fig. 3: mean opinion score per part of speech with its 95% CI, and the share rated fair to excellent."""
+    """Fig. 3 from the rated pairs (:func:`rating_pairs`, one row per word–image pair): mean opinion score per
+    part of speech and the share rated fair to excellent, each with a 95% bootstrap interval over pairs."""
 
-    def __init__(self, mos):
-        self.mos = mos
+    def __init__(self, pairs):
+        self.pairs = pairs
 
     def plot(self, ax=None) -> RatingsDisplay:
         """``ax``: two axes (top, bottom), or None for a new figure."""
         import matplotlib.pyplot as plt
+        import seaborn as sns
 
-        mos = self.mos
-        if ax is None:
-            _, ax = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
-        ax[0].bar(mos["pos"], mos["MOS"], yerr=[mos["MOS"] - mos["ci_low"], mos["ci_high"] - mos["MOS"]], capsize=3)
-        ax[0].set_ylabel("mean opinion score"); ax[0].set_ylim(1, 5)
-        ax[1].bar(mos["pos"], 100 * mos["fair_to_excellent"]); ax[1].set_ylabel("% fair–excellent")
+        from .style import ci_kwargs, few_note, label_counts, theme
+
+        pairs = self.pairs.assign(fair=lambda d: 100.0 * (d.rating >= 3))
+        order = _by_count(pairs["pos"])
+        counts = pairs["pos"].value_counts().to_dict()
+        with theme():
+            if ax is None:
+                _, ax = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True, layout="constrained")
+            sns.barplot(data=pairs, x="pos", y="rating", order=order, ax=ax[0], **ci_kwargs())
+            ax[0].set_ylabel("mean opinion score"); ax[0].set_ylim(1, 5); ax[0].set_xlabel("")
+            sns.barplot(data=pairs, x="pos", y="fair", order=order, ax=ax[1], **ci_kwargs())
+            ax[1].set_ylabel("% fair–excellent"); ax[1].set_ylim(0, 100); ax[1].set_xlabel("")
+            label_counts(ax[1], counts)
+            ax[0].set_title(f"Fig. 3: {len(pairs)} rated pairs, 95% bootstrap CI. {few_note(counts)}", fontsize=8)
         self.ax_, self.figure_ = ax, ax[0].figure
         return self
 
 
-def plot_ratings(mos, ax=None) -> RatingsDisplay:
-    return RatingsDisplay(mos).plot(ax)
+def plot_ratings(pairs, ax=None) -> RatingsDisplay:
+    return RatingsDisplay(pairs).plot(ax)
 
 
 class AutomaticDisplay:
-    """The automatic measure per part of speech: map mass on the own region, another word's region and a uniform
-    map (left), and the lift over a uniform map (right)."""
+    """The automatic measure per part of speech, from the word rows (:func:`attribution_rows`): map mass on the
+    word's own region, on another word's region and on a uniform map (left), and the lift over a uniform map
+    (right), each a mean over words with its 95% bootstrap interval."""
 
-    def __init__(self, table):
-        self.table = table
+    def __init__(self, rows):
+        import pandas as pd
+
+        self.rows = pd.DataFrame(rows)
 
     def plot(self, ax=None) -> AutomaticDisplay:
         """``ax``: two axes, or None for a new figure."""
         import matplotlib.pyplot as plt
+        import seaborn as sns
 
-        auto = self.table
-        if ax is None:
-            _, ax = plt.subplots(1, 2, figsize=(11, 3.5), layout="constrained")
-        a, a2 = ax
-        x = np.arange(len(auto))
-        a.bar(x - 0.27, 100 * auto["mass_on_own_region"], 0.27, label="own region",
-              yerr=[100 * (auto["mass_on_own_region"] - auto["ci_low"].clip(lower=0)),
-                    100 * (auto["ci_high"].clip(upper=1) - auto["mass_on_own_region"])], capsize=2)  # a share stays in [0, 1]
-        a.bar(x, 100 * auto["mass_on_random_region"], 0.27, label="another word's region")
-        a.bar(x + 0.27, 100 * auto["uniform_map"], 0.27, label="uniform map", color="lightgray")
-        a.set_xticks(x, auto["pos"]); a.set_ylabel("% of the word's map mass"); a.set_ylim(0, 100); a.legend(fontsize=8)
-        a.set_title("automatic attribution measure (ground-truth regions, not human ratings)", fontsize=9)
-        a2.bar(x - 0.2, auto["lift_own"], 0.4, label="own region")
-        a2.bar(x + 0.2, auto["lift_random"], 0.4, label="another word's region")
-        a2.axhline(1, color="k", lw=0.8, ls="--"); a2.set_xticks(x, auto["pos"])
-        a2.set_ylabel("lift: mass ÷ region share"); a2.legend(fontsize=8)
-        a2.set_title("1 = no better than a uniform map (regions differ in size)", fontsize=9)
-        self.ax_, self.figure_ = ax, a.figure
+        from .style import ci_kwargs, few_note, label_counts, theme
+
+        r = self.rows
+        order = _by_count(r["pos"])
+        counts = r["pos"].value_counts().to_dict()
+        mass = r.assign(**{"own region": 100 * r.mass_on_region, "another word's region": 100 * r.mass_on_other_region,
+                           "uniform map": 100 * r.region_share}) \
+            .melt(id_vars="pos", value_vars=["own region", "another word's region", "uniform map"], var_name="measure",
+                  value_name="percent")
+        lift = r.assign(**{"own region": r.mass_on_region / r.region_share,
+                           "another word's region": r.mass_on_other_region / r.other_region_share}) \
+            .melt(id_vars="pos", value_vars=["own region", "another word's region"], var_name="measure",
+                  value_name="lift")
+        with theme():
+            if ax is None:
+                _, ax = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
+            a, a2 = ax
+            sns.barplot(data=mass, x="pos", y="percent", hue="measure", order=order, ax=a, **ci_kwargs())
+            a.set_ylabel("% of the word's map mass"); a.set_ylim(0, 100); a.set_xlabel(""); a.legend(fontsize=7)
+            a.set_title("automatic attribution measure (ground-truth regions, not human ratings)", fontsize=9)
+            sns.barplot(data=lift, x="pos", y="lift", hue="measure", order=order, ax=a2, **ci_kwargs())
+            a2.axhline(1, color="k", lw=0.8, ls="--"); a2.set_ylabel("lift: mass ÷ region share"); a2.set_xlabel("")
+            a2.legend(fontsize=7)
+            a2.set_title("1 = no better than a uniform map (regions differ in size)", fontsize=9)
+            for axis in ax:
+                label_counts(axis, counts)
+            note = few_note(counts)
+            fig = a.figure
+            fig.suptitle(f"{len(r)} words, 95% bootstrap CI" + (f". {note}" if note else ""), fontsize=8)
+        self.ax_, self.figure_ = ax, fig
         return self
 
 
-def plot_automatic(table, ax=None) -> AutomaticDisplay:
-    return AutomaticDisplay(table).plot(ax)
+def plot_automatic(rows, ax=None) -> AutomaticDisplay:
+    return AutomaticDisplay(rows).plot(ax)
 
 
 class ExamplesDisplay:
@@ -354,8 +494,8 @@ def count_tags(tags: Mapping[str, Mapping[int, str]]):
 
 
 def read_ratings(path: str | Path):
-    """Fig. 3's table (:func:`mean_opinion_by_pos`) from the ratings CSV at ``path``, or None when there is none yet."""
-    return mean_opinion_by_pos(load_ratings(path)) if Path(path).is_file() else None
+    """The rated pairs (:func:`rating_pairs`) of the ratings CSV at ``path``, or None when there is none yet."""
+    return rating_pairs(load_ratings(path)) if Path(path).is_file() else None
 
 
 def results(model: str, records, tags, auto=None, mos=None) -> dict:

@@ -33,8 +33,9 @@ import torch
 from ..heatmap import HeatMaps
 from ..stats import iou
 
-BASELINES = ("whole image", "centre blob", "colour clusters")
+BASELINES = ("whole image", "centre blob", "colour clusters", "text-free foreground", "other noun's map")
 SWEEP = tuple(float(t) for t in np.round(np.linspace(0, 1, 11), 2))
+VAL = "val"  # the split on which τ is chosen (never reported in Table 1)
 
 
 def whole_image(shape: tuple[int, int]) -> torch.Tensor:
@@ -133,11 +134,14 @@ def _mask(m) -> torch.Tensor:
 
 
 def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0.4, 0.5), sweep=SWEEP,
-                      ablation_tau: float = 0.4, ablation_steps=(1, 2, 5, 10, 20), **info) -> list[dict]:
+                      ablation_tau: float = 0.4, ablation_steps=(1, 2, 5, 10, 20), foreground=None,
+                      **info) -> list[dict]:
     """IoU rows for Table 1, the τ sweep and the Fig. 11 ablation, for every word with a ground-truth mask.
 
     ``gt``: word position → boolean mask at image size. ``info`` (e.g. ``item``, ``split``) is
-    copied into every row. Row ``kind``: ``table`` (method × τ), ``sweep`` (DAAM, both Eq. 7
+    copied into every row. Row ``kind``: ``table`` (method × τ, and the baselines: whole image, centre blob,
+    colour clusters, the text-free ``foreground`` (every object, whichever noun; when given), and the other
+    nouns' DAAM-``ablation_tau`` masks — the word-specificity control), ``sweep`` (DAAM, both Eq. 7
     modes, τ from 0 to 1), ``ablation`` (DAAM-``ablation_tau`` on the first/last n steps, the coarsest/finest
     n layer resolutions, and each resolution alone: ``grid_h`` × ``grid_w``, typed, beside its label).
     """
@@ -146,6 +150,9 @@ def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0
     base = {"whole image": whole_image(size), "centre blob": centre_blob(size)}
     if hm.image is not None:
         base["colour clusters"] = colour_clusters(hm.image)
+    if foreground is not None:
+        base["text-free foreground"] = _mask(foreground)
+    others = {j: hm.word_at(j).binarize(ablation_tau) for j in gt if hm.has_word(j)}
     S = len(hm.steps)
     views = {("all", S, None): hm}
     for n in sorted({min(n, S) for n in ablation_steps} | {S}):
@@ -168,6 +175,9 @@ def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0
             rows.append({**row, "kind": "table", "method": "DAAM", "tau": t, "iou": iou(wm.binarize(t), truth)})
         for name, m in base.items():
             rows.append({**row, "kind": "table", "method": name, "tau": None, "iou": iou(m, truth)})
+        if len(others) > 1:  # the other nouns' maps on this noun's object: high would mean maps are not word-specific
+            other = float(np.nanmean([iou(m, truth) for j, m in others.items() if j != index]))
+            rows.append({**row, "kind": "table", "method": "other noun's map", "tau": ablation_tau, "iou": other})
         for mode in ("minmax", "max"):
             for t in sweep:
                 rows.append({**row, "kind": "sweep", "method": f"DAAM ({mode})", "tau": float(t),
@@ -192,8 +202,8 @@ def score_items(records: Sequence[Mapping], truth, thresholds=(0.3, 0.4, 0.5)):
     if truth.has_masks:
         for rec in records:
             hm, _ = load_experiment(rec["path"])
-            rows += segmentation_rows(hm, truth.noun_masks(rec, hm), thresholds, item=rec["id"],
-                                      split=rec["info"]["split"])
+            rows += segmentation_rows(hm, truth.noun_masks(rec, hm), thresholds, foreground=truth.foreground(rec, hm),
+                                      item=rec["id"], split=rec["info"]["split"])
     return pd.DataFrame(rows)
 
 
@@ -204,12 +214,12 @@ def table1(scores, thresholds=(0.3, 0.4, 0.5)):
     df = pd.DataFrame(scores)
     if df.empty:
         return pd.DataFrame()
-    df = df[df["kind"] == "table"].copy()
+    df = df[(df["kind"] == "table") & (df["split"] != VAL)].copy()  # the val split chooses τ; it is not reported
     df["method"] = [f"DAAM-{t}" if m == "DAAM" else m for m, t in zip(df["method"], df["tau"])]
     order = [f"DAAM-{t}" for t in thresholds] + list(BASELINES)
     out = (100 * df.pivot_table(index="method", columns="split", values="iou", aggfunc="mean")).reindex(order)
     out["n"] = df.groupby("method").size().reindex(order)
-    return out.reset_index()
+    return out.dropna(how="all", subset=[c for c in out.columns if c != "n"]).reset_index()
 
 
 def sweep_curves(scores):
@@ -233,26 +243,38 @@ def ablation_curves(scores) -> dict:
             "coarsest": curve("coarsest n resolutions"), "finest": curve("finest n resolutions"), "resolution": res}
 
 
-class TauSweepDisplay:
-    """The τ sweep: mIoU against τ for both Eq. 7 modes and each split, beside the whole-image baseline."""
+def _nouns(scores) -> int:
+    return int(((scores.kind == "table") & (scores.method == "whole image")).sum())
 
-    def __init__(self, sweep, whole_image: float):
-        self.sweep, self.whole_image = sweep, whole_image
+
+class TauSweepDisplay:
+    """The τ sweep: mIoU against τ for both Eq. 7 modes and each split (95% bootstrap bands over nouns),
+    beside the whole-image baseline."""
+
+    def __init__(self, scores):
+        self.scores = scores
 
     @classmethod
     def from_scores(cls, scores) -> TauSweepDisplay:
-        whole = scores.query("kind == 'table' and method == 'whole image'")["iou"].mean() * 100
-        return cls(sweep_curves(scores), whole)
+        return cls(scores)
 
     def plot(self, ax=None) -> TauSweepDisplay:
         import matplotlib.pyplot as plt
+        import seaborn as sns
 
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
-        for (split, method), g in self.sweep.groupby(["split", "method"]):
-            ax.plot(g["tau"], g["iou"], marker="o", ms=3, label=f"{method}, {split}")
-        ax.axhline(self.whole_image, color="gray", ls="--", lw=1, label="whole image")
-        ax.set_xlabel("τ"); ax.set_ylabel("mIoU"); ax.legend(fontsize=7); ax.set_title("τ sweep")
+        from .style import ci_kwargs, theme
+
+        sc = self.scores
+        sweep = sc[sc.kind == "sweep"].assign(mIoU=lambda d: 100 * d.iou)
+        whole = 100 * sc.query("kind == 'table' and method == 'whole image'")["iou"].mean()
+        with theme():
+            if ax is None:
+                _, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
+            sns.lineplot(data=sweep, x="tau", y="mIoU", hue="method", style="split", markers=True, markersize=4,
+                         ax=ax, **ci_kwargs())
+            ax.axhline(whole, color="gray", ls="--", lw=1, label="whole image")
+            ax.set_xlabel("τ"); ax.set_ylabel("mIoU"); ax.set_ylim(bottom=0); ax.legend(fontsize=7)
+            ax.set_title(f"τ sweep: n = {_nouns(sc)} nouns (bands: 95% bootstrap CI)", fontsize=9)
         self.ax_, self.figure_ = ax, ax.figure
         return self
 
@@ -262,37 +284,45 @@ def plot_tau_sweep(scores, ax=None) -> TauSweepDisplay:
 
 
 class AblationDisplay:
-    """Fig. 11 analogue in three panels: first / last n steps, coarsest / finest n resolutions, one resolution alone."""
+    """Fig. 11 analogue in three panels, from the nouns' rows (95% bootstrap intervals): first / last n steps,
+    coarsest / finest n resolutions, one resolution alone."""
 
-    def __init__(self, curves: dict, steps: int):
-        self.curves, self.steps = curves, steps
+    def __init__(self, scores):
+        self.scores = scores
 
     @classmethod
     def from_scores(cls, scores) -> AblationDisplay:
-        return cls(ablation_curves(scores), int(scores.loc[scores.method == "all", "n"].max()))
+        return cls(scores)
 
     def plot(self, ax=None) -> AblationDisplay:
         """``ax``: three axes, or None for a new figure."""
         import matplotlib.pyplot as plt
+        import seaborn as sns
 
-        c = self.curves
-        if ax is None:
-            fig, ax = plt.subplots(1, 3, figsize=(13, 3.5), gridspec_kw={"width_ratios": [3, 2, 2]})
-        axes = ax
-        for what, key in (("first n steps", "first"), ("last n steps", "last")):
-            axes[0].plot(c[key].index, c[key].values, marker="o", label=what)
-        axes[0].set_xlabel("n (of %d steps)" % self.steps); axes[0].set_ylabel("mIoU (DAAM-0.4)"); axes[0].legend()
-        for what, key in (("coarsest n resolutions", "coarsest"), ("finest n resolutions", "finest")):
-            axes[1].plot(c[key].index, c[key].values, marker="o", label=what)
-        axes[1].set_xlabel("n (of %d layer resolutions)" % len(c["coarsest"])); axes[1].legend(fontsize=8)
-        axes[1].set_xticks(c["coarsest"].index)
-        res = c["resolution"]
-        axes[2].bar(range(len(res)), res.values, color="tab:blue")
-        axes[2].set_xticks(range(len(res)), res.index, rotation=30, fontsize=8); axes[2].set_ylabel("mIoU (DAAM-0.4)")
-        fig = axes[0].figure
-        fig.suptitle("Fig. 11 analogue: time steps (left) and layer resolutions (middle: cumulative from either end; "
-                     "right: one at a time)", fontsize=9)
-        self.ax_, self.figure_ = axes, fig
+        from .style import ci_kwargs, theme
+
+        abl = self.scores[self.scores.kind == "ablation"].assign(mIoU=lambda d: 100 * d.iou)
+        steps = int(abl.loc[abl.method == "all", "n"].max())
+        order = list(ablation_curves(self.scores)["resolution"].index)
+        single = abl[abl.method.isin(order)]
+        n_res = int(abl.loc[abl.method == "coarsest n resolutions", "n"].max())
+        with theme():
+            if ax is None:
+                _, ax = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [3, 2, 2]}, layout="constrained")
+            for a, methods in ((ax[0], ["first n steps", "last n steps"]),
+                               (ax[1], ["coarsest n resolutions", "finest n resolutions"])):
+                sns.lineplot(data=abl[abl.method.isin(methods)], x="n", y="mIoU", hue="method", hue_order=methods,
+                             marker="o", ax=a, **ci_kwargs())
+                a.set_ylabel("mIoU (DAAM-0.4)"); a.set_ylim(bottom=0); a.legend(fontsize=7, title=None)
+            ax[0].set_xlabel(f"n (of {steps} steps)")
+            ax[1].set_xlabel(f"n (of {n_res} layer resolutions)"); ax[1].set_xticks(range(1, n_res + 1))
+            sns.barplot(data=single, x="method", y="mIoU", order=order, color="tab:blue", ax=ax[2], **ci_kwargs())
+            ax[2].set_xlabel(""); ax[2].set_ylabel("mIoU (DAAM-0.4)")
+            ax[2].tick_params(axis="x", rotation=30)
+            fig = ax[0].figure
+            fig.suptitle(f"Fig. 11 analogue, n = {_nouns(self.scores)} nouns, 95% bootstrap CI: time steps (left) and "
+                         "layer resolutions (middle: cumulative from either end; right: one at a time)", fontsize=9)
+        self.ax_, self.figure_ = ax, fig
         return self
 
 

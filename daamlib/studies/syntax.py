@@ -109,6 +109,54 @@ def table2(pairs):
     ], ignore_index=True)
 
 
+class Table2Display:
+    """Table 2 as a chart, from the pair rows: mIoD and mIoH (×100) per row of :func:`table2`, each a mean over
+    pairs with its 95% bootstrap interval (pairs whose IoD or IoH is undefined are left out, as in the table)."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def long_rows(self):
+        """One row per (pair, measure) under each Table 2 row it belongs to: ``row, measure, value``."""
+        import pandas as pd
+
+        p = self.pairs[self.pairs["iod"].notna() & self.pairs["ioh"].notna()]
+        arcs = p[p.relation != "unrelated"]
+        parts = [p[p.relation == "unrelated"].assign(row="unrelated"),
+                 arcs.assign(row="all head–dependent pairs"),
+                 arcs[arcs.relation.isin(RELATIONS)].assign(row=lambda d: d.relation)]
+        both = pd.concat(parts, ignore_index=True)
+        return both.melt(id_vars=["row"], value_vars=["iod", "ioh"], var_name="measure", value_name="value") \
+            .assign(value=lambda d: 100 * d.value, measure=lambda d: d.measure.map({"iod": "mIoD", "ioh": "mIoH"}))
+
+    def plot(self, ax=None) -> Table2Display:
+        import matplotlib.pyplot as plt
+        import seaborn as sns
+
+        from .style import ci_kwargs, few_note, label_counts, theme
+
+        data = self.long_rows()
+        counts = (data[data.measure == "mIoD"]["row"].value_counts()).to_dict()
+        rels = sorted((r for r in counts if r not in ("unrelated", "all head–dependent pairs")), key=lambda r: -counts[r])
+        order = [r for r in ("unrelated", "all head–dependent pairs") if r in counts] + rels
+        with theme():
+            if ax is None:
+                _, ax = plt.subplots(figsize=(1.1 * len(order) + 2.5, 3.8), layout="constrained")
+            sns.pointplot(data=data, x="row", y="value", hue="measure", order=order, dodge=0.3, linestyle="none",
+                          markers=["o", "s"], ax=ax, **ci_kwargs())
+            ax.set_xlabel(""); ax.set_ylabel("× 100"); ax.set_ylim(0, 100)
+            label_counts(ax, counts)
+            note = few_note(counts)
+            ax.set_title("Table 2 analogue: mIoD > mIoH means the head's map contains the dependent's "
+                         "(95% bootstrap CI)" + (f"\n{note}" if note else ""), fontsize=8)
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+
+def plot_table2(pairs, ax=None) -> Table2Display:
+    return Table2Display(pairs).plot(ax)
+
+
 class ExamplesDisplay:
     """Fig. 5 analogue: one pair per relation (each from another prompt where possible): image, head map,
     dependent map, the map that contains the other (IoD vs IoH) marked ★."""

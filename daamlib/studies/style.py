@@ -1,0 +1,56 @@
+"""The look of the statistical figures, set in one place: a seaborn theme and how intervals are drawn.
+
+>>> with theme():                                     # doctest: +SKIP
+...     sns.barplot(data=rows, x="pos", y="mass", errorbar=ERRORBAR, seed=SEED, ax=ax)
+
+Statistical figures (bars, points, lines over items) are drawn with seaborn from item-level rows, so
+every interval is computed from the items themselves: a 95% bootstrap interval of the mean, with a
+fixed seed so that figures are byte-identical run to run. Heat-map overlays stay plain matplotlib
+(:func:`daamlib.heatmap.draw_overlay`). Categories with fewer than :data:`FEW` items are marked ``†``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import contextmanager
+
+THEME = {"style": "whitegrid", "context": "notebook", "font_scale": 0.8, "palette": "colorblind"}
+ERRORBAR = ("ci", 95)  # seaborn's bootstrap interval of the mean
+N_BOOT = 2000
+SEED = 0  # bootstrap seed: the same figure every run
+FEW = 5  # fewer items than this: the category is marked, not trusted
+
+
+@contextmanager
+def theme():
+    """Draw inside the project's seaborn theme, without changing pyplot's global state afterwards."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    with plt.rc_context(), sns.axes_style(THEME["style"]), \
+            sns.plotting_context(THEME["context"], font_scale=THEME["font_scale"]), sns.color_palette(THEME["palette"]):
+        yield
+
+
+def ci_kwargs() -> dict:
+    """Keyword arguments every seaborn call here takes: the interval, its bootstrap size and seed."""
+    return {"errorbar": ERRORBAR, "n_boot": N_BOOT, "seed": SEED}
+
+
+def with_n(label: str, n: int) -> str:
+    """A category label with its item count, marked ``†`` when there are fewer than :data:`FEW` items."""
+    return f"{label}\nn={n}" + ("†" if n < FEW else "")
+
+
+def label_counts(ax, counts: Mapping[str, int], axis: str = "x") -> None:
+    """Rewrite the categorical tick labels of ``ax`` as :func:`with_n` labels (order as drawn)."""
+    ticks = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
+    labels = [with_n(t.get_text(), int(counts.get(t.get_text(), 0))) for t in ticks]
+    positions = ax.get_xticks() if axis == "x" else ax.get_yticks()
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(positions, labels)
+
+
+def few_note(counts: Mapping[str, int]) -> str:
+    """A caption line for the categories marked ``†`` (empty when there are none)."""
+    few = [k for k, n in counts.items() if n < FEW]
+    return f"† fewer than {FEW} items: {', '.join(map(str, few))} (read as anecdotes)" if few else ""

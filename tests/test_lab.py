@@ -1,0 +1,177 @@
+"""The workbook in JupyterLab, in a real headless Chromium: notebook 00's explorer and notebook 02's rating
+widget render and respond to clicks and key presses made on the page (not to kernel calls).
+
+Needs Debian's ``chromium`` (``.ci/run`` installs it as root) and Playwright for Python (``.[test]``);
+skips, saying which is missing, where neither can be had. Screenshots go to ``$DAAM_SCREENSHOTS``
+(``figures`` for the README's), else ``out/lab/``.
+"""
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                 if p and Path(p).is_file()), None)
+MODEL = REPO / "data" / "models" / "shapeworld" / "model_index.json"
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `apt-get install chromium` (as root), as .ci/run does"),
+    pytest.mark.skipif(sync_playwright is None, reason="Playwright for Python is not installed: pip install -e '.[test]'"),
+    pytest.mark.skipif(shutil.which("jupyter-lab") is None and not (Path(sys.executable).parent / "jupyter-lab").exists(),
+                       reason="JupyterLab is not installed: pip install -e '.[notebooks]'"),
+    pytest.mark.skipif(not MODEL.is_file(), reason="the embedded model is not in data/models/shapeworld"),
+]
+SHOTS = Path(os.environ.get("DAAM_SCREENSHOTS", REPO / "out" / "lab"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_parameters(name: str, workspace: Path, **params) -> None:
+    """Copy a notebook into the workspace with some parameters changed in its parameters cell."""
+    nb = json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    cell["source"] = "".join(cell["source"]) + "".join(f"\n{k} = {v!r}" for k, v in params.items())
+    (workspace / "notebooks" / f"{name}.ipynb").write_text(json.dumps(nb))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on a free loopback port with a token, serving a workspace with copies of the notebooks
+    (so that their outputs land in the workspace, never in the checkout's figures/)."""
+    ws = tmp_path_factory.mktemp("lab")
+    (ws / "notebooks").mkdir()
+    with_parameters("00_quickstart", ws)
+    with_parameters("02_pos_attribution", ws, N_PROMPTS=2, WORDS_PER_POS=2, STEPS=5, RATER="lab-test")
+    # every cell in the page (no windowing: cells out of view are still in the DOM), and no news toast
+    settings = ws / ".jupyter" / "lab" / "user-settings" / "@jupyterlab"
+    for ext, values in (("notebook-extension/tracker", {"windowingMode": "none"}),
+                        ("apputils-extension/notification", {"fetchNews": "false", "checkForUpdates": False})):
+        (settings / ext).parent.mkdir(parents=True, exist_ok=True)
+        (settings / f"{ext}.jupyterlab-settings").write_text(json.dumps(values))
+    port, token = free_port(), "daam-test-token"
+    jupyter = Path(sys.executable).parent / "jupyter-lab"
+    cmd = [str(jupyter) if jupyter.exists() else "jupyter-lab", "--no-browser", "--allow-root", "--ip", "127.0.0.1",
+           "--port", str(port), f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ws}",
+           "--LabApp.news_url=", "--ServerApp.open_browser=False"]
+    proc = subprocess.Popen(cmd, cwd=ws, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "JUPYTER_CONFIG_DIR": str(ws / ".jupyter")})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("JupyterLab did not start within 60 s")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield {"url": url, "token": token, "workspace": ws, "browser": browser}
+        browser.close()
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def open_and_run_all(lab, name: str):
+    page = lab["browser"].new_page(viewport={"width": 1300, "height": 1000})
+    # a workspace of its own (reset): only this notebook open, none restored from an earlier page
+    page.goto(f"{lab['url']}/lab/workspaces/{name.replace('_', '-')}/tree/notebooks/{name}.ipynb?reset&token={lab['token']}")
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'] >> visible=true", timeout=120_000)
+    page.locator(".jp-Notebook >> visible=true").first.click()  # focus the notebook: the Run menu acts on it
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    return page
+
+
+@pytest.fixture
+def shoot_on_failure(request):
+    """On a failure, keep a screenshot of the page (``page`` set by the test) for the reader of the CI log."""
+    box = {}
+    yield box
+    rep = getattr(request.node, "rep_call", None)
+    if "page" in box and (rep is None or rep.failed):
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        box["page"].screenshot(path=str(SHOTS / f"failed_{request.node.name}.png"), full_page=True)
+
+
+def wait_for_new_src(page, img, old: str, what: str) -> str:
+    for _ in range(200):
+        src = img.get_attribute("src")
+        if src and src != old:
+            return src
+        page.wait_for_timeout(100)
+    pytest.fail(f"the rendered image did not change after {what}")
+
+
+def test_explorer_renders_and_redraws_on_clicks_and_keys(lab, shoot_on_failure):
+    page = shoot_on_failure["page"] = open_and_run_all(lab, "00_quickstart")
+    dropdown = page.locator(".widget-dropdown select").first
+    dropdown.wait_for(timeout=180_000)
+    explorer = page.locator(".widget-vbox", has=dropdown).first
+    img = explorer.locator("img.widget-image")
+    img.wait_for()
+    explorer.scroll_into_view_if_needed()
+    first = img.get_attribute("src")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    explorer.screenshot(path=str(SHOTS / "lab_explorer.png"))
+
+    dropdown.select_option(label="circle #2")  # the word, chosen on the page
+    after_word = wait_for_new_src(page, img, first, "choosing another word")
+    status = explorer.locator(".widget-html-content").last
+    assert "'circle'" in status.inner_text()
+
+    handle = explorer.locator(".widget-hslider .noUi-handle").first  # τ, moved with the keyboard
+    handle.focus()
+    for _ in range(4):
+        handle.press("ArrowRight")
+    wait_for_new_src(page, img, after_word, "moving τ with the arrow keys")
+    assert handle.get_attribute("aria-valuenow") == "0.6"
+    assert "mask covers" in status.inner_text()
+    explorer.screenshot(path=str(SHOTS / "lab_explorer_tau.png"))
+
+
+def test_rating_widget_records_a_click_and_a_key_press_in_the_csv(lab, shoot_on_failure):
+    page = shoot_on_failure["page"] = open_and_run_all(lab, "02_pos_attribution")
+    good = page.locator("button", has_text="4 good").first
+    good.wait_for(timeout=240_000)
+    widget = page.locator(".widget-vbox", has=good).first
+    widget.scroll_into_view_if_needed()
+    widget.screenshot(path=str(SHOTS / "lab_rating.png"))
+    good.click()
+    csv_path = lab["workspace"] / "out" / "02_pos_attribution" / "ratings.csv"
+    for _ in range(100):
+        if csv_path.is_file() and len(list(csv.DictReader(csv_path.open()))) == 1:
+            break
+        page.wait_for_timeout(100)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [(r["rater"], r["rating"], r["label"]) for r in rows] == [("lab-test", "4", "good")]
+    widget.locator("input[type='text']").first.click()
+    page.keyboard.press("2")  # the keyboard shortcut for "2 poor"
+    for _ in range(100):
+        rows = list(csv.DictReader(csv_path.open()))
+        if len(rows) == 2:
+            break
+        page.wait_for_timeout(100)
+    assert [r["rating"] for r in rows] == ["4", "2"]
+    assert "2 of" in widget.locator(".widget-html-content").last.inner_text()
