@@ -39,7 +39,8 @@ def _as_image_array(image) -> np.ndarray | None:
 
 def draw_overlay(ax, image: np.ndarray | None, shown=None, cmap: str = "jet", alpha: float = 0.5, outline=None):
     """The one overlay renderer (word plots, the explorer, the rating widget): ``shown`` (an ``[H, W]`` map
-    already in [0, 1], or None for the image alone) over ``image`` (uint8 ``[H, W, 3]``, or None), and
+    already in [0, 1], or None for the image alone) over ``image`` (uint8 ``[H, W, 3]``, or None; shown in grey
+    under a map, so that the map's colours never mix with red or blue objects), and
     ``outline`` (an ``[H, W]`` bool mask, e.g. Eq. 7 at τ) drawn as a white contour. Returns the map's
     ``AxesImage`` (for a colour bar), or None."""
     def numpy(x):
@@ -47,7 +48,11 @@ def draw_overlay(ax, image: np.ndarray | None, shown=None, cmap: str = "jet", al
 
     shown, drawn = numpy(shown), None
     if image is not None:
-        ax.imshow(image)
+        if shown is not None and image.ndim == 3:  # the map over a grey image: readable on red and blue objects
+            ax.imshow(image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32),
+                      cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(image)
         if shown is not None:
             drawn = ax.imshow(shown, cmap=cmap, alpha=alpha, vmin=0, vmax=1,
                               extent=(-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5))
@@ -61,6 +66,7 @@ def draw_overlay(ax, image: np.ndarray | None, shown=None, cmap: str = "jet", al
     return drawn
 
 
+SCALE_NOTE = "maps: each word's map min–max normalised, jet scale (blue 0 → red 1) over the image in grey"
 PANELS_WITH_COLORBAR = 0.82  # share of an overlay PNG's width its panels take when a colour bar is drawn
 
 
@@ -118,6 +124,9 @@ class HeatMapsDisplay:
             item.plot(ax=ax, threshold=threshold, mode=mode, **kwargs)
         for ax in axes:
             ax.set_axis_off()
+        overlays = [im for ax in axes[k:] for im in ax.images[1:]]  # the maps drawn over the images
+        if threshold is None and overlays:
+            fig.colorbar(overlays[-1], ax=list(axes), shrink=0.6, ticks=[0, 0.5, 1], label="map (min–max)")
         fig.suptitle(hm.prompt + (f"  (τ = {threshold})" if threshold is not None else ""), fontsize=9)
         self.ax_, self.figure_ = axes, fig
         return self

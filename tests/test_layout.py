@@ -97,3 +97,17 @@ def test_notebooks_only_tell_the_story(path):
         if c["cell_type"] == "code" and "parameters" not in c.get("metadata", {}).get("tags", []):
             src = "".join(c["source"])
             assert "EMBEDDED" not in src and "shapeworld" not in src.lower(), f"{path.name}: a model branch in {src!r}"
+
+
+def test_non_default_runs_never_write_to_the_tracked_figures(tmp_path, monkeypatch, capsys):
+    from daamlib.studies.workbook import figures_dir
+
+    monkeypatch.chdir(REPO / "notebooks")
+    defaults = {"MODEL_ID": "shapeworld", "N_PROMPTS": 20, "SEED": 0, "GALLERY_N": 6, "STEPS": None, "GUIDANCE": None,
+                "SCHEDULER": None, "DEVICE": "cpu", "THRESHOLDS": [0.3, 0.4, 0.5], "PROMPTS_CSV": None, "MASKS_DIR": None,
+                "OUT_DIR": "../out/01_segmentation", "FIGURES_DIR": "../figures"}
+    assert str(figures_dir("../figures", defaults, "01_segmentation")) == "../figures"  # make figures
+    changed = {**defaults, "N_PROMPTS": 10}
+    assert figures_dir("../figures", changed, "01_segmentation") == Path("../out/01_segmentation/figures")
+    assert "non-default parameters (N_PROMPTS)" in capsys.readouterr().out
+    assert figures_dir(tmp_path, changed, "01_segmentation") == tmp_path  # an explicit FIGURES_DIR is kept

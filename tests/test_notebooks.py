@@ -15,6 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "data" / "models" / "shapeworld" / "model_index.json"
 BASELINES = json.loads((Path(__file__).with_name("notebook_baselines.json")).read_text())
+VERDICTS = {"reproduces", "direction only", "does not reproduce", "cannot be tested on this model"}
 
 
 def lookup(results: dict, path: str):
@@ -57,6 +58,12 @@ def test_notebook_runs_and_keeps_its_numbers(name, tmp_path):
     results = json.loads((tmp_path / "figures" / f"{name}.json").read_text())
     failures = [f for f in (check(results, rule) for rule in spec["checks"]) if f]
     assert not failures, f"{name}: " + "; ".join(failures)
+    # the last section: paper vs here, a verdict on every row, also as CSV; and what produced the numbers
+    table = results["paper_vs_here"]
+    assert table and all(r["verdict"] in VERDICTS and r["reason"] for r in table), table
+    assert (tmp_path / "figures" / f"{name}_paper_vs_here.csv").is_file()
+    assert results["run"]["parameters"]["MODEL_ID"] == "shapeworld" and results["run"]["weights"]
+    assert {"torch", "diffusers", "daamlib"} <= set(results["run"]["versions"])
     for fig in spec.get("figures", []):
         assert (tmp_path / "figures" / fig).stat().st_size > 2000, f"{fig} was not written"
 

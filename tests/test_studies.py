@@ -16,10 +16,15 @@ def hm(traced):
 def test_segmentation_rows_and_table1(hm):
     left = torch.zeros(64, 64, dtype=torch.bool)
     left[:, :32] = True
-    rows = segmentation.segmentation_rows(hm, {1: left, 4: ~left}, item="x", split="gen", ablation_steps=(1, 2))
+    rows = segmentation.segmentation_rows(hm, {1: left, 4: ~left}, item="x", split="gen", ablation_steps=(1, 2),
+                                          foreground=torch.ones(64, 64, dtype=torch.bool))
     table = [r for r in rows if r["kind"] == "table"]
     assert {r["word"] for r in rows} == {"giraffe", "zebra"}
-    assert len(table) == 2 * (3 + 3)  # two nouns × (three τ + three baselines)
+    assert len(table) == 2 * (3 + 5)  # two nouns × (three τ + five baselines)
+    other = next(r for r in table if r["method"] == "other noun's map" and r["word"] == "giraffe")
+    assert other["iou"] == pytest.approx(iou(hm["zebra"].binarize(0.4), left))  # zebra's mask on giraffe's object
+    fg = next(r for r in table if r["method"] == "text-free foreground" and r["word"] == "zebra")
+    assert fg["iou"] == pytest.approx(0.5)
     whole = next(r for r in table if r["method"] == "whole image")
     assert whole["iou"] == pytest.approx(0.5)
     daam = next(r for r in table if r["method"] == "DAAM" and r["tau"] == 0.4 and r["word"] == "giraffe")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from matplotlib.colors import rgb_to_hsv
 
-from ..heatmap import HeatMaps
+from ..heatmap import SCALE_NOTE, HeatMaps
 from ..stats import mass_on_region
 
 MASK_SOURCES = ("truth", "daam")
@@ -228,8 +228,9 @@ class AdjectiveRun:
             adj_pos = word_starting_at(res["seed"], len(template.split("{adj}")[0])).index
             noun_pos = adj_pos + 1  # the word after the adjective
             obj = self.object_mask(res["seed"], noun_pos)
-            if k < self.gallery:
-                gallery[template] = (order, res, obj, adj_pos)
+            if k < self.gallery:  # with the region each swap's background is measured outside of
+                regions = {adj: self.object_region(obj, res["replayed"][adj], noun_pos) for adj in order}
+                gallery[template] = (order, res, obj, adj_pos, regions)
             if template in finished:
                 continue
             if not obj.any() or obj.all():
@@ -257,10 +258,13 @@ def per_adjective(df):
 
 class RowsDisplay:
     """Fig. 8–9 analogue for one template: the seed's adjective map and the object cropped out (left), then each
-    replayed variant (top) and its background with the object cropped, saturation doubled (bottom)."""
+    replayed variant (top) and its background as measured — outside the region :meth:`AdjectiveRun.object_region`
+    gives for that swap (the object where it was and where it went, and a margin) — saturation doubled (bottom)."""
 
-    def __init__(self, template: str, order: list[str], res: dict, obj: torch.Tensor, adj_pos: int):
+    def __init__(self, template: str, order: list[str], res: dict, obj: torch.Tensor, adj_pos: int,
+                 regions: Mapping[str, np.ndarray] | None = None):
         self.template, self.order, self.res, self.obj, self.adj_pos = template, order, res, obj, adj_pos
+        self.regions = regions or {}
 
     def plot(self, ax=None) -> RowsDisplay:
         """``ax``: a ``[2, variants + 1]`` array of axes, or None for a new figure."""
@@ -269,25 +273,28 @@ class RowsDisplay:
 
         order, res, obj = self.order, self.res, self.obj
         if ax is None:
-            _, ax = plt.subplots(2, len(order) + 1, figsize=(1.9 * (len(order) + 1), 4.2), squeeze=False)
+            _, ax = plt.subplots(2, len(order) + 1, figsize=(1.9 * (len(order) + 1), 4.6), squeeze=False,
+                                 layout="constrained")
         res["seed"].word_at(self.adj_pos).plot(ax=ax[0, 0], title=f"map: {order[0]}")
         ax[1, 0].imshow(obj, cmap="gray"); ax[1, 0].set_title("object (cropped)", fontsize=8)
         for ax_top, ax_bot, adj in zip(ax[0, 1:], ax[1, 1:], order):
             img = res["replayed"][adj].image
             ax_top.imshow(img); ax_top.set_title(adj, fontsize=8)
-            bg = img.astype(float) * (~obj.numpy())[..., None]
+            region = np.asarray(self.regions.get(adj, obj.numpy()), dtype=bool)
+            bg = img.astype(float) * (~region)[..., None]
             hsv = rgb_to_hsv(bg / 255); hsv[..., 1] = np.clip(hsv[..., 1] * 2, 0, 1)  # saturated for visibility
             ax_bot.imshow(hsv_to_rgb(hsv))
         for a in ax.ravel():
             a.set_axis_off()
         fig = ax[0, 0].figure
-        fig.suptitle(self.template.format(adj="⟨adj⟩") + "  (layout held fixed by replay)", fontsize=8)
+        fig.suptitle(self.template.format(adj="⟨adj⟩") + "  (layout held fixed by replay; bottom: the background as "
+                     "measured, saturation ×2)\n" + SCALE_NOTE, fontsize=8)
         self.ax_, self.figure_ = ax, fig
         return self
 
 
-def plot_rows(template: str, order, res, obj, adj_pos, ax=None) -> RowsDisplay:
-    return RowsDisplay(template, order, res, obj, adj_pos).plot(ax)
+def plot_rows(template: str, order, res, obj, adj_pos, regions=None, ax=None) -> RowsDisplay:
+    return RowsDisplay(template, order, res, obj, adj_pos, regions).plot(ax)
 
 
 class BackgroundShiftDisplay:
@@ -347,3 +354,22 @@ def results(model: str, templates: Sequence[str], df, per_adj, mask_source: str)
             "mean_hue_shift_deg": float(df.hue_shift_deg.mean()), "mean_chroma_toward": float(df.chroma_toward.mean()),
             "mean_pixel_diff": float(df.pixel_diff.mean()),
             "adjective_spread": float(df.adjective_spread.mean()), "noun_spread": float(df.noun_spread.mean())}
+
+
+def paper_vs_here(df):
+    """§5.2's claims (shown in the paper, not measured) against this run: the background moves toward the swapped
+    adjective's colour (hue and chroma), and the adjective's map spreads beyond its object more than the noun's."""
+    from . import paper as P
+
+    rows = []
+    ref = P.PAPER["5.2.background-shift"]
+    for col, claim in (("hue_shift_deg", "background hue moves toward the adjective's colour (°)"),
+                       ("chroma_toward", "background chroma moves toward the adjective's colour (×100)")):
+        scale = 100 if col == "chroma_toward" else 1
+        m, lo, hi, n = P.bootstrap(scale * df[col].to_numpy(float))
+        rows.append(P.row(ref.source, claim, ref.value, m, lo, hi, n, P.verdict_effect(ref.value, m, lo, hi)))
+    ref = P.PAPER["5.2.adjective-spread"]
+    m, lo, hi, n = P.bootstrap(100 * (df["adjective_spread"] - df["noun_spread"]).to_numpy(float))
+    rows.append(P.row(ref.source, "adjective's map mass outside the object − the noun's (points)", ref.value,
+                      m, lo, hi, n, P.verdict_effect(ref.value, m, lo, hi)))
+    return P.table(rows)

@@ -321,17 +321,22 @@ class GalleryDisplay:
     def plot(self, ax=None) -> GalleryDisplay:
         import matplotlib.pyplot as plt
 
+        from ..heatmap import SCALE_NOTE
+
         if ax is None:
-            _, ax = plt.subplots(len(self.rows), 3, figsize=(6.5, 2.2 * len(self.rows)), squeeze=False)
+            _, ax = plt.subplots(len(self.rows), 3, figsize=(7, 2.4 * len(self.rows) + 0.5), squeeze=False,
+                                 layout="constrained")
         for row_axes, (_, s), hm in zip(ax, self.rows.iterrows(), self.maps):
             row_axes[0].imshow(hm.image)
             verdict = "correct" if s["correct"] else "incorrect" if s["correct"] is not None else "?"
-            row_axes[0].set_title(f"{hm.prompt} ({verdict})", fontsize=6)
+            row_axes[0].set_title(f"{hm.prompt}\n({verdict})", fontsize=8)
             for a, pos in zip(row_axes[1:], pair_positions(s["a"], s["b"])):
                 m = hm.phrase(pos)
                 m.plot(ax=a, title=f"{m.word.text} (IoU {s['iou']:.2f})")
+                a.title.set_fontsize(8)
             for a in row_axes:
                 a.set_axis_off()
+        ax[0][0].figure.suptitle(f"Fig. 7 analogue: cohyponym prompts. {SCALE_NOTE}", fontsize=8)
         self.ax_, self.figure_ = ax, ax[0][0].figure
         return self
 
@@ -347,3 +352,39 @@ def results(model: str, ontology: str, df) -> dict:
     if labelled(df):
         out["accuracy_by_overlap_bin"] = accuracy_by_bin(df)
     return out
+
+
+def paper_vs_here(df):
+    """§5.1's claims against this run: cohyponym pairs are generated correctly less often, their maps overlap
+    more, and more overlap goes with less accuracy; differences between groups with 95% bootstrap intervals."""
+    from . import paper as P
+
+    P_ = P.PAPER
+    co, non = df[df.cohyponyms], df[~df.cohyponyms]
+    rows = []
+    if labelled(df):
+        for key, g in (("5.1.accuracy.non-cohyponyms", non), ("5.1.accuracy.cohyponyms", co)):
+            m, lo, hi, n = P.bootstrap(100.0 * g["correct"].astype(float).to_numpy())
+            rows.append(P.row(P_[key].source, key.split(".")[-1].replace("-", " ") + ": accuracy (%)", P_[key].value,
+                              m, lo, hi, n))
+        gap = P_["5.1.accuracy.non-cohyponyms"].value - P_["5.1.accuracy.cohyponyms"].value
+        m, lo, hi, n = P.bootstrap_difference(100.0 * non["correct"].astype(float), 100.0 * co["correct"].astype(float))
+        rows.append(P.row("§5.1 (Fisher's exact test, p < 0.01)", "accuracy: non-cohyponyms − cohyponyms (points)",
+                          gap, m, lo, hi, n, P.verdict_effect(gap, m, lo, hi)))
+        low, high = df[df.bin == "low"], df[df.bin == "high"]
+        gap = P_["5.1.accuracy.low-overlap"].value - P_["5.1.accuracy.high-overlap"].value
+        m, lo, hi, n = P.bootstrap_difference(100.0 * low["correct"].astype(float), 100.0 * high["correct"].astype(float))
+        rows.append(P.row("§5.1, Fig. 6 bottom", "accuracy: low-overlap − high-overlap pairs (points)", gap, m, lo, hi, n,
+                          P.verdict_effect(gap, m, lo, hi)))
+    else:
+        for claim in ("accuracy: non-cohyponyms − cohyponyms (points)", "accuracy: low − high overlap (points)"):
+            rows.append(P.row("§5.1", claim, math.nan, untestable="no correctness labels (LABELS_CSV); none are invented"))
+    for key, g in (("5.1.miou.cohyponyms", co), ("5.1.miou.non-cohyponyms", non)):
+        m, lo, hi, n = P.bootstrap(100 * g["iou"].to_numpy())
+        rows.append(P.row(P_[key].source, key.split(".")[-1].replace("-", " ") + ": mIoU of the two maps",
+                          P_[key].value, m, lo, hi, n))
+    gap = P_["5.1.miou.cohyponyms"].value - P_["5.1.miou.non-cohyponyms"].value
+    m, lo, hi, n = P.bootstrap_difference(100 * co["iou"], 100 * non["iou"])
+    rows.append(P.row("§5.1", "mIoU: cohyponyms − non-cohyponyms (points)", gap, m, lo, hi, n,
+                      P.verdict_effect(gap, m, lo, hi)))
+    return P.table(rows)

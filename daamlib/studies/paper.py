@@ -26,6 +26,7 @@ import numpy as np
 REPRODUCES, DIRECTION, NOT, UNTESTABLE = ("reproduces", "direction only", "does not reproduce",
                                           "cannot be tested on this model")
 COLUMNS = ["section", "claim", "paper", "here", "low", "high", "n", "verdict", "reason"]
+FEW = 5  # fewer items than this: no verdict (as the figures mark such categories †)
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,10 @@ def verdict_effect(paper: float, here: float, low: float, high: float, sign: int
     if any(map(math.isnan, (here, low, high))):
         return NOT, "too few items for an interval"
     if (low > 0 and sign > 0) or (high < 0 and sign < 0):
-        if math.isnan(paper) or low <= paper <= high:
-            return REPRODUCES, "the effect is clear (95% interval excludes 0) and of the paper's size" + \
-                ("" if not math.isnan(paper) else " (the paper gives no number)")
+        if math.isnan(paper):
+            return REPRODUCES, "the effect is clear (95% interval excludes 0); the paper shows it without a number"
+        if low <= paper <= high:
+            return REPRODUCES, "the effect is clear (95% interval excludes 0) and of the paper's size"
         return DIRECTION, f"the effect goes the paper's way but its size differs (paper {paper:+.3g})"
     if (high < 0 and sign > 0) or (low > 0 and sign < 0):
         return NOT, "the effect goes the other way (95% interval excludes 0)"
@@ -147,6 +149,10 @@ def row(section: str, claim: str, paper: float, here: float = math.nan, low: flo
     """One row of a paper-vs-here table; ``untestable`` (a reason) marks a claim this model cannot test."""
     if untestable:
         verdict = (UNTESTABLE, untestable)
+    elif not n:
+        verdict = (UNTESTABLE, "no items of this kind in this run")
+    elif n < FEW:
+        verdict = (UNTESTABLE, f"only {n} item(s) here, fewer than {FEW}: too few for a verdict")
     v, reason = verdict or verdict_value(paper, here, low, high)
     return {"section": section, "claim": claim, "paper": paper, "here": here, "low": low, "high": high, "n": int(n),
             "verdict": v, "reason": reason}

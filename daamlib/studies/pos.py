@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import html
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..heatmap import HeatMaps, overlay_png
+from ..heatmap import SCALE_NOTE, HeatMaps, overlay_png
 from ..stats import mass_on_region, mean_ci
 
 SCALE = {1: "bad", 2: "poor", 3: "fair", 4: "good", 5: "excellent"}
@@ -474,10 +475,12 @@ class ExamplesDisplay:
 
         ex = self.examples
         if ax is None:
-            _, ax = plt.subplots(1, len(ex), figsize=(2.4 * len(ex), 2.8), squeeze=False)
+            _, ax = plt.subplots(1, len(ex), figsize=(2.6 * len(ex), 3.6), squeeze=False, layout="constrained")
         for a, it in zip(ax[0], ex):
             it.heat_maps.word(it.word, it.occurrence).plot(ax=a, title=f"{it.pos}: {it.word}")
-            a.text(0.5, -0.08, it.heat_maps.prompt, transform=a.transAxes, ha="center", va="top", fontsize=5)
+            a.text(0.5, -0.04, textwrap.fill(it.heat_maps.prompt, 26), transform=a.transAxes, ha="center", va="top",
+                   fontsize=8)
+        ax[0][0].figure.suptitle(f"Fig. 4 analogue: one word per part of speech. {SCALE_NOTE}", fontsize=8)
         self.ax_, self.figure_ = ax, ax[0][0].figure
         return self
 
@@ -507,3 +510,38 @@ def results(model: str, records, tags, auto=None, mos=None) -> dict:
     if mos is not None:
         out["ratings"] = mos.set_index("pos").round(3).to_dict("index")
     return out
+
+
+GOOD_POS, FAIR_POS = ("ADJ", "VERB", "NOUN", "PROPN"), ("NUM", "ADV")
+
+
+def paper_vs_here(pairs=None):
+    """§3.2's claims against this run's ratings (:func:`rating_pairs`): ADJ, VERB, NOUN, PROPN rated about "good"
+    (4), NUM and ADV about "fair" (3), and > 90% (NUM, ADV > 80%) rated fair to excellent. Without ratings every
+    row says so: the automatic measure is not the paper's and stands in for none of them."""
+    from . import paper as P
+
+    rows = []
+    for group, key in ((GOOD_POS, "fig3.mos.good"), (FAIR_POS, "fig3.mos.fair")):
+        ref = P.PAPER[key]
+        for pos in group:
+            r = pairs[pairs.pos == pos]["rating"].to_numpy(float) if pairs is not None else []
+            if pairs is None:
+                rows.append(P.row(ref.source, f"{pos}: mean opinion score", ref.value,
+                                  untestable="no human ratings yet (RATINGS_CSV); none are invented"))
+                continue
+            m, lo, hi, n = P.bootstrap(r)
+            rows.append(P.row(ref.source, f"{pos}: mean opinion score", ref.value, m, lo, hi, n))
+    ref = P.PAPER["fig3.fair-to-excellent"]
+    for pos in GOOD_POS + FAIR_POS:
+        paper = 80.0 if pos in FAIR_POS else ref.value
+        if pairs is None:
+            rows.append(P.row(ref.source, f"{pos}: % rated fair–excellent (at least)", paper,
+                              untestable="no human ratings yet (RATINGS_CSV); none are invented"))
+            continue
+        m, lo, hi, n = P.bootstrap(100.0 * (pairs[pairs.pos == pos]["rating"].to_numpy(float) >= 3))
+        verdict = (P.REPRODUCES, "at least the paper's share") if n and lo >= paper else \
+            (P.DIRECTION, "the share may be the paper's (interval reaches it)") if n and hi >= paper else \
+            (P.NOT, "below the paper's share (whole interval)")
+        rows.append(P.row(ref.source, f"{pos}: % rated fair–excellent (at least)", paper, m, lo, hi, n, verdict))
+    return P.table(rows)

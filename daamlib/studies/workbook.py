@@ -90,8 +90,69 @@ def save_table(df, name: str, figures_dir: str | Path):
     return df
 
 
-def record_results(results: dict, name: str, figures_dir: str | Path) -> dict:
-    """The headline numbers of a notebook run as ``<figures_dir>/<name>.json`` (read by the regression tests)."""
+def record_results(results: dict, name: str, figures_dir: str | Path, run: dict | None = None) -> dict:
+    """The headline numbers of a notebook run as ``<figures_dir>/<name>.json`` (read by the regression tests),
+    with ``run`` (:func:`provenance`: parameters, model, weights, versions) when given."""
+    if run is not None:
+        results = {**results, "run": run}
     path = output_dir(figures_dir) / f"{name}.json"
     path.write_text(json.dumps(results, indent=1, default=float, allow_nan=True))
     return results
+
+
+def _notebook_defaults(name: str) -> dict | None:
+    """The parameters cell's values of ``<name>.ipynb`` in the current folder (None when it is not there)."""
+    path = Path(f"{name}.ipynb")
+    if not path.is_file():
+        return None
+    cells = json.loads(path.read_text())["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        return None
+    found: dict = {}
+    exec("".join(cell["source"]), {}, found)  # the project's own parameters cell: plain literals
+    return found
+
+
+def figures_dir(figures: str | Path, namespace: dict, name: str) -> Path:
+    """Where this run's figures, tables and results go: ``figures`` as given, except that a run whose parameters
+    differ from the notebook's defaults while ``FIGURES_DIR`` is left at its default writes to
+    ``OUT_DIR/figures`` instead, so that only ``make figures`` (defaults) ever refreshes the tracked ``figures/``."""
+    defaults = _notebook_defaults(name)
+    if defaults is None or str(figures) != str(defaults.get("FIGURES_DIR")):
+        return Path(figures)
+    changed = sorted(k for k, v in defaults.items() if k not in ("OUT_DIR", "FIGURES_DIR") and namespace.get(k) != v)
+    if not changed:
+        return Path(figures)
+    own = Path(namespace.get("OUT_DIR", defaults.get("OUT_DIR", "."))) / "figures"
+    print(f"non-default parameters ({', '.join(changed)}): figures, tables and results go to {own}, "
+          f"not to {figures} (pass FIGURES_DIR to choose)")
+    return own
+
+
+def provenance(namespace: dict, pipe=None) -> dict:
+    """What produced a result: the notebook's parameters (its UPPER_CASE names), the model's name and weights
+    fingerprint, and the versions of the packages that computed it."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    params = {}
+    for k, v in namespace.items():
+        if k.isupper() and not k.startswith("_"):
+            try:
+                params[k] = json.loads(json.dumps(v))
+            except (TypeError, ValueError):
+                params[k] = repr(v)
+    versions = {"python": platform.python_version()}
+    for pkg in ("daamlib", "torch", "diffusers", "transformers", "numpy", "scipy", "pandas", "matplotlib", "seaborn",
+                "spacy"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    out = {"parameters": params, "model": params.get("MODEL_ID"), "versions": versions}
+    if pipe is not None:
+        from ..pipeline import weights_fingerprint
+
+        out["weights"] = weights_fingerprint(pipe)
+    return out
