@@ -91,7 +91,7 @@ def overlay_png(panels: list[tuple], size: tuple[float, float] = (3.2, 3.2), cma
                              outline[0] if outline else None) or drawn
     if colorbar and drawn is not None:
         cax = fig.add_axes((PANELS_WITH_COLORBAR + 0.03, 0.1, 0.035, 0.8))  # labels fit in what is left
-        fig.colorbar(drawn, cax=cax, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=7)
+        fig.colorbar(drawn, cax=cax, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

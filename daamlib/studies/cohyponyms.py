@@ -294,7 +294,7 @@ class Fig6Display:
                           **ci_kwargs())
             ax[1].set_ylim(-5, 105); ax[1].set_ylabel("generation accuracy (%)")
             ax[1].set_xlabel("overlap bin (≤0.4, 0.4–0.6, ≥0.6); n: prompts in the bin, both groups")
-            ax[1].legend(fontsize=7, title=None)
+            ax[1].legend(fontsize=8, title=None)
             bin_counts = df.bin.value_counts().to_dict()
             label_counts(ax[1], bin_counts)
             note = few_note({**{k.replace("\n", " "): v for k, v in counts.items()},

@@ -442,11 +442,11 @@ class AutomaticDisplay:
                 _, ax = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
             a, a2 = ax
             sns.barplot(data=mass, x="pos", y="percent", hue="measure", order=order, ax=a, **ci_kwargs())
-            a.set_ylabel("% of the word's map mass"); a.set_ylim(0, 100); a.set_xlabel(""); a.legend(fontsize=7)
+            a.set_ylabel("% of the word's map mass"); a.set_ylim(0, 100); a.set_xlabel(""); a.legend(fontsize=8)
             a.set_title("automatic attribution measure (ground-truth regions, not human ratings)", fontsize=9)
             sns.barplot(data=lift, x="pos", y="lift", hue="measure", order=order, ax=a2, **ci_kwargs())
             a2.axhline(1, color="k", lw=0.8, ls="--"); a2.set_ylabel("lift: mass ÷ region share"); a2.set_xlabel("")
-            a2.legend(fontsize=7)
+            a2.legend(fontsize=8)
             a2.set_title("1 = no better than a uniform map (regions differ in size)", fontsize=9)
             for axis in ax:
                 label_counts(axis, counts)

@@ -282,7 +282,7 @@ class TauSweepDisplay:
             sns.lineplot(data=sweep, x="tau", y="mIoU", hue="method", style="split", markers=True, markersize=4,
                          ax=ax, **ci_kwargs())
             ax.axhline(whole, color="gray", ls="--", lw=1, label="whole image")
-            ax.set_xlabel("τ"); ax.set_ylabel("mIoU"); ax.set_ylim(bottom=0); ax.legend(fontsize=7)
+            ax.set_xlabel("τ"); ax.set_ylabel("mIoU"); ax.set_ylim(bottom=0); ax.legend(fontsize=8)
             ax.set_title(f"τ sweep: n = {_nouns(sc)} nouns (bands: 95% bootstrap CI)", fontsize=9)
         self.ax_, self.figure_ = ax, ax.figure
         return self
@@ -323,7 +323,7 @@ class AblationDisplay:
                                (ax[1], ["coarsest n resolutions", "finest n resolutions"])):
                 sns.lineplot(data=abl[abl.method.isin(methods)], x="n", y="mIoU", hue="method", hue_order=methods,
                              marker="o", ax=a, **ci_kwargs())
-                a.set_ylabel("mIoU (DAAM-0.4)"); a.set_ylim(bottom=0); a.legend(fontsize=7, title=None)
+                a.set_ylabel("mIoU (DAAM-0.4)"); a.set_ylim(bottom=0); a.legend(fontsize=8, title=None)
             ax[0].set_xlabel(f"n (of {steps} steps)")
             ax[1].set_xlabel(f"n (of {n_res} layer resolutions)"); ax[1].set_xticks(range(1, n_res + 1))
             sns.barplot(data=single, x="method", y="mIoU", order=order, color="tab:blue", ax=ax[2], **ci_kwargs())
