@@ -195,6 +195,9 @@ def test_shipped_model_quality_small_n(tmp_path):
     assert s["miou_daam"] - s["miou_whole"] >= q["miou_margin_min"], s
     assert s["colour_words_scored"] >= 3, s
     assert s["colour_mass_own"] >= q["colour_own_over_other_min"] * s["colour_mass_other"], s
+    # the baselines that matter, and the annotator's ceiling on the same captions' true scenes
+    assert s["miou_foreground"] > s["miou_whole"] and 0 <= s["miou_other"] < s["miou_daam"], s
+    assert s["annotator_ceiling"]["rendered_both_found_pct"] >= s["annotator_ceiling"]["both_found_pct"] >= 50, s
 
 
 def test_caption_roles_equal_the_rendered_scenes_roles():
