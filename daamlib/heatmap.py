@@ -124,7 +124,7 @@ class HeatMapsDisplay:
             item.plot(ax=ax, threshold=threshold, mode=mode, **kwargs)
         for ax in axes:
             ax.set_axis_off()
-        overlays = [im for ax in axes[k:] for im in ax.images[1:]]  # the maps drawn over the images
+        overlays = [ax.images[-1] for ax in axes[k:] if ax.images]  # each word's map (drawn last on its axis)
         if threshold is None and overlays:
             fig.colorbar(overlays[-1], ax=list(axes), shrink=0.6, ticks=[0, 0.5, 1], label="map (min–max)")
         fig.suptitle(hm.prompt + (f"  (τ = {threshold})" if threshold is not None else ""), fontsize=9)
