@@ -57,6 +57,18 @@ class SettingsChangedError(ExperimentError):
     """A finished item would be generated with other settings; pass ``overwrite=True`` to replace it."""
 
 
+class DamagedItemsError(ExperimentError):
+    """Finished items whose files are missing or damaged, listed instead of regenerated (``on_damaged="stop"``)."""
+
+
+ON_DAMAGED = ("regenerate", "stop")
+
+
+def _describe_damage(damaged: Mapping[str, list[str]]) -> str:
+    lines = [f"{i}: {'; '.join(p)}" for i, p in list(damaged.items())[:10]]
+    return "\n  ".join(lines) + (f"\n  ... and {len(damaged) - 10} more" if len(damaged) > 10 else "")
+
+
 # -- the output folder -----------------------------------------------------------------------------
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -141,12 +153,14 @@ def _check_out_dir(out: Path) -> None:
         (out / sub).mkdir(parents=True, exist_ok=True)
 
 
-def _check_finished(out: Path, items: Iterable[Item], run_settings: Mapping[str, Any]) -> None:
-    """Refuse, before generating anything, when a finished item's settings differ from the table's."""
+def _check_finished(out: Path, items: Iterable[Item], run_settings: Mapping[str, Any],
+                    damaged: Mapping[str, list[str]] = {}) -> None:
+    """Refuse, before generating anything, when a finished item's settings differ from the table's (damaged items
+    are left to be regenerated)."""
     problems = []
     for item in items:
         folder = out / ITEMS / item.id
-        if not folder.is_dir():
+        if not folder.is_dir() or item.id in damaged:
             continue
         try:
             meta = read_meta(folder)
@@ -219,7 +233,7 @@ def _default_device():
 def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defaults: Mapping[str, Any] | None = None,
                     overwrite: bool = False, model_name: str | None = None, device=None, dtype=None,
                     scheduler: str | None = None, shard: tuple[int, int] | None = None,
-                    progress: bool = True) -> list[dict]:
+                    progress: bool = True, verify: bool = False, on_damaged: str = "regenerate") -> list[dict]:
     """Generate every item of ``items`` not yet finished in ``out_dir``; return one record per item of this process.
 
     ``pipe_or_model_id``: a loaded pipeline, or anything :func:`daamlib.load_pipeline` takes (then
@@ -230,15 +244,22 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
     given, or the pipeline's ``name_or_path``); with the scheduler and dtype it is part of every
     item's settings. ``shard=(index, count)`` overrides accelerate's process index and count.
 
-    Each record is the manifest record plus ``status`` (``"generated"``, ``"regenerated"``,
+    Every finished item is checked before it is skipped (:func:`daamlib.io.check_files`: a cheap structural
+    check, or with ``verify=True`` every checksum): a damaged item is regenerated (status ``"repaired"``, a
+    ``damaged`` event in its log), or with ``on_damaged="stop"`` the run lists the damaged items and stops before
+    generating anything (:class:`DamagedItemsError`).
+
+    Each record is the manifest record plus ``status`` (``"generated"``, ``"regenerated"``, ``"repaired"``,
     ``"skipped"`` when already finished, ``"busy"`` when another process holds the item) and
     ``path`` (the experiment folder, for :func:`daamlib.load_experiment`).
     """
     from tqdm.auto import tqdm
 
-    from .io import save_experiment
+    from .io import check_files, save_experiment
     from .pipeline import generate, load_pipeline, sampling_defaults, weights_fingerprint
 
+    if on_damaged not in ON_DAMAGED:
+        raise ValueError(f"on_damaged must be one of {ON_DAMAGED}, got {on_damaged!r}")
     out = Path(out_dir)
     table = read_items(items, defaults)  # the whole table, so every process refuses the same bad input
     index, count = shard if shard is not None else _shard()
@@ -260,8 +281,13 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
     run_settings = {"model": model_name, "weights": weights_fingerprint(pipe),
                     "scheduler": type(getattr(pipe, "scheduler", None)).__name__,
                     "dtype": str(getattr(unet, "dtype", None)).removeprefix("torch.")}
+    damaged = {it.id: found for it in table if (out / ITEMS / it.id).is_dir()
+               and (found := check_files(out / ITEMS / it.id, full=verify))}
+    if damaged and on_damaged == "stop":
+        raise DamagedItemsError(f"{len(damaged)} finished item(s) in {out} are damaged:\n  {_describe_damage(damaged)}\n"
+                                "Run again without --on-damaged stop (on_damaged='stop') to regenerate them.")
     if not overwrite:
-        _check_finished(out, table, run_settings)
+        _check_finished(out, table, run_settings, damaged)
 
     mine = table[index::count]
     who = {"process": index, "num_processes": count}
@@ -277,7 +303,11 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
             _clean_temps(out, item.id)
             want = _wanted(item, run_settings)
             status = "generated"
-            if folder.is_dir():
+            found = check_files(folder, full=verify) if folder.is_dir() else []
+            if found:  # damaged since it was finished: generate it again, saying so
+                _log(out, item.id, "damaged", problems=found, **who)
+                status = "repaired"
+            elif folder.is_dir():
                 try:
                     meta = read_meta(folder)
                     diffs = _differences(meta, want)
@@ -303,7 +333,8 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
                 s = item.settings
                 hm = generate(pipe, item.prompt, seed=item.seed, steps=s["steps"], guidance_scale=s["guidance"],
                               height=s["height"], width=s["width"], negative_prompt=s["negative_prompt"])
-                save_experiment(folder, hm, seed=item.seed, settings=want["settings"], overwrite=status == "regenerated")
+                save_experiment(folder, hm, seed=item.seed, settings=want["settings"],
+                                overwrite=status in ("regenerated", "repaired"))
             except BaseException as e:
                 _log(out, item.id, "failed", error=f"{type(e).__name__}: {e}", **who)
                 raise
@@ -317,12 +348,16 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
     return results
 
 
-def load_results(out_dir: str | os.PathLike, items=None) -> list[dict]:
+def load_results(out_dir: str | os.PathLike, items=None, verify: bool = False) -> list[dict]:
     """The manifest records of a run (each with ``path`` to its experiment folder), checked against the folders.
 
     Without ``items``: every finished item, sorted by id. With ``items`` (the run's table): those
-    items in table order, or an :class:`ExperimentError` naming the ones not finished yet.
+    items in table order, or an :class:`ExperimentError` naming the ones not finished yet. A damaged item is
+    never returned silently: an :class:`ExperimentError` names every damaged one (cheap structural check; every
+    checksum with ``verify=True``).
     """
+    from .io import check_files
+
     out = Path(out_dir)
     if not (out / MANIFEST).is_dir():
         raise ExperimentError(f"{out} holds no {MANIFEST}/ folder: it is not the output of daamlib.runner; check the path")
@@ -335,13 +370,20 @@ def load_results(out_dir: str | os.PathLike, items=None) -> list[dict]:
             raise ExperimentError(f"{len(missing)} of {len(ids)} items are not finished in {out}: "
                                   f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; "
                                   "run the runner again to finish them")
-    records = []
+    records, damaged = [], {}
     for i in ids:
         folder = out / ITEMS / i
         if not folder.is_dir():
             raise ExperimentError(f"{MANIFEST}/{i}.json has no experiment folder {folder}; it was removed — "
                                   "run the runner again to regenerate it")
+        found = check_files(folder, full=verify)
+        if found:
+            damaged[i] = found
+            continue
         records.append({**_read_record(out, i, read_meta(folder)), "path": str(folder)})
+    if damaged:
+        raise ExperimentError(f"{len(damaged)} finished item(s) in {out} are damaged:\n  {_describe_damage(damaged)}\n"
+                              "Run the runner again on the same table: it regenerates damaged items.")
     return records
 
 
@@ -369,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="swap the pipeline's scheduler")
     p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="weights dtype")
+    p.add_argument("--verify", action="store_true",
+                   help="check every finished item's checksums before skipping it (default: a cheap structural check)")
+    p.add_argument("--on-damaged", choices=ON_DAMAGED, default="regenerate",
+                   help="what to do with damaged finished items: regenerate them (default) or list them and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -386,11 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         records = run_experiments(model, args.items, args.out, defaults=defaults, overwrite=args.overwrite,
                                   model_name=args.model_name, device=args.device,
                                   dtype=getattr(torch, args.dtype) if args.dtype else None, scheduler=args.scheduler,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, verify=args.verify, on_damaged=args.on_damaged)
     except (ItemError, ExperimentError, FileNotFoundError, OSError) as e:
         print(f"daamlib.runner: error: {e}", file=sys.stderr)
         return 2
-    counts = {s: sum(r["status"] == s for r in records) for s in ("generated", "regenerated", "skipped", "busy")}
+    counts = {s: sum(r["status"] == s for r in records) for s in ("generated", "regenerated", "repaired", "skipped", "busy")}
     index, count = _shard()
     print(f"process {index + 1}/{count}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" → {args.out}")
     if count > 1:
