@@ -207,6 +207,7 @@ class HeatMaps:
         n_steps = next(iter(maps.values())).shape[0] if maps else 0
         self.steps = list(range(n_steps)) if steps is None else list(steps)  # original step indices kept
         self.timesteps = list(timesteps) if timesteps is not None else []
+        self.steps_expected: int | None = None  # the steps the generation planned, when the trace knew them
         self._token_maps: torch.Tensor | None = None
 
     # -- description -------------------------------------------------------------------------
@@ -221,6 +222,11 @@ class HeatMaps:
     @property
     def tokens(self) -> list[str]:
         return list(self.alignment.tokens)
+
+    @property
+    def steps_completed(self) -> int:
+        """Denoising steps whose maps were recorded (fewer than :attr:`steps_expected` when interrupted)."""
+        return len(self.steps)
 
     @property
     def layers(self) -> list[str]:

@@ -32,6 +32,11 @@ import torch.nn.functional as F
 
 from .words import Alignment, align_words
 
+# processors whose arithmetic is diffusers' plain attention: trace may replace them (same image, to rounding)
+REPLACEABLE_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "SlicedAttnProcessor",
+                          "AttnProcessorNPU")
+_MISSING = object()
+
 SUPPORTED = (
     "StableDiffusionPipeline (SD 1.x, 2.x)",
     "StableDiffusionXLPipeline (SDXL)",
@@ -59,12 +64,15 @@ class Generation:
     maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # layer -> per step [B, (heads,) T, h, w]
     timesteps: list[float] = field(default_factory=list)
     latent_size: tuple[int, int] | None = None
+    expected_steps: int | None = None  # UNet calls the scheduler planned (its timesteps), read at the first call
 
 
 class _Recorder:
     """Shared state of one trace: the current generation and step, read by every processor."""
 
-    def __init__(self, keep_heads: bool, store_device: torch.device | str | None, store=None, replay=None):
+    def __init__(self, keep_heads: bool, store_device: torch.device | str | None, store=None, replay=None,
+                 scheduler=None):
+        self.scheduler = scheduler  # the pipeline's, for the number of steps a generation plans
         self.keep_heads = keep_heads
         self.store_device = None if store_device is None else torch.device(store_device)
         self.store, self.replay = store, replay  # AttentionStore to fill / to inject (see replay.py)
@@ -82,6 +90,8 @@ class _Recorder:
         if self.current is None:  # a pipeline that never called encode_prompt
             self.begin([None], [None], sample.shape[0], guidance=False)
         g = self.current
+        if not g.timesteps and self.scheduler is not None and getattr(self.scheduler, "timesteps", None) is not None:
+            g.expected_steps = len(self.scheduler.timesteps)
         g.latent_size = tuple(sample.shape[-2:])
         t = timestep.flatten()[0].item() if torch.is_tensor(timestep) else float(timestep)
         g.timesteps.append(t)
@@ -224,7 +234,8 @@ class Trace:
             raise TraceError("no generation was recorded yet: call the pipeline inside `with trace(pipe)` first")
         gen = self._rec.generations[generation]
         if not gen.maps:
-            raise TraceError("the pipeline was called but no cross-attention ran (was generation interrupted?)")
+            raise TraceError("the pipeline was called but no cross-attention ran: the generation was interrupted "
+                             "before its first step, or another pipeline sharing this UNet was called instead")
         n_images = next(iter(gen.maps.values()))[0].shape[0]
         if not -n_images <= index < n_images:
             raise IndexError(f"image index {index} out of range: this generation made {n_images} image(s)")
@@ -238,7 +249,13 @@ class Trace:
         T = len(alignment.tokens)
         maps = {name: torch.stack([m[index] for m in steps])[..., :T, :, :] for name, steps in gen.maps.items()}
         size = _image_size(self.pipe, gen.latent_size)
-        return HeatMaps(alignment, maps, size=size, image=image, timesteps=list(gen.timesteps))
+        hm = HeatMaps(alignment, maps, size=size, image=image, timesteps=list(gen.timesteps))
+        hm.steps_expected = gen.expected_steps
+        if gen.expected_steps and len(gen.timesteps) < gen.expected_steps:
+            warnings.warn(f"the generation was interrupted: its maps sum {len(gen.timesteps)} of the "
+                          f"{gen.expected_steps} steps it planned (HeatMaps.steps_completed); generate again to "
+                          "complete them", stacklevel=2)
+        return hm
 
 
 def _image_size(pipe, latent_size):
@@ -284,10 +301,22 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
         )
     if getattr(pipe, "_daam_trace", None) is not None:
         raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
+    if getattr(unet, "_daam_traced", False):
+        raise TraceError("this pipeline's UNet is already being traced through another pipeline that shares it; "
+                         "trace one pipeline at a time (leave the other `with trace(...)` block first)")
+    custom = sorted({type(m.processor).__name__ for m in modules.values()
+                     if type(m.processor).__name__ not in REPLACEABLE_PROCESSORS})
+    if custom:
+        raise TraceError(
+            f"the cross-attention layers use processors of your own ({', '.join(custom)}); trace records by "
+            "replacing them with diffusers' plain attention and would generate a different image than yours. "
+            "Remove them first (pipe.unet.set_default_attn_processor(), or unload the adapter), or record "
+            "your processor's probabilities yourself")
 
-    recorder = _Recorder(keep_heads, store_device, store, replay)
+    recorder = _Recorder(keep_heads, store_device, store, replay, getattr(pipe, "scheduler", None))
     original = {name: m.processor for name, m in modules.items()}  # only cross-attention is touched
     encode = pipe.encode_prompt
+    own_encode = vars(pipe).get("encode_prompt", _MISSING)  # a user's own override, restored exactly
     signature = _signature(type(pipe).encode_prompt)
 
     def encode_and_note(*args, **kwargs):
@@ -304,6 +333,10 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
                     "words past the limit were dropped and have no heat map; shorten the prompt to keep them",
                     stacklevel=3,
                 )
+        prompt_2 = a.get("prompt_2")
+        if prompt_2 is not None and prompt_2 != a.get("prompt"):
+            warnings.warn("prompt_2 differs from prompt: the maps' words are prompt's; the second text encoder's "
+                          "tokens (prompt_2) are attended too but not aligned to words", stacklevel=3)
         if a.get("prompt") is None and a.get("prompt_embeds") is not None:
             prompts = [None] * a["prompt_embeds"].shape[0]
             alignments = [None] * len(prompts)
@@ -318,6 +351,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     )
     handle = Trace(pipe, recorder, list(modules))
     pipe._daam_trace = handle
+    unet._daam_traced = True
     try:
         for name, m in modules.items():
             m.set_processor(RecordingAttnProcessor(recorder, name))
@@ -327,5 +361,9 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
         hook.remove()
         for name, m in modules.items():
             m.set_processor(original[name])
-        for attr in ("encode_prompt", "_daam_trace"):
-            vars(pipe).pop(attr, None)
+        vars(pipe).pop("_daam_trace", None)
+        vars(unet).pop("_daam_traced", None)
+        if own_encode is _MISSING:
+            vars(pipe).pop("encode_prompt", None)
+        else:
+            pipe.encode_prompt = own_encode

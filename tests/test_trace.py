@@ -269,3 +269,76 @@ def test_traced_image_equals_untraced_default_attention(tiny, kind):
     with trace(pipe):
         traced = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], num_inference_steps=4)
     assert (plain - traced).abs().max() <= 1e-5
+
+
+def test_a_users_own_processor_is_refused_not_bypassed(tiny):
+    """Tracing replaces cross-attention processors; with a processor of the user's own that would silently
+    generate another image, so trace refuses and names it."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from daamlib import TraceError, trace
+
+    class Reweighting(AttnProcessor2_0):
+        pass
+
+    pipe = tiny("sd1")
+    before = dict(pipe.unet.attn_processors)
+    pipe.unet.set_attn_processor({k: Reweighting() for k in before})
+    try:
+        with pytest.raises(TraceError, match=r"processors of your own \(Reweighting\).*set_default_attn_processor"):
+            with trace(pipe):
+                pass
+        assert all(type(p).__name__ == "Reweighting" for p in pipe.unet.attn_processors.values())  # untouched
+    finally:
+        pipe.unet.set_attn_processor(before)
+
+
+def test_encode_prompt_override_is_restored_and_shared_unets_refused(tiny):
+    from daamlib import TraceError, trace
+
+    pipe = tiny("sd1")
+    calls = []
+    original = pipe.encode_prompt
+
+    def mine(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    pipe.encode_prompt = mine
+    try:
+        with trace(pipe):
+            pipe("a cat", num_inference_steps=1, output_type="pt")
+        assert calls and pipe.encode_prompt is mine  # called through, and put back exactly
+    finally:
+        del pipe.encode_prompt
+    twin = type(pipe)(**pipe.components)  # a second pipeline around the same UNet
+    with trace(pipe):
+        with pytest.raises(TraceError, match="UNet is already being traced through another pipeline"):
+            with trace(twin):
+                pass
+
+
+def test_an_interrupted_generation_says_so(tiny):
+    from daamlib import trace
+
+    pipe = tiny("sd1")
+
+    def stop_after_two(p, step, timestep, kwargs):
+        if step == 1:
+            p._interrupt = True
+        return kwargs
+
+    with trace(pipe) as tc:
+        out = pipe("a cat", num_inference_steps=5, output_type="pt", callback_on_step_end=stop_after_two)
+    with pytest.warns(UserWarning, match="interrupted: its maps sum 2 of the 5 steps"):
+        hm = tc.heat_maps(0, image=out.images[0])
+    assert hm.steps_completed == 2 and hm.steps_expected == 5
+
+
+def test_sdxl_prompt_2_that_differs_is_flagged(tiny):
+    from daamlib import trace
+
+    pipe = tiny("sdxl")
+    with trace(pipe):
+        with pytest.warns(UserWarning, match="prompt_2 differs from prompt"):
+            pipe("a cat", prompt_2="a dog", num_inference_steps=1, output_type="pt")
