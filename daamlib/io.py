@@ -28,6 +28,8 @@ from .words import Alignment, Word
 
 FORMAT = "daam-experiment/1"
 MAPS, META, IMAGE = "maps.safetensors", "meta.json", "image.png"
+META_SUM = "meta.sha256"  # the SHA-256 of meta.json: an edited meta.json (swapped tokens, another size) is caught
+MAX_SIDE = 16384  # the largest image side an experiment may describe (pixels)
 
 
 class ExperimentError(RuntimeError):
@@ -101,7 +103,8 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
             "files": files,
         }
         (tmp / META).write_text(json.dumps(meta, indent=1))
-        for f in (*files, META):
+        (tmp / META_SUM).write_text(_sha256(tmp / META) + "\n")
+        for f in (*files, META, META_SUM):
             _fsync(tmp / f)
         _fsync(tmp)
         if path.exists():
@@ -167,21 +170,76 @@ def check_files(path: str | os.PathLike, full: bool = False) -> list[str]:
 
 
 def read_meta(path: Path) -> dict:
-    """The checked ``meta.json`` of an experiment folder (files are not hashed: see :func:`load_experiment`)."""
+    """The checked ``meta.json`` of an experiment folder: its checksum (``meta.sha256``, where the experiment has
+    one) and a schema with bounds (:func:`check_meta`). Data files are not hashed here: see :func:`load_experiment`."""
     f = path / META
     if not f.is_file():
         raise ExperimentError(f"{f} is missing: {path} is not a complete experiment; re-run it to regenerate")
+    sum_file = path / META_SUM
+    if sum_file.is_file() and sum_file.read_text().strip() != _sha256(f):
+        raise ExperimentError(f"{f} does not match its checksum in {META_SUM}: it was edited or damaged, so its words, "
+                              "sizes and file list cannot be trusted — re-run the experiment")
     try:
         meta = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExperimentError(f"{f} is not valid JSON ({e}); it was damaged or edited by hand — re-run the experiment") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ExperimentError(f"{f} is not valid JSON ({type(e).__name__}); it was damaged or edited by hand — "
+                              "re-run the experiment") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ExperimentError(f"{f} is not a {FORMAT} file (format={meta.get('format') if isinstance(meta, dict) else None!r}); "
                               "it was written by another tool or edited by hand — re-run the experiment")
     missing = [k for k in ("prompt", "tokens", "words", "size", "steps", "layers", "files") if k not in meta]
     if missing:
         raise ExperimentError(f"{f} lacks {missing}; it was edited by hand or written by another tool — re-run the experiment")
+    problem = check_meta(meta)
+    if problem:
+        raise ExperimentError(f"{f}: {problem}; it was edited by hand or written by another tool — re-run the experiment")
     return meta
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_meta(meta: dict) -> str | None:
+    """What is wrong with a meta.json's fields (None: nothing): types, and bounds that follow from the stored maps
+    (size within :data:`MAX_SIDE` and at least every layer's grid, token positions within the tokens, words that are
+    the prompt's own text, one step per recorded map) and a file list confined to the experiment's own files."""
+    prompt, tokens, words, size = meta["prompt"], meta["tokens"], meta["words"], meta["size"]
+    if not isinstance(prompt, str) or not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        return "field 'prompt' or 'tokens' has the wrong type"
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and 1 <= v <= MAX_SIDE for v in size)):
+        return f"field 'size' must be [height, width] with sides from 1 to {MAX_SIDE}, got {str(size)[:60]}"
+    files = meta["files"]
+    if not isinstance(files, dict) or not set(files) <= {MAPS, IMAGE} or MAPS not in files or \
+            not all(isinstance(v, str) and len(v) == 64 for v in files.values()):
+        return f"field 'files' must map {MAPS} (and {IMAGE}) to SHA-256 digests, got {str(files)[:80]}"
+    steps, layers = meta["steps"], meta["layers"]
+    if not isinstance(steps, list) or not all(_is_int(v) for v in steps):
+        return "field 'steps' must be a list of step indices"
+    timesteps = meta.get("timesteps") or []
+    if not isinstance(timesteps, list) or (timesteps and len(timesteps) != len(steps)):
+        return "field 'timesteps' must be empty or hold one time step per step"
+    if not isinstance(layers, dict) or not layers:
+        return "field 'layers' must name the recorded layers and their shapes"
+    for name, shape in layers.items():
+        if not (isinstance(shape, list) and len(shape) in (4, 5) and all(_is_int(v) and v >= 1 for v in shape)):
+            return f"layer {str(name)[:60]!r} has a malformed shape {str(shape)[:60]}"
+        if shape[0] != len(steps) or shape[-3] != len(tokens) or shape[-2] > size[0] or shape[-1] > size[1]:
+            return (f"layer {str(name)[:60]!r} of shape {shape} does not fit {len(steps)} steps, {len(tokens)} tokens "
+                    f"and an image of {size[0]}×{size[1]}")
+    if not isinstance(words, list):
+        return "field 'words' must be a list"
+    for w in words:
+        try:
+            a, b = w["span"]
+            ok = (isinstance(w["text"], str) and 0 <= a <= b <= len(prompt) and prompt[a:b] == w["text"]
+                  and all(_is_int(t) and 0 < t < len(tokens) - 1 for t in w["tokens"])
+                  and isinstance(w["truncated"], bool) and _is_int(w["index"]) and _is_int(w["occurrence"]))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            return f"word {str(w)[:80]} is not a word of the prompt with token positions among its tokens"
+    return None
 
 
 def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
@@ -221,9 +279,15 @@ def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
         alignment = Alignment(meta["prompt"], tuple(meta["tokens"]), words, meta.get("max_length", 77))
     except (KeyError, TypeError) as e:
         raise ExperimentError(f"{path / META} has malformed words ({e}); re-run the experiment") from e
-    try:
-        image = np.asarray(Image.open(path / IMAGE).convert("RGB")) if IMAGE in meta["files"] else None
-    except OSError as e:  # PIL's UnidentifiedImageError is an OSError
-        raise ExperimentError(f"{path / IMAGE} is not a readable image ({e}); re-run the experiment") from e
+    image = None
+    if IMAGE in meta["files"]:
+        try:
+            with Image.open(path / IMAGE) as im:  # the header only, until the size is known to be the maps'
+                if im.size != (meta["size"][1], meta["size"][0]):
+                    raise ExperimentError(f"{path / IMAGE} is {im.size[0]}×{im.size[1]} but the maps are "
+                                          f"{meta['size'][1]}×{meta['size'][0]}; re-run the experiment")
+                image = np.asarray(im.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+            raise ExperimentError(f"{path / IMAGE} is not a readable image ({e}); re-run the experiment") from e
     hm = HeatMaps(alignment, maps, tuple(meta["size"]), image, meta.get("timesteps"), meta["steps"])
     return hm, meta

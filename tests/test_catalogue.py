@@ -172,22 +172,31 @@ def damage(name, how):
 def rehash(p, name):
     meta = json.loads((p / "meta.json").read_text())
     meta["files"][name] = hashlib.sha256((p / name).read_bytes()).hexdigest()
-    (p / "meta.json").write_text(json.dumps(meta))
+    write_meta(p, json.dumps(meta))
 
 
-def edit_meta(change):
+def write_meta(p, text: str, forge: bool = True) -> None:
+    """Write meta.json; ``forge`` also writes a matching meta.sha256, so the checks behind the checksum are reached."""
+    import hashlib
+
+    (p / "meta.json").write_text(text)
+    if forge:
+        (p / "meta.sha256").write_text(hashlib.sha256(text.encode()).hexdigest() + "\n")
+
+
+def edit_meta(change, forge: bool = True):
     def action(c):
         p = c.exp()
         meta = json.loads((p / "meta.json").read_text())
         change(meta)
-        (p / "meta.json").write_text(json.dumps(meta))
+        write_meta(p, json.dumps(meta), forge)
         load_experiment(p)
     return action
 
 
 def garble_meta(c):
     p = c.exp()
-    (p / "meta.json").write_text('{"format": "daam-experiment/1", "prompt": ')
+    write_meta(p, '{"format": "daam-experiment/1", "prompt": ')
     load_experiment(p)
 
 
@@ -322,11 +331,17 @@ CASES = [
     ("meta-edited-key-removed", edit_meta(lambda m: m.pop("tokens")), ExperimentError,
      r"lacks \['tokens'\]; it was edited by hand", r"re-run the experiment"),
     ("meta-edited-layer-shape", edit_meta(lambda m: next(iter(m["layers"].values())).__setitem__(0, 9)), ExperimentError,
-     r"the files do not belong together", r"re-run the experiment"),
+     r"does not fit \d+ steps", r"re-run the experiment"),
+    ("meta-edited-without-its-checksum", edit_meta(lambda m: m.update(size=[128, 128]), forge=False), ExperimentError,
+     r"meta\.json does not match its checksum in meta\.sha256", r"re-run the experiment"),
+    ("meta-forged-huge-size", edit_meta(lambda m: m.update(size=[40000, 40000])), ExperimentError,
+     r"field 'size' must be \[height, width\] with sides from 1 to 16384", r"re-run the experiment"),
+    ("meta-forged-file-outside", edit_meta(lambda m: m["files"].update({"../../etc/hostname": "0" * 64})),
+     ExperimentError, r"field 'files' must map maps\.safetensors", r"re-run the experiment"),
     ("meta-edited-format", edit_meta(lambda m: m.update(format="daam-experiment/0")), ExperimentError,
      r"is not a daam-experiment/1 file \(format='daam-experiment/0'\)", r"re-run the experiment"),
     ("meta-edited-words", edit_meta(lambda m: m["words"][0].pop("span")), ExperimentError,
-     r"has malformed words", r"re-run the experiment"),
+     r"is not a word of the prompt", r"re-run the experiment"),
     ("meta-not-json", garble_meta, ExperimentError, r"meta\.json is not valid JSON", r"re-run the experiment"),
     ("experiment-path-is-a-file (load)", path_is_a_file_load, ExperimentError,
      r"is a file, not an experiment folder", r"pass the folder that holds meta\.json"),
@@ -339,7 +354,7 @@ CASES = [
     ("pickle-planted-as-image", planted_pickle("image.png"), ExperimentError,
      r"image\.png is not a readable image", r"re-run the experiment", not_executed),
     ("pickle-planted-as-meta", planted_pickle("meta.json"), ExperimentError,
-     r"meta\.json is not valid JSON", r"re-run the experiment", not_executed),
+     r"meta\.json does not match its checksum in meta\.sha256", r"re-run the experiment", not_executed),
     # -- the runner's item table and output folder --------------------------------------------------------
     ("item-id-path-traversal", lambda c: c.runner(one(id="../evil")), ItemError,
      r"row 0 \(id '\.\./evil'\): id '\.\./evil' is not a safe folder name", r"use 1–100 letters, digits"),

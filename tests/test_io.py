@@ -45,21 +45,74 @@ def damage_truncated(p):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
-def damage_meta_edited(p):
+def forge(p, meta_text: str) -> None:
+    """Write meta.json *and* a matching meta.sha256, as a careful forger would: the schema must still catch it."""
+    import hashlib
+
+    (p / "meta.json").write_text(meta_text)
+    (p / "meta.sha256").write_text(hashlib.sha256(meta_text.encode()).hexdigest() + "\n")
+
+
+def edit(p, change) -> None:
     meta = json.loads((p / "meta.json").read_text())
-    del meta["tokens"]
-    (p / "meta.json").write_text(json.dumps(meta))
+    change(meta)
+    forge(p, json.dumps(meta))
+
+
+def damage_meta_edited(p):
+    edit(p, lambda m: m.pop("tokens"))
 
 
 def damage_meta_garbled(p):
-    (p / "meta.json").write_text("{not json")
+    forge(p, "{not json")
 
 
 def damage_layers_edited(p):
+    edit(p, lambda m: m["layers"][next(iter(m["layers"]))].__setitem__(0, m["layers"][next(iter(m["layers"]))][0] + 1))
+
+
+def damage_tokens_swapped(p):  # hm["cat"] would return the dog's map: caught by meta.sha256
     meta = json.loads((p / "meta.json").read_text())
-    name = next(iter(meta["layers"]))
-    meta["layers"][name][0] += 1
+    w = meta["words"]
+    w[1]["tokens"], w[4]["tokens"] = w[4]["tokens"], w[1]["tokens"]
     (p / "meta.json").write_text(json.dumps(meta))
+
+
+def damage_huge_size(p):
+    edit(p, lambda m: m.__setitem__("size", [40000, 40000]))
+
+
+def damage_files_a_list(p):
+    edit(p, lambda m: m.__setitem__("files", ["maps.safetensors"]))
+
+
+def damage_steps_an_int(p):
+    edit(p, lambda m: m.__setitem__("steps", 3))
+
+
+def damage_deep_json(p):
+    forge(p, "[" * 100_000 + "]" * 100_000)
+
+
+def damage_path_outside(p):
+    edit(p, lambda m: m["files"].__setitem__("../../etc/hostname", "0" * 64))
+
+
+def damage_image_bomb(p):
+    """A 20000×20000 PNG (a tiny file: its rows are all zero) with a matching checksum and meta."""
+    import hashlib
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    side = 20000
+    raw = zlib.compress(b"\x00" * (side + 1) * 64)  # only a few rows: the header is what matters
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+    (p / "image.png").write_bytes(png)
+    edit(p, lambda m: m["files"].__setitem__("image.png", hashlib.sha256(png).hexdigest()))
 
 
 class Payload:
@@ -74,9 +127,7 @@ def damage_pickle_planted(p):
 
     f = p / "maps.safetensors"
     f.write_bytes(pickle.dumps({"x": Payload()}))
-    meta = json.loads((p / "meta.json").read_text())
-    meta["files"]["maps.safetensors"] = hashlib.sha256(f.read_bytes()).hexdigest()
-    (p / "meta.json").write_text(json.dumps(meta))
+    edit(p, lambda m: m["files"].__setitem__("maps.safetensors", hashlib.sha256(f.read_bytes()).hexdigest()))
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -84,8 +135,15 @@ def damage_pickle_planted(p):
     (damage_truncated, "does not match the checksum"),
     (damage_meta_edited, r"lacks \['tokens'\]"),
     (damage_meta_garbled, "not valid JSON"),
-    (damage_layers_edited, "do not belong together"),
+    (damage_layers_edited, r"does not fit \d+ steps"),
     (damage_pickle_planted, "not a readable safetensors file"),
+    (damage_tokens_swapped, r"does not match its checksum in meta.sha256"),
+    (damage_huge_size, r"field 'size' must be \[height, width\] with sides from 1 to 16384"),
+    (damage_files_a_list, r"field 'files' must map"),
+    (damage_steps_an_int, r"field 'steps' must be a list"),
+    (damage_deep_json, r"not valid JSON \(RecursionError\)"),
+    (damage_path_outside, r"field 'files' must map maps.safetensors"),
+    (damage_image_bomb, r"image.png is not a readable image .*decompression bomb"),  # refused before decoding
 ])
 def test_damaged_experiment_gives_a_clear_error(heat_maps, tmp_path, monkeypatch, damage, message):
     monkeypatch.chdir(tmp_path)

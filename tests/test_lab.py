@@ -9,6 +9,7 @@ skips, saying which is missing, where neither can be had. Screenshots go to ``$D
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,9 +26,10 @@ CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-br
 MODEL = REPO / "data" / "models" / "shapeworld" / "model_index.json"
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
+    sync_playwright = PlaywrightTimeout = None
 
 pytestmark = [
     pytest.mark.slow,
@@ -98,10 +100,17 @@ def open_and_run_all(lab, name: str):
     # a workspace of its own (reset): only this notebook open, none restored from an earlier page
     page.goto(f"{lab['url']}/lab/workspaces/{name.replace('_', '-')}/tree/notebooks/{name}.ipynb?reset&token={lab['token']}")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'] >> visible=true", timeout=120_000)
-    page.locator(".jp-Notebook >> visible=true").first.click()  # focus the notebook: the Run menu acts on it
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-    return page
+    started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]"))
+    for _ in range(4):  # the kernel's connection can lag its "idle" indicator: then Run All is lost; try again
+        page.locator(".jp-Notebook >> visible=true").first.click()  # focus the notebook: the Run menu acts on it
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            started.first.wait_for(timeout=20_000)
+            return page
+        except PlaywrightTimeout:
+            continue
+    pytest.fail("JupyterLab never started running the notebook's cells (Run All was clicked four times)")
 
 
 @pytest.fixture
