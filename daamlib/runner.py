@@ -303,7 +303,9 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
             _clean_temps(out, item.id)
             want = _wanted(item, run_settings)
             status = "generated"
-            found = check_files(folder, full=verify) if folder.is_dir() else []
+            # under the claim: items the check before the run found damaged are checked again as fully (another
+            # process may have repaired them meanwhile); the others cheaply, not hashed a second time
+            found = check_files(folder, full=verify and item.id in damaged) if folder.is_dir() else []
             if found:  # damaged since it was finished: generate it again, saying so
                 _log(out, item.id, "damaged", problems=found, **who)
                 status = "repaired"

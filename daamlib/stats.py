@@ -19,14 +19,15 @@ import numpy as np
 import torch
 
 
-def _bool(x) -> torch.Tensor:
+def as_mask(x) -> torch.Tensor:
+    """A mask (tensor, array or nested lists) as a bool tensor; tensors keep their device."""
     t = torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x
     return t.bool()
 
 
 def _pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     """Both masks as bool tensors of one shape, on ``a``'s device (maps traced on a GPU meet masks read on the CPU)."""
-    a, b = _bool(a), _bool(b)
+    a, b = as_mask(a), as_mask(b)
     if a.shape != b.shape:
         raise ValueError(f"masks differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}; resize one to the other first")
     return a, b.to(a.device)
@@ -102,6 +103,6 @@ def pair_overlap(head, dependent) -> dict[str, float]:
 def mass_on_region(heat: torch.Tensor, region) -> float:
     """Share of a soft map's mass that falls inside ``region`` (NaN for an all-zero map); the region moves
     to the map's device (maps traced on a GPU meet masks read on the CPU)."""
-    region = _bool(region)
+    region = as_mask(region)
     total = float(heat.clamp(min=0).sum())
     return float((heat.clamp(min=0) * region.to(heat.device).float()).sum()) / total if total > 0 else float("nan")

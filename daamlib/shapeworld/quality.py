@@ -50,12 +50,15 @@ def _targets(words: list[str]) -> list[tuple[int, str, str | None, int | None]]:
     return out
 
 
+def _found(ann, targets) -> list[bool]:
+    """Per noun target: is an object of its shape (and named colour) among the annotation's objects?"""
+    return [any(d.shape == s and (c is None or d.colour == c) for d in ann.objects) for _, s, c, _ in targets]
+
+
 def both_found(image, caption: str, annotator) -> bool:
     """The generation bar's rule: every noun of a two-object caption found with its shape and named colour."""
-    ann = annotator.annotate(image, caption)
     targets = _targets(caption.split())
-    return len(targets) == 2 and all(any(d.shape == s and (c is None or d.colour == c) for d in ann.objects)
-                                     for _, s, c, _ in targets)
+    return len(targets) == 2 and all(_found(annotator.annotate(image, caption), targets))
 
 
 def annotator_ceiling(vae, n: int = 200, split: str = "test", start: int = 0) -> dict:
@@ -81,7 +84,7 @@ def score(hm, caption: str, annotator, threshold: float = 0.4) -> dict:
     ann = annotator.annotate(hm.image, caption)
     words = caption.split()
     targets = _targets(words)
-    found = [any(d.shape == s and (c is None or d.colour == c) for d in ann.objects) for _, s, c, _ in targets]
+    found = _found(ann, targets)
     from ..studies.segmentation import colour_clusters
 
     row = {"caption": caption, "nouns": len(targets), "both_correct": len(targets) == 2 and all(found),

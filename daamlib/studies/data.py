@@ -53,9 +53,6 @@ class GroundTruth(Protocol):
         """Word positions of the prompt's nouns, drawn or not (None when unknown)."""
 
 
-def _mask(m) -> torch.Tensor:
-    return m if torch.is_tensor(m) else torch.from_numpy(np.asarray(m, dtype=bool))
-
 
 _TRUE, _FALSE = {"1", "true", "yes", "y", "correct"}, {"0", "false", "no", "n", "incorrect"}
 

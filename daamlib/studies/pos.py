@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..heatmap import SCALE_NOTE, HeatMaps, overlay_png
-from ..stats import mass_on_region, mean_ci
+from ..stats import as_mask, mass_on_region, mean_ci
 
 SCALE = {1: "bad", 2: "poor", 3: "fair", 4: "good", 5: "excellent"}
 UNUSABLE = ("image too poor", "word not visible")
@@ -263,13 +263,13 @@ def word_regions(words: list[str], roles: dict[int, str], noun_masks: dict[int, 
     "left of", "and", …) → both nouns' objects. Words whose region is empty are left out.
     """
     nouns = sorted(i for i, r in roles.items() if r == "noun")
-    masks = {i: _mask(m) for i, m in noun_masks.items()}
+    masks = {i: as_mask(m) for i, m in noun_masks.items()}
     out: dict[int, torch.Tensor] = {}
     for i, role in roles.items():
         if role == "noun":
             m = masks.get(i)
         elif role == "background":
-            m = None if background_mask is None else _mask(background_mask)
+            m = None if background_mask is None else as_mask(background_mask)
         else:
             m = masks.get(next((n for n in nouns if n > i), -1))
         if m is not None and m.any():
@@ -328,9 +328,6 @@ def pos_table(rows):
                     "lift_random": float((g["mass_on_other_region"] / g["other_region_share"]).mean())})
     return pd.DataFrame(out).sort_values("words", ascending=False)
 
-
-def _mask(m) -> torch.Tensor:
-    return m if torch.is_tensor(m) else torch.from_numpy(np.asarray(m, dtype=bool))
 
 
 def tag_maps(maps: Mapping[str, HeatMaps], nlp=None) -> dict[str, dict[int, str]]:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..heatmap import SCALE_NOTE, HeatMaps
-from ..stats import iou
+from ..stats import as_mask, iou
 
 BASELINES = ("whole image", "centre blob", "colour clusters", "text-free foreground", "other noun's map")
 SWEEP = tuple(float(t) for t in np.round(np.linspace(0, 1, 11), 2))
@@ -130,9 +130,6 @@ def human_ground_truth(hm, item_folder: str | Path) -> tuple[dict[int, torch.Ten
     return gt, unmatched
 
 
-def _mask(m) -> torch.Tensor:
-    return m if torch.is_tensor(m) else torch.from_numpy(np.asarray(m, dtype=bool))
-
 
 def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0.4, 0.5), sweep=SWEEP,
                       ablation_tau: float = 0.4, ablation_steps=(1, 2, 5, 10, 20), foreground=None,
@@ -152,7 +149,7 @@ def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0
     if hm.image is not None:
         base["colour clusters"] = colour_clusters(hm.image)
     if foreground is not None:
-        base["text-free foreground"] = _mask(foreground)
+        base["text-free foreground"] = as_mask(foreground)
     others = {j: hm.word_at(j).binarize(ablation_tau) for j in gt if hm.has_word(j)}
     S = len(hm.steps)
     views = {("all", S, None): hm}
@@ -169,7 +166,7 @@ def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0
     for index, truth in gt.items():
         if not hm.has_word(index):
             continue
-        truth = _mask(truth)
+        truth = as_mask(truth)
         wm = hm.word_at(index)
         row = {**info, "word": wm.word.text, "word_index": index}
         for t in thresholds:
