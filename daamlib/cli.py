@@ -10,6 +10,7 @@ Writes ``image.png``, ``grid.png`` (every word's map over the image), ``words/NN
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -43,6 +44,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^\w-]+", "_", text).strip("_") or "punct"
 
 
+def check_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse an output folder that cannot take the results (a file, an experiment already there, no write
+    permission) before anything is generated."""
+    from .io import ExperimentError
+
+    if out.exists() and not out.is_dir():
+        raise ExperimentError(f"--out {out} is a file, not a folder; pass a folder path (it is created if absent)")
+    if (out / "experiment").exists() and not overwrite:
+        raise ExperimentError(f"{out / 'experiment'} already exists; pass --overwrite or another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".daam-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ExperimentError(f"cannot write to --out {out} ({e.strerror or e}); pass a folder you can write to") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import matplotlib
@@ -52,32 +71,35 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .io import ExperimentError, save_experiment
-    from .pipeline import check_prompt, default_model, generate, load_pipeline, resolve_sampling
+    from .items import check_seed, check_setting
+    from .kernel import check_threshold
+    from .pipeline import check_device, check_prompt, default_model, generate, load_pipeline, resolve_settings
 
-    try:
-        check_prompt(args.prompt)
-        from .kernel import check_threshold
-
-        check_threshold(args.threshold)
-    except (TypeError, ValueError) as e:
-        print(f"daam: error: {e}", file=sys.stderr)
-        return 2
     out = Path(args.out)
-    if (out / "experiment").exists() and not args.overwrite:
-        print(f"daam: error: {out / 'experiment'} already exists; pass --overwrite or another --out", file=sys.stderr)
+    try:  # every option, before the model loads
+        check_prompt(args.prompt)
+        check_threshold(args.threshold)
+        check_seed(args.seed)
+        for name in ("steps", "guidance", "height", "width"):
+            if getattr(args, name) is not None:
+                check_setting(name, getattr(args, name))
+        check_device(args.device)
+        check_out(out, overwrite=args.overwrite)
+    except (TypeError, ValueError, ExperimentError) as e:
+        print(f"daam: error: {e}", file=sys.stderr)
         return 2
     model = args.model or default_model()
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
         pipe = load_pipeline(model, device=args.device, dtype=dtype, scheduler=args.scheduler)
+        # what the model needs (its size factor) and its own settings (sampling.json), before generating
+        used = resolve_settings(pipe, args.steps, args.guidance, args.height, args.width)
     except (OSError, ValueError) as e:
         print(f"daam: error: {e}", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=False, desc=f"daam {model}")
-    # the model's own settings (its folder's sampling.json) fill what is not given, and are recorded as used
-    steps, guidance = resolve_sampling(pipe, args.steps, args.guidance).values()
-    hm = generate(pipe, args.prompt, seed=args.seed, steps=steps, guidance_scale=guidance,
-                  height=args.height, width=args.width, negative_prompt=args.negative_prompt)
+    hm = generate(pipe, args.prompt, seed=args.seed, steps=used["steps"], guidance_scale=used["guidance"],
+                  height=used["height"], width=used["width"], negative_prompt=args.negative_prompt)
 
     (out / "words").mkdir(parents=True, exist_ok=True)
     from PIL import Image
@@ -92,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         wm.plot(ax=ax)
         fig.savefig(out / "words" / f"{i:02d}_{_slug(wm.word.text)}.png", dpi=150, bbox_inches="tight")
         plt.close(fig)
-    settings = {"model": model, "steps": steps, "guidance": guidance, "height": hm.size[0], "width": hm.size[1],
-                "negative_prompt": args.negative_prompt, "scheduler": type(pipe.scheduler).__name__}
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    settings = {"model": model, "steps": used["steps"], "steps_completed": hm.steps_completed, "guidance": used["guidance"], "height": hm.size[0],
+                "width": hm.size[1], "negative_prompt": args.negative_prompt, "scheduler": type(pipe.scheduler).__name__,
+                "dtype": str(denoiser.dtype).removeprefix("torch."), "device": str(denoiser.device)}
     try:
         save_experiment(out / "experiment", hm, seed=args.seed, settings=settings, overwrite=args.overwrite)
     except ExperimentError as e:

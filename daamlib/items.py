@@ -25,6 +25,9 @@ from typing import Any
 SETTINGS = ("steps", "guidance", "height", "width", "negative_prompt")
 ALIASES = {"num_inference_steps": "steps", "guidance_scale": "guidance"}  # diffusers' names, accepted too
 REQUIRED = ("id", "prompt", "seed")
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; pandas and most JSON readers take signed 64-bit integers
+SIZE_MULTIPLE = 8  # every supported pipeline needs height and width divisible by 8 (some by more: see pipeline.size_multiple)
+MAX_SIDE = 16384  # pixels: as daamlib.io refuses larger experiments
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -52,7 +55,7 @@ def _plain(v):
     return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
 
 
-def _as_int(v, name: str, minimum: int) -> int:
+def _as_int(v, name: str, minimum: int, maximum: int | None = None) -> int:
     v = _plain(v)
     if isinstance(v, str):
         try:
@@ -61,8 +64,9 @@ def _as_int(v, name: str, minimum: int) -> int:
             raise ValueError(f"{name} must be an integer, got {v!r}") from None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
         raise ValueError(f"{name} must be an integer, got {v!r}")
-    if int(v) < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {int(v)}")
+    if int(v) < minimum or (maximum is not None and int(v) > maximum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
+        raise ValueError(f"{name} must be an integer {bound}, got {int(v)}")
     return int(v)
 
 
@@ -77,11 +81,24 @@ def _as_float(v, name: str) -> float:
     return f
 
 
+def check_seed(v) -> int:
+    """A seed as an integer in 0..2⁶³−1, or a ValueError naming the value and the range."""
+    return _as_int(v, "seed", 0, MAX_SEED)
+
+
 def check_setting(name: str, v):
+    """One setting (``steps``, ``guidance``, ``height``, ``width``, ``negative_prompt``) checked and normalised,
+    or a ValueError naming the value and the valid range; what the model itself needs is checked once it is
+    loaded (:func:`daamlib.pipeline.resolve_settings`)."""
     if name == "steps":
-        return _as_int(v, "steps", 1)
+        return _as_int(v, "steps", 1, 10_000)
     if name in ("height", "width"):
-        return _as_int(v, name, 8)
+        side = _as_int(v, name, SIZE_MULTIPLE, MAX_SIDE)
+        if side % SIZE_MULTIPLE:
+            near = max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+            raise ValueError(f"{name} must be a multiple of {SIZE_MULTIPLE} (the models' latent factor), got {side}; "
+                             f"use e.g. {near}")
+        return side
     if name == "guidance":
         return _as_float(v, "guidance")
     if not isinstance(v, str):
@@ -102,6 +119,34 @@ def check_id(item_id) -> str:
     return item_id
 
 
+def _read_csv(path: Path) -> list[dict]:
+    """CSV rows as dicts; a UTF-8 byte-order mark (Excel's "CSV UTF-8") is fine; a row with more fields than the
+    header (an unquoted comma in a prompt) is an error naming its line."""
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            if None in row:
+                raise ItemError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields but "
+                                f"the header has {len(reader.fieldnames)} ({', '.join(reader.fieldnames)}); a prompt "
+                                'with a comma must be in double quotes: 1,"a cat, and a dog",0')
+            rows.append(row)
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ItemError(f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one "
+                            'object such as {"id": "cat-0", "prompt": "a cat", "seed": 0}') from None
+    return rows
+
+
 def _rows(items) -> list[dict]:
     """A list of dicts from a path (.csv, .jsonl, .json), a DataFrame, or an iterable of dicts / Items."""
     if isinstance(items, (str, os.PathLike)):
@@ -109,16 +154,25 @@ def _rows(items) -> list[dict]:
         if not path.is_file():
             raise FileNotFoundError(f"item table {path} does not exist; pass a .csv, .jsonl or .json file "
                                     "with columns id, prompt, seed")
-        if path.suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f))
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if path.suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(rows, list):
-                raise ItemError(f"{path} holds a JSON {type(rows).__name__}; it must be a list of items (dicts)")
-            return rows
+        try:
+            if path.suffix == ".csv":
+                return _read_csv(path)
+            if path.suffix == ".jsonl":
+                return _read_jsonl(path)
+            if path.suffix == ".json":
+                try:
+                    rows = json.loads(path.read_text(encoding="utf-8-sig"))
+                except json.JSONDecodeError as e:
+                    raise ItemError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}); the file must hold a list of "
+                                    'objects such as [{"id": "cat-0", "prompt": "a cat", "seed": 0}]') from None
+                if not isinstance(rows, list):
+                    raise ItemError(f"{path} holds a JSON {type(rows).__name__}; it must be a list of items (dicts)")
+                return rows
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[: e.start].count(b"\n") + 1
+            raise ItemError(f"{path}, line {line}: byte 0x{e.object[e.start]:02x} is not UTF-8 (the file is in another "
+                            "encoding, e.g. Latin-1 or Windows-1252); save it as UTF-8 (in Excel: \"CSV UTF-8\") and "
+                            "run again") from None
         raise ItemError(f"cannot read an item table from {path.name}; use .csv, .jsonl or .json")
     if hasattr(items, "to_dict"):  # a pandas DataFrame
         return items.to_dict("records")
@@ -146,7 +200,10 @@ def read_items(items, defaults: Mapping[str, Any] | None = None) -> list[Item]:
         if k not in SETTINGS:
             raise ItemError(f"unknown default setting {k!r}; settings are: {', '.join(SETTINGS)}")
         if not _missing(v):
-            base[k] = check_setting(k, v)
+            try:
+                base[k] = check_setting(k, v)
+            except ValueError as e:
+                raise ItemError(f"the default {e} (--{k.replace('_', '-')} / defaults={{{k!r}: ...}})") from None
 
     out: list[Item] = []
     errors: list[str] = []
@@ -155,6 +212,9 @@ def read_items(items, defaults: Mapping[str, Any] | None = None) -> list[Item]:
     if not rows:
         raise ItemError("the item table is empty; give at least one row with id, prompt and seed")
     for n, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            errors.append(f"row {n}: must be an object with id, prompt and seed, got {type(row).__name__} {row!r:.60}")
+            continue
         where = f"row {n}" + (f" (id {row['id']!r})" if "id" in row and not _missing(row["id"]) else "")
         try:
             # a blank prompt is present but empty: check_prompt below says so
@@ -176,7 +236,7 @@ def read_items(items, defaults: Mapping[str, Any] | None = None) -> list[Item]:
                 raise ValueError(str(e)) from None
             if not isinstance(prompt, str):
                 raise ValueError(f"prompt must be one string per row, got {type(prompt).__name__} {prompt!r}")
-            seed = _as_int(row["seed"], "seed", 0)
+            seed = check_seed(row["seed"])
             settings = dict.fromkeys(SETTINGS)
             settings.update(base)
             for col, v in row.items():

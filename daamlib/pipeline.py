@@ -58,6 +58,78 @@ def sampling_defaults(source) -> dict:
     return found
 
 
+def check_device(device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has, or a ValueError that says what to pass instead."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; pass cpu, cuda, cuda:1 or mps") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}, "
+                             "torch.cuda.is_available() is False); pass --device cpu, or install a CUDA build of torch")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS (Apple GPU) is not available on this machine; pass --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        raise ValueError(f"device {device!r} is not supported here; pass cpu, cuda or mps")
+    return d
+
+
+def size_multiple(pipe) -> int:
+    """What height and width must be divisible by for ``pipe``: 8 for UNet pipelines (diffusers checks it), the
+    VAE factor × the patch size for transformers (one image token per patch)."""
+    denoiser = getattr(pipe, "transformer", None)
+    vae = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    if denoiser is None:
+        return max(8, vae)
+    patch = getattr(denoiser.config, "patch_size", None) or 1
+    return max(8, vae * int(patch if isinstance(patch, int) else patch[0]))
+
+
+def default_size(pipe) -> tuple[int, int]:
+    """The (height, width) the pipeline generates when none is given."""
+    sample = getattr(pipe, "default_sample_size", None)
+    if sample is None:
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        sample = denoiser.config.sample_size
+    h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    f = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    return int(h) * f, int(w) * f
+
+
+def _call_default(pipe, name: str):
+    import inspect
+
+    p = inspect.signature(type(pipe).__call__).parameters.get(name)
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
+def resolve_settings(pipe, steps: int | None = None, guidance: float | None = None, height: int | None = None,
+                     width: int | None = None) -> dict:
+    """Every setting as the generation will use it, checked against the model: the values given, else the model's
+    own (:func:`sampling_defaults`), else the pipeline's defaults; a side given alone is paired with the default of
+    the other. A ValueError names a value the model cannot take and the valid range."""
+    from .items import check_setting
+
+    s = resolve_sampling(pipe, steps, guidance)
+    s["steps"] = s["steps"] if s["steps"] is not None else _call_default(pipe, "num_inference_steps")
+    s["guidance"] = s["guidance"] if s["guidance"] is not None else _call_default(pipe, "guidance_scale")
+    dh, dw = default_size(pipe)
+    s["height"], s["width"] = dh if height is None else height, dw if width is None else width
+    for k, v in s.items():
+        if v is not None:
+            s[k] = check_setting(k, v)
+    m = size_multiple(pipe)
+    for k in ("height", "width"):
+        if s[k] % m:
+            raise ValueError(f"{k} must be a multiple of {m} for {type(pipe).__name__} (its VAE factor × patch size), "
+                             f"got {s[k]}; use e.g. {max(m, round(s[k] / m) * m)}")
+    return s
+
+
 def resolve_sampling(pipe, steps: int | None = None, guidance: float | None = None) -> dict:
     """``{"steps", "guidance"}`` as a generation will use them: the values given, else the model's own
     (:func:`sampling_defaults`), else None (the pipeline's own default)."""
@@ -100,9 +172,10 @@ def load_pipeline(model_id: str | None = None, device: str | torch.device = "cpu
     from diffusers import DiffusionPipeline
 
     model_id = model_id or default_model()
+    device = check_device(device)
     source = resolve_model(model_id)
     if isinstance(source, DiffusionPipeline):
-        pipe = source
+        pipe = source if dtype is None else source.to(dtype=dtype)
     else:
         source = str(source)
         local = Path(source).is_dir()
@@ -168,15 +241,19 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
 
     The seed drives a CPU ``torch.Generator``, so an image is the same on every device
     for the same seed (up to the device's arithmetic). ``steps`` and ``guidance_scale`` left at None
-    take the model's own (:func:`sampling_defaults`), else the pipeline's. ``store`` / ``replay`` are
+    take the model's own (:func:`sampling_defaults`), else the pipeline's; a height or width given alone is
+    paired with the other's default (:func:`resolve_settings`). ``store`` / ``replay`` are
     :class:`daamlib.replay.AttentionStore` s to fill / to inject (see :func:`trace`).
     Other keywords go to the pipeline.
     """
-    prompts = check_prompt(prompt)
-    steps, guidance_scale = resolve_sampling(pipe, steps, guidance_scale).values()
-    kwargs = {k: v for k, v in dict(num_inference_steps=steps, guidance_scale=guidance_scale, height=height,
-                                    width=width, negative_prompt=negative_prompt).items() if v is not None}
-    generator = torch.Generator("cpu").manual_seed(int(seed))
+    from .items import check_seed
+
+    check_prompt(prompt)
+    seed = check_seed(seed)
+    s = resolve_settings(pipe, steps, guidance_scale, height, width)
+    kwargs = {k: v for k, v in dict(num_inference_steps=s["steps"], guidance_scale=s["guidance"], height=s["height"],
+                                    width=s["width"], negative_prompt=negative_prompt).items() if v is not None}
+    generator = torch.Generator("cpu").manual_seed(seed)
     with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay) as tc:
         out = pipe(prompt, generator=generator, num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
     maps = [tc.heat_maps(i, image=img) for i, img in enumerate(out.images)]

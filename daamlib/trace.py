@@ -278,6 +278,18 @@ def _prompt_list(prompt) -> list:
     raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}: {prompt!r}")
 
 
+def check_supported(pipe) -> dict:
+    """The cross-attention modules of ``pipe`` by name, or an :class:`UnsupportedPipelineError` naming the supported
+    pipelines."""
+    unet = getattr(pipe, "unet", None)
+    modules = cross_attention_modules(unet) if isinstance(unet, torch.nn.Module) else {}
+    if not modules:
+        raise UnsupportedPipelineError(
+            f"{type(pipe).__name__} has no UNet with cross-attention to trace; supported: " + "; ".join(SUPPORTED)
+        )
+    return modules
+
+
 @contextmanager
 def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | None = None,
           store=None, replay=None) -> Iterator[Trace]:
@@ -294,11 +306,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     pipeline without a cross-attention UNet and :class:`TraceError` when already traced.
     """
     unet = getattr(pipe, "unet", None)
-    modules = cross_attention_modules(unet) if unet is not None else {}
-    if not modules:
-        raise UnsupportedPipelineError(
-            f"{type(pipe).__name__} has no UNet with cross-attention to trace; supported: " + "; ".join(SUPPORTED)
-        )
+    modules = check_supported(pipe)
     if getattr(pipe, "_daam_trace", None) is not None:
         raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
     if getattr(unet, "_daam_traced", False):
@@ -336,7 +344,8 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
         prompt_2 = a.get("prompt_2")
         if prompt_2 is not None and prompt_2 != a.get("prompt"):
             warnings.warn("prompt_2 differs from prompt: the maps' words are prompt's; the second text encoder's "
-                          "tokens (prompt_2) are attended too but not aligned to words", stacklevel=3)
+                          "tokens (prompt_2) are attended too but not aligned to words; leave prompt_2 unset (or equal to "
+                          "prompt) for maps that account for every token", stacklevel=3)
         if a.get("prompt") is None and a.get("prompt_embeds") is not None:
             prompts = [None] * a["prompt_embeds"].shape[0]
             alignments = [None] * len(prompts)

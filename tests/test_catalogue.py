@@ -24,12 +24,13 @@ from daamlib import (AmbiguousWordError, ExperimentError, TraceError, Unsupporte
 from daamlib.heatmap import WordHeatMap
 from daamlib.kernel import binarize
 from daamlib.pipeline import set_scheduler
-from daamlib.runner import ItemError, SettingsChangedError, load_results, run_experiments
+from daamlib.runner import DamagedItemsError, ItemError, SettingsChangedError, load_results, run_experiments
 from daamlib.words import Word
 
 PROMPT = "a cat and a dog"
 LONG = " ".join(["cat"] * 80) + " zebra"  # 81 words: past the tiny CLIP's 77 tokens
 ONE = [{"id": "one", "prompt": "a cat", "seed": 0, "steps": 1}]
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 
 
 @dataclass
@@ -264,6 +265,185 @@ def one(**changes):
 
 
 
+# -- issue 13: settings validated before the model loads, values actually used recorded -------------------
+class CliError(Exception):
+    """What `daam` printed when it exited with status 2."""
+
+
+def cli(*argv, loads: bool = False):
+    """Run the `daam` command in-process; raise CliError with its message on exit status 2. Unless ``loads``, a
+    model load is itself a failure: the option must be refused before it."""
+    import contextlib
+    import io as _io
+    from unittest import mock
+
+    from daamlib import cli as daam_cli, pipeline
+
+    err = _io.StringIO()
+    real = pipeline.load_pipeline
+    loaded = []
+
+    def watched(*a, **k):
+        loaded.append(a)
+        return real(*a, **k)
+
+    with mock.patch.object(pipeline, "load_pipeline", watched), contextlib.redirect_stderr(err):
+        rc = daam_cli.main(list(argv))
+    if rc == 2:
+        assert loads or not loaded, f"the model was loaded before refusing: {err.getvalue()}"
+        raise CliError(err.getvalue())
+    assert rc == 0, err.getvalue()
+
+
+def cli_records_what_ran(c):
+    cli("a cat", "--model", "tiny-sd1", "--height", "96", "--dtype", "float16", "--out", str(c.tmp / "o"), loads=True)
+    hm, meta = load_experiment(c.tmp / "o" / "experiment")
+    s = meta["settings"]
+    assert hm.size == (96, 64) and meta["size"] == [96, 64]  # a side given alone is paired with the default other
+    assert (s["height"], s["width"], s["steps"], s["steps_completed"], s["guidance"]) == (96, 64, 50, 50, 7.5)
+    assert (s["dtype"], s["scheduler"]) == ("float16", "DDIMScheduler")  # the tiny model in the dtype asked for
+
+
+def unwritable_out(c):
+    cli("a cat", "--model", "tiny-sd1", "--out", "/sys/daam-not-writable")
+
+
+def cli_out_is_a_file(c):
+    (c.tmp / "f").write_text("x")
+    cli("a cat", "--model", "tiny-sd1", "--out", str(c.tmp / "f"))
+
+
+class Transformer16:
+    """A stand-in for a transformer pipeline: VAE factor 8, 2×2 patches → sizes must be multiples of 16."""
+
+    vae_scale_factor = 8
+    default_sample_size = 128
+    transformer = type("T", (), {"config": type("C", (), {"patch_size": 2, "sample_size": 128})()})()
+
+    def __call__(self, prompt, num_inference_steps: int = 28, guidance_scale: float = 3.5):
+        raise AssertionError("not called")
+
+
+def model_factor(c):
+    from daamlib.pipeline import resolve_settings
+
+    assert resolve_settings(Transformer16()) == {"steps": 28, "guidance": 3.5, "height": 1024, "width": 1024}
+    resolve_settings(Transformer16(), height=72, width=64)
+
+
+def late_bad_row(c):
+    rows = [{"id": f"p{i}", "prompt": "a cat", "seed": i, "steps": 1} for i in range(600)]
+    rows[500]["height"] = 63
+    c.runner(rows)
+
+
+def nothing_generated_by_runner(c):
+    assert not any((c.tmp / "out" / "items").glob("*")) if (c.tmp / "out").exists() else True
+
+
+def runner_unwritable(c):
+    c.runner(ONE, out=Path("/sys/daam-not-writable"))
+
+
+def table_file(name: str, data: bytes):
+    def action(c):
+        f = c.tmp / name
+        f.write_bytes(data)
+        return c.runner(f)
+    return action
+
+
+def bom_csv(c):
+    records = table_file("items.csv", "\ufeffid,prompt,seed,steps\none,a cat,0,1\n".encode())(c)
+    assert [(r["id"], r["status"]) for r in records] == [("one", "generated")]
+
+
+# -- issue 13: damaged runs and traces that would change what the model computes --------------------------
+def damaged_run(how: str):
+    def action(c):
+        out = c.run_out()
+        folder = out / "items" / "one"
+        if how == "truncate":
+            maps = folder / "maps.safetensors"
+            maps.write_bytes(maps.read_bytes()[: maps.stat().st_size // 2])
+        else:
+            (folder / "image.png").unlink()
+        c.out = out
+        return c.runner(ONE, out=out, on_damaged="stop")
+    return action
+
+
+def damaged_run_repaired(c):
+    from daamlib.runner import DamagedItemsError
+
+    with pytest.raises(DamagedItemsError):
+        damaged_run("delete")(c)
+    before = (c.finished_run / "items" / "one" / "maps.safetensors").read_bytes()
+    assert [r["status"] for r in c.runner(ONE, out=c.out)] == ["repaired"]
+    assert (c.out / "items" / "one" / "maps.safetensors").read_bytes() == before  # byte-identical
+    assert [r["id"] for r in load_results(c.out)] == ["one"]
+
+
+def damaged_run_load(c):
+    out = c.run_out()
+    (out / "items" / "one" / "image.png").unlink()
+    load_results(out)
+
+
+def users_processor(c):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    class Reweighting(AttnProcessor2_0):
+        pass
+
+    pipe = type(c.pipe)(**c.pipe.components)
+    pipe.unet = __import__("copy").deepcopy(c.pipe.unet)
+    pipe.unet.set_attn_processor(Reweighting())
+    with trace(pipe):
+        pass
+
+
+def shared_unet(c):
+    twin = type(c.pipe)(**c.pipe.components)
+    with trace(c.pipe):
+        with trace(twin):
+            pass
+
+
+def encode_prompt_restored(c):
+    mine = c.pipe.encode_prompt.__func__.__get__(c.pipe)  # a bound override set on the instance
+    c.pipe.encode_prompt = mine
+    try:
+        with trace(c.pipe):
+            pass
+        assert c.pipe.encode_prompt is mine
+    finally:
+        del c.pipe.encode_prompt
+
+
+def sdxl_prompt_2(c):
+    from daamlib.testing.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("sdxl")
+    with trace(pipe):
+        pipe("a cat", prompt_2="a dog", num_inference_steps=1, output_type="pt")
+
+
+def interrupted(c):
+    def stop_after_two(p, step, timestep, kwargs):
+        if step == 1:
+            p._interrupt = True
+        return kwargs
+
+    with trace(c.pipe) as tc:
+        out = c.pipe("a cat", num_inference_steps=5, output_type="pt", callback_on_step_end=stop_after_two)
+    c.hm_interrupted = tc.heat_maps(0, image=out.images[0])
+
+
+def interrupted_counts(c):
+    assert (c.hm_interrupted.steps_completed, c.hm_interrupted.steps_expected) == (2, 5)
+
+
 CASES = [
     # id, action, raises, the problem (regex), the fix (regex), a check after
     # -- words and prompts --------------------------------------------------------------------------
@@ -371,7 +551,7 @@ CASES = [
     ("item-seed-not-an-integer", lambda c: c.runner(one(seed="abc")), ItemError,
      r"seed must be an integer, got 'abc'", r"fix them and run again"),
     ("item-steps-negative", lambda c: c.runner(one(steps=-3)), ItemError,
-     r"steps must be an integer ≥ 1, got -3", r"fix them and run again"),
+     r"steps must be an integer from 1 to 10000, got -3", r"fix them and run again"),
     ("item-guidance-not-a-number", lambda c: c.runner(one(guidance="high")), ItemError,
      r"guidance must be a number, got 'high'", r"fix them and run again"),
     ("item-column-misspelt", lambda c: c.runner(one(step=3)), ItemError,
@@ -397,6 +577,67 @@ CASES = [
      r"prompt: 'a dog' → 'a cat'", r"delete it and run again"),
     ("runner-results-not-finished", runner_unfinished_items, ExperimentError,
      r"1 of 2 items are not finished .*: two", r"run the runner again to finish them"),
+    # -- issue 13 §3: options and columns refused before the model loads; what ran is recorded ------------------
+    ("cli-steps-0", lambda c: cli("a cat", "--model", "tiny-sd1", "--steps", "0"), CliError,
+     r"steps must be an integer from 1 to 10000, got 0", r"from 1 to 10000"),
+    ("cli-steps-negative", lambda c: cli("a cat", "--model", "tiny-sd1", "--steps", "-1"), CliError,
+     r"got -1", r"steps must be an integer from 1 to 10000"),
+    ("cli-height-not-a-multiple-of-8", lambda c: cli("a cat", "--model", "tiny-sd1", "--height", "63"), CliError,
+     r"height must be a multiple of 8 .*got 63", r"use e\.g\. 64"),
+    ("cli-height-alone-and-dtype (outcome: 96×64 float16 generated and recorded)", cli_records_what_ran, None, None, None),
+    ("size-not-a-multiple-of-the-models-factor", model_factor, ValueError,
+     r"height must be a multiple of 16 for Transformer16 .*got 72", r"use e\.g\. 64"),
+    ("cli-guidance-nan", lambda c: cli("a cat", "--model", "tiny-sd1", "--guidance", "nan"), CliError,
+     r"guidance must be a finite number, got nan", r"finite number"),
+    pytest.param("cli-cuda-without-cuda", lambda c: cli("a cat", "--model", "tiny-sd1", "--device", "cuda"), CliError,
+                 r"device 'cuda': CUDA is not available on this machine", r"pass --device cpu, or install a CUDA build",
+                 None, id="cli-cuda-without-cuda", marks=NO_CUDA),
+    ("cli-device-unknown", lambda c: cli("a cat", "--model", "tiny-sd1", "--device", "gpu"), CliError,
+     r"device 'gpu' is not a torch device", r"pass cpu, cuda, cuda:1 or mps"),
+    ("cli-seed-too-large", lambda c: cli("a cat", "--model", "tiny-sd1", "--seed", str(2**70)), CliError,
+     r"seed must be an integer from 0 to 9223372036854775807, got 1180591620717411303424", r"from 0 to"),
+    ("cli-out-is-a-file", cli_out_is_a_file, CliError, r"--out .*f is a file, not a folder", r"pass a folder path"),
+    ("cli-out-unwritable", unwritable_out, CliError, r"cannot write to --out /sys/daam-not-writable",
+     r"pass a folder you can write to"),
+    ("generate-seed-too-large", lambda c: generate(c.pipe, "a cat", seed=2**70, steps=1), ValueError,
+     r"seed must be an integer from 0 to 9223372036854775807", r"from 0 to"),
+    ("runner-default-steps-0", lambda c: c.runner(ONE, defaults={"steps": 0}), ItemError,
+     r"the default steps must be an integer from 1 to 10000, got 0", r"--steps / defaults="),
+    ("runner-bad-row-500-of-600 (nothing generated)", late_bad_row, ItemError,
+     r"row 500 \(id 'p500'\): height must be a multiple of 8 .*got 63", r"fix them and run again",
+     nothing_generated_by_runner),
+    ("runner-seed-too-large", lambda c: c.runner(one(seed=2**70)), ItemError,
+     r"seed must be an integer from 0 to 9223372036854775807", r"fix them and run again"),
+    ("runner-out-unwritable", runner_unwritable, ExperimentError,
+     r"cannot write to the output folder /sys/daam-not-writable", r"choose another --out / out_dir"),
+    ("table-csv-with-utf8-bom (outcome: read as Excel wrote it)", bom_csv, None, None, None),
+    ("table-csv-unquoted-comma", table_file("items.csv", b"id,prompt,seed\none,a cat, and a dog,0\n"), ItemError,
+     r"items\.csv, line 2: 4 fields but the header has 3", r'must be in double quotes: 1,"a cat, and a dog",0'),
+    ("table-csv-latin1", table_file("items.csv", "id,prompt,seed\none,a café,0\n".encode("latin-1")), ItemError,
+     r"items\.csv, line 2: byte 0xe9 is not UTF-8", r"save it as UTF-8 \(in Excel: \"CSV UTF-8\"\)"),
+    ("table-jsonl-bad-line", table_file("items.jsonl", b'{"id": "a", "prompt": "a cat", "seed": 0}\n{"id": "b", \n'),
+     ItemError, r"items\.jsonl, line 2: not valid JSON", r'each line must be one object such as \{"id"'),
+    ("table-jsonl-line-not-an-object", table_file("items.jsonl", b'["a", "a cat", 0]\n'), ItemError,
+     r"row 0: must be an object with id, prompt and seed, got list", r"fix them and run again"),
+    ("table-json-bad", table_file("items.json", b'[{"id": "a",\n "prompt": }]'), ItemError,
+     r"items\.json, line 2: not valid JSON", r"must hold a list of objects"),
+    # -- issue 13 §1: damaged finished items -------------------------------------------------------------------
+    ("runner-damaged-maps-listed (on_damaged='stop')", damaged_run("truncate"), DamagedItemsError,
+     r"1 finished item\(s\) .* damaged:\n  one: maps\.safetensors is truncated",
+     r"Run again without --on-damaged stop .* to regenerate them"),
+    ("runner-damaged-image-repaired (outcome: byte-identical)", damaged_run_repaired, None, None, None),
+    ("load-results-damaged-item", damaged_run_load, ExperimentError,
+     r"1 finished item\(s\) .* damaged:\n  one: image\.png is missing", r"it regenerates damaged items"),
+    # -- issue 13 §2: a trace never changes what the model computes without saying so ------------------------
+    ("trace-users-own-processor", users_processor, TraceError,
+     r"processors of your own \(Reweighting\)", r"set_default_attn_processor"),
+    ("trace-shared-unet", shared_unet, TraceError,
+     r"UNet is already being traced through another pipeline", r"trace one pipeline at a time"),
+    ("trace-encode-prompt-override-restored (outcome)", encode_prompt_restored, None, None, None),
+    ("trace-sdxl-prompt-2-differs", sdxl_prompt_2, UserWarning, r"prompt_2 differs from prompt",
+     r"leave prompt_2 unset \(or equal to prompt\)"),
+    ("trace-interrupted-generation", interrupted, UserWarning,
+     r"interrupted: its maps sum 2 of the 5 steps", r"generate again", interrupted_counts),
     # -- notebooks (issue 7: "a notebook run with a bad parameter fails fast") ------------------------------
     ("notebook-negative-N", lambda c: run_notebook(c, MODEL_ID="tiny-sd1", N_PROMPTS=-1),
      PapermillExecutionError, r"parameter N_PROMPTS must be a positive integer, got -1", r"positive integer",

@@ -273,3 +273,29 @@ def test_verify_catches_what_the_cheap_check_cannot(reference, pipe, model_dir, 
     records = run_experiments(pipe, table, out, model_name=str(model_dir), progress=False, verify=True)
     assert [r["status"] for r in records].count("repaired") == 1
     assert_same_outputs(out, reference)
+
+
+def test_settings_left_to_defaults_are_recorded_as_used_and_old_runs_still_resume(reference, pipe, model_dir, table,
+                                                                                    tmp_path):
+    """Rows without steps, guidance or size record the values the pipeline used (50, 7.5, 64×64 here), not None; a
+    run made before that (None recorded for a defaulted setting) is still recognised as finished, not refused."""
+    import hashlib
+
+    _, meta = load_experiment(reference / "items" / "cat-0")
+    s = meta["settings"]
+    assert (s["steps"], s["guidance"], s["height"], s["width"]) == (2, 7.5, 64, 64)
+    out = shutil.copytree(reference, tmp_path / "run")
+    folder = out / "items" / "cat-0"
+    old = json.loads((folder / "meta.json").read_text())
+    old["settings"].update(guidance=None, height=None, width=None)  # as the runner recorded them before issue 13
+    text = json.dumps(old)
+    (folder / "meta.json").write_text(text)
+    (folder / "meta.sha256").write_text(hashlib.sha256(text.encode()).hexdigest() + "\n")
+    record = out / "manifest" / "cat-0.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "settings": old["settings"]}))
+    statuses = {r["id"]: r["status"] for r in run_experiments(pipe, table, out, model_name=str(model_dir), progress=False)}
+    assert set(statuses.values()) == {"skipped"}
+    # a value the table now gives explicitly is compared as before
+    rows = [dict(r, guidance=7.5) if r["id"] == "cat-0" else r for r in ITEMS]
+    with pytest.raises(SettingsChangedError, match=r"cat-0: guidance: None → 7\.5"):
+        run_experiments(pipe, rows, out, model_name=str(model_dir), progress=False)
