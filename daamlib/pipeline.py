@@ -81,12 +81,12 @@ def check_device(device) -> torch.device:
 def size_multiple(pipe) -> int:
     """What height and width must be divisible by for ``pipe``: 8 for UNet pipelines (diffusers checks it), the
     VAE factor × the patch size for transformers (one image token per patch)."""
-    denoiser = getattr(pipe, "transformer", None)
     vae = int(getattr(pipe, "vae_scale_factor", 8) or 8)
-    if denoiser is None:
+    if getattr(pipe, "unet", None) is not None or getattr(pipe, "transformer", None) is None:
         return max(8, vae)
-    patch = getattr(denoiser.config, "patch_size", None) or 1
-    return max(8, vae * int(patch if isinstance(patch, int) else patch[0]))
+    from .dit import pixels_per_token
+
+    return max(8, pixels_per_token(pipe))
 
 
 def default_size(pipe) -> tuple[int, int]:
@@ -100,10 +100,16 @@ def default_size(pipe) -> tuple[int, int]:
     return int(h) * f, int(w) * f
 
 
+def _signature_of(pipe):
+    import inspect
+
+    return inspect.signature(type(pipe).__call__).parameters
+
+
 def _call_default(pipe, name: str):
     import inspect
 
-    p = inspect.signature(type(pipe).__call__).parameters.get(name)
+    p = _signature_of(pipe).get(name)
     return None if p is None or p.default is inspect.Parameter.empty else p.default
 
 
@@ -236,25 +242,32 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
              guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
              negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
              keep_heads: bool = False, store_device: str | None = None, store=None, replay=None,
-             **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
+             encoder: str | None = None, **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
     """Generate with ``pipe`` under a trace; return the image's :class:`HeatMaps` (a list for several images).
 
     The seed drives a CPU ``torch.Generator``, so an image is the same on every device
     for the same seed (up to the device's arithmetic). ``steps`` and ``guidance_scale`` left at None
     take the model's own (:func:`sampling_defaults`), else the pipeline's; a height or width given alone is
-    paired with the other's default (:func:`resolve_settings`). ``store`` / ``replay`` are
+    paired with the other's default (:func:`resolve_settings`). PixArt generates at the size asked
+    (``use_resolution_binning=False``) from the prompt as written (``clean_caption=False``) unless these
+    are passed. ``encoder`` picks a transformer's text stream (:mod:`daamlib.dit`). ``store`` / ``replay`` are
     :class:`daamlib.replay.AttentionStore` s to fill / to inject (see :func:`trace`).
     Other keywords go to the pipeline.
     """
     from .items import check_seed
 
+    encoder = {} if encoder is None else {"encoder": encoder}
     check_prompt(prompt)
     seed = check_seed(seed)
     s = resolve_settings(pipe, steps, guidance_scale, height, width)
     kwargs = {k: v for k, v in dict(num_inference_steps=s["steps"], guidance_scale=s["guidance"], height=s["height"],
                                     width=s["width"], negative_prompt=negative_prompt).items() if v is not None}
+    accepts = _signature_of(pipe)
+    for k in ("use_resolution_binning", "clean_caption"):  # PixArt: generate what was asked, align the prompt as given
+        if k in accepts and k not in pipe_kwargs:
+            kwargs[k] = False
     generator = torch.Generator("cpu").manual_seed(seed)
-    with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay) as tc:
+    with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay, **encoder) as tc:
         out = pipe(prompt, generator=generator, num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
     maps = [tc.heat_maps(i, image=img) for i, img in enumerate(out.images)]
     return maps[0] if isinstance(prompt, str) and num_images_per_prompt == 1 else maps

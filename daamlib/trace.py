@@ -292,7 +292,7 @@ def check_supported(pipe) -> dict:
 
 @contextmanager
 def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | None = None,
-          store=None, replay=None) -> Iterator[Trace]:
+          store=None, replay=None, encoder: str = "all") -> Iterator[Trace]:
     """Record cross-attention of ``pipe`` for every call made inside the block.
 
     ``store`` (a :class:`daamlib.replay.AttentionStore`) also keeps the full conditional
@@ -304,7 +304,20 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     instead of their sum. ``store_device="cpu"`` moves recorded maps off the accelerator as
     they are made (for long runs on a GPU). Raises :class:`UnsupportedPipelineError` for a
     pipeline without a cross-attention UNet and :class:`TraceError` when already traced.
+
+    Diffusion transformers (SD3/3.5, Flux.1, PixArt, Qwen-Image) are traced by :mod:`daamlib.dit`, with the
+    same handle; ``encoder`` chooses the text stream whose tokens are kept there (``"all"``, ``"clip"``,
+    ``"t5"``, ``"lm"``).
     """
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+        if store is not None or replay is not None:
+            raise TraceError("attention store and replay (daamlib.replay) support UNet pipelines only; trace "
+                             f"{type(pipe).__name__} without store= / replay=")
+        from .dit import trace_transformer
+
+        with trace_transformer(pipe, keep_heads=keep_heads, store_device=store_device, encoder=encoder) as handle:
+            yield handle
+        return
     unet = getattr(pipe, "unet", None)
     modules = check_supported(pipe)
     if getattr(pipe, "_daam_trace", None) is not None:

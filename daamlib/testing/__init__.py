@@ -1,10 +1,13 @@
 """Test fixtures that ship with the package: tiny random-weight pipelines built from configs
-(:mod:`~daamlib.testing.tiny`) and the small CLIP vocabulary they tokenize with (:mod:`~daamlib.testing.vocab`).
+(:mod:`~daamlib.testing.tiny`, :mod:`~daamlib.testing.tiny_dit` for diffusion transformers) and the small
+vocabularies they tokenize with (:mod:`~daamlib.testing.vocab`).
 
-They are registered as the models ``tiny-sd1``, ``tiny-sd2`` and ``tiny-sdxl`` (:mod:`daamlib.models`).
+They are registered as the models ``tiny-sd1``, ``tiny-sd2``, ``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux`` and
+``tiny-pixart`` (:mod:`daamlib.models`).
 """
 
 KINDS = {"tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+DIT_KINDS = {"tiny-sd3": "sd3", "tiny-flux": "flux", "tiny-pixart": "pixart"}
 
 
 def register_models() -> None:
@@ -18,3 +21,12 @@ def register_models() -> None:
             return tiny_pipeline(kind)
 
         models.register(name, build, description=f"tiny random-weight {kind.upper()} pipeline for tests", priority=-1)
+
+    for name, kind in DIT_KINDS.items():
+        def build_dit(kind=kind):
+            from .tiny_dit import tiny_dit_pipeline
+
+            return tiny_dit_pipeline(kind)
+
+        models.register(name, build_dit, description=f"tiny random-weight {kind} transformer pipeline for tests",
+                        priority=-1)

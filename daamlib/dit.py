@@ -1,0 +1,594 @@
+"""Capture for diffusion transformers (SD3/3.5, Flux.1, PixArt-Σ, Qwen-Image): image→text attention, exactly.
+
+What a map is here. In a transformer, text and image tokens meet in three ways: *joint* attention
+(SD3 and the double-stream blocks of Flux and Qwen-Image: text and image tokens concatenated into one
+sequence, one softmax over all of it), the *single-stream* blocks of Flux (the same, with the text already
+concatenated into the hidden states), and *cross*-attention (PixArt: image queries, text keys, as in a
+UNet). In every case the map of text token j at image token i, head h, is the probability the model's own
+softmax gives it::
+
+    p[h, i, j] = exp(q_i · k_j · scale − LSE_i),   LSE_i = log Σ_{every key the model attends} exp(q_i · k · scale)
+
+normalised over *every* key (text and image together for joint attention, with the model's mask), so the
+maps of joint blocks measure the share of an image token's attention that goes to each word, as the UNet's
+do. They are summed over heads (or kept), per block and step, on the patch grid; Eq. 6 sums blocks,
+heads and steps and upsamples once (:mod:`daamlib.kernel`); Eq. 7 is unchanged.
+
+How it is computed without the image-to-image block. ``trace`` wraps (never replaces) each attention
+module's processor, so a processor of the user's own runs as it is. While a wrapped module runs, the
+attention kernel itself (``torch.nn.functional.scaled_dot_product_attention``, which diffusers' processors
+and its native attention backend call) is swapped for one that also returns LSE: on a CPU
+``aten._scaled_dot_product_flash_attention_for_cpu`` (the kernel SDPA runs there anyway: outputs are
+bit-identical), on CUDA the memory-efficient kernel with ``compute_log_sumexp``; elsewhere the original
+kernel plus LSE from a chunked pass. The only added arithmetic is ``q_img · k_txtᵀ`` and an ``exp`` for the
+conditional rows and the kept text tokens: memory and time ∝ image tokens × text tokens, never image
+tokens². Which rows are conditional is found by matching the transformer's text input against
+``encode_prompt``'s output, so it holds for any batch layout ([uncond, cond] in SD3 and PixArt, separate
+calls for Flux's ``true_cfg_scale`` and Qwen-Image).
+
+Words and tokens. Each family declares its text *streams* in the order they sit in the transformer's
+text input (SD3: CLIP's 77 then T5's ``max_sequence_length``; Flux.1 and PixArt: T5; Qwen-Image: the
+language model's tokens after its chat template, whose 34-token system prefix the pipeline drops). The
+prompt is tokenized exactly as the pipeline tokenizes it (template, special tokens, truncation), and a
+word owns the tokens whose characters fall inside it. ``encoder=`` chooses the stream(s) whose tokens
+are kept: ``"t5"``, ``"clip"``, ``"lm"`` or ``"all"`` (the default: every stream the model attends).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .trace import _MISSING, TraceError, UnsupportedPipelineError, _signature
+from .words import Alignment, Word, _WORD
+
+
+# -- families ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stream:
+    """One text encoder's tokens in the transformer's text input, and how the pipeline tokenizes for it."""
+
+    name: str  # "clip", "t5", "lm"
+    tokenizer: str  # the pipeline's attribute
+    template: str = "{}"  # the text the pipeline gives the tokenizer, the prompt at {}
+    drop: int | str = 0  # leading tokens the pipeline drops from the encoder's states (or the attribute holding it)
+    max_length: str | int = "max_sequence_length"  # encode_prompt's argument (or a fixed number)
+    length: str | None = None  # its segment's length in the text input: an attribute (SD3's CLIP part); None: the rest
+    encoder: str | None = None  # the text encoder attribute: None when that encoder is absent means zeros
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipelines: tuple[str, ...]
+    text_first: bool  # joint sequences are [text, image] (Flux, Qwen) or [image, text] (SD3)
+    streams: tuple[Stream, ...]
+    packed: bool  # latents packed 2×2 into one token by the pipeline (Flux, Qwen): pixels per token = VAE × 2
+
+
+T5 = Stream("t5", "tokenizer")
+FAMILIES = (
+    Family("sd3", ("StableDiffusion3Pipeline",), text_first=False, packed=False, streams=(
+        Stream("clip", "tokenizer", max_length="tokenizer_max_length", length="tokenizer_max_length"),
+        Stream("t5", "tokenizer_3", encoder="text_encoder_3"),
+    )),
+    Family("flux", ("FluxPipeline",), text_first=True, packed=True, streams=(Stream("t5", "tokenizer_2"),)),
+    Family("pixart", ("PixArtSigmaPipeline", "PixArtAlphaPipeline"), text_first=True, packed=False, streams=(T5,)),
+    Family("qwen", ("QwenImagePipeline",), text_first=True, packed=True, streams=(
+        Stream("lm", "tokenizer", template="prompt_template_encode", drop="prompt_template_encode_start_idx"),
+    )),
+)
+ENCODERS = ("all", "clip", "t5", "lm")
+
+
+def family_of(pipe) -> Family | None:
+    name = type(pipe).__name__
+    return next((f for f in FAMILIES if name in f.pipelines), None)
+
+
+def supported_names() -> list[str]:
+    return [p for f in FAMILIES for p in f.pipelines]
+
+
+def pixels_per_token(pipe) -> int:
+    """Image pixels per side of one image token: the VAE factor × the patch size (× 2 for packed latents)."""
+    fam = family_of(pipe)
+    vae = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    patch = getattr(pipe.transformer.config, "patch_size", None) or 1
+    patch = int(patch if isinstance(patch, int) else patch[0])
+    return vae * (2 if fam is not None and fam.packed else patch)
+
+
+# -- words ↔ tokens, as the pipeline tokenizes ---------------------------------------------------------
+def _attr(pipe, value):
+    return getattr(pipe, value) if isinstance(value, str) else value
+
+
+@dataclass
+class StreamTokens:
+    """One prompt's tokens in one stream: labels and character spans of the kept tokens, their positions in
+    the stream's segment, and the words the tokenizer dropped (truncation)."""
+
+    labels: list[str]
+    positions: list[int]
+    spans: list[tuple[int, int] | None]  # in prompt characters; None for special tokens
+    dropped_from: int | None  # first prompt character past the truncation, if any
+
+
+def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None) -> StreamTokens:
+    tok = getattr(pipe, stream.tokenizer)
+    if not getattr(tok, "is_fast", False):
+        raise TypeError(f"{type(pipe).__name__}.{stream.tokenizer} ({type(tok).__name__}) gives no character "
+                        "offsets; load the pipeline with a fast tokenizer")
+    template = _attr(pipe, stream.template) if stream.template != "{}" else "{}"
+    drop = int(_attr(pipe, stream.drop) or 0)
+    at = template.index("{}")
+    text = template[:at] + prompt + template[at + 2:]
+    limit = None if max_length is None else max_length + drop
+    enc = tok(text, return_offsets_mapping=True, truncation=limit is not None, max_length=limit)
+    offsets = enc["offset_mapping"]
+    ids = enc["input_ids"]
+    labels = tok.convert_ids_to_tokens(ids)
+    end = at + len(prompt)
+    inside = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > at]
+    if not inside:
+        return StreamTokens([], [], [], 0)
+    first, last = inside[0], inside[-1]
+    if first > 0 and offsets[first - 1] == (0, 0) and ids[first - 1] in tok.all_special_ids:
+        first -= 1  # a start token (CLIP's <|startoftext|>)
+    if last + 1 < len(ids) and offsets[last + 1] == (0, 0) and ids[last + 1] in tok.all_special_ids:
+        last += 1  # the end token (T5's </s>, CLIP's <|endoftext|>)
+    keep = [i for i in range(first, last + 1) if i >= drop]
+    spans = []
+    for i in keep:
+        a, b = offsets[i]
+        spans.append((max(a, at) - at, min(b, end) - at) if b > a and a < end and b > at else None)
+    covered = max((offsets[i][1] for i in inside), default=at)
+    dropped = None if covered >= end or not text[covered:end].strip() else covered - at
+    return StreamTokens([labels[i] for i in keep], [i - drop for i in keep], spans, dropped)
+
+
+def build_alignment(prompt: str, parts: list[tuple[str, StreamTokens, int]], axis: list[int],
+                    max_length: int) -> Alignment:
+    """An :class:`Alignment` whose token axis is ``axis`` (positions in the transformer's text input) and whose
+    words own every kept token of theirs, in every chosen stream. ``parts``: (stream name, tokens, segment start)."""
+    where = {pos: i for i, pos in enumerate(axis)}
+    labels = ["<pad>"] * len(axis)
+    spans: list[tuple[int, tuple[int, int] | None]] = []
+    dropped = [st.dropped_from for _, st, _ in parts if st.dropped_from is not None]
+    for name, st, start in parts:
+        for label, pos, span in zip(st.labels, st.positions, st.spans):
+            i = where[start + pos]
+            labels[i] = label if len(parts) == 1 else f"{name}:{label}"
+            spans.append((i, span))
+    words: list[Word] = []
+    seen: dict[str, int] = {}
+    for m in _WORD.finditer(prompt):
+        a, b = m.span()
+        own = tuple(sorted({i for i, s in spans if s is not None and s[0] < b and s[1] > a}))
+        truncated = not own and any(d <= a for d in dropped)
+        if not own and not truncated:
+            continue  # characters the tokenizer drops
+        key = m.group().lower()
+        occ = seen.get(key, 0)
+        seen[key] = occ + 1
+        words.append(Word(m.group(), len(words), occ, (a, b), own, truncated))
+    return Alignment(prompt, tuple(labels), tuple(words), max_length)
+
+
+# -- the kernel with LSE ----------------------------------------------------------------------------------
+_SDPA = F.scaled_dot_product_attention  # the original, whatever the trace swaps in
+_LOCAL = threading.local()
+_PATCH_LOCK = threading.Lock()
+_patched = 0
+
+
+def _float_mask(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
+    if mask is None or mask.dtype != torch.bool:
+        return None if mask is None else mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def attention_with_lse(q, k, v, mask=None, scale=None, chunk: int = 1024):
+    """``(SDPA output, log-sum-exp over keys)`` for ``[B, H, L, D]`` inputs: one fused kernel where there is one
+    (the output then equals SDPA's), else SDPA plus a chunked LSE pass (memory ∝ chunk × keys)."""
+    fmask = _float_mask(mask, q.dtype)
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        try:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
+                                                                               attn_mask=fmask, scale=scale)
+            return out, lse
+        except RuntimeError:
+            pass
+    elif q.device.type == "cuda" and fmask is None:
+        try:
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
+                                                                            scale=scale)[:2]
+            return out, lse[..., : q.shape[-2]]
+        except RuntimeError:
+            pass
+    out = _SDPA(q, k, v, attn_mask=mask, scale=scale)
+    s = scale if scale is not None else q.shape[-1] ** -0.5
+    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+    kt = k.float().transpose(-1, -2) * s
+    for a in range(0, q.shape[-2], chunk):
+        scores = q[..., a:a + chunk, :].float() @ kt
+        if fmask is not None:
+            scores = scores + fmask[..., a:a + chunk, :].float() if fmask.shape[-2] > 1 else scores + fmask.float()
+        lse[..., a:a + chunk] = scores.logsumexp(-1)
+    return out, lse
+
+
+def _tapped_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    tap = getattr(_LOCAL, "tap", None)
+    if tap is None or dropout_p or is_causal or enable_gqa:
+        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                     enable_gqa=enable_gqa)
+    return tap.attend(query, key, value, attn_mask, scale)
+
+
+def _patch_kernel(on: bool) -> None:
+    global _patched
+    with _PATCH_LOCK:
+        _patched += 1 if on else -1
+        F.scaled_dot_product_attention = _tapped_sdpa if _patched > 0 else _SDPA
+
+
+# -- recording ---------------------------------------------------------------------------------------------
+@dataclass
+class DitGeneration:
+    prompts: list[str | None]
+    alignments: list[Alignment | None]
+    cond: torch.Tensor | None  # encode_prompt's conditional text states, one row per image
+    columns: list[int] | None = None  # kept positions in the transformer's text input
+    maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    timesteps: list[float] = field(default_factory=list)
+    grid: tuple[int, int] | None = None
+    expected_steps: int | None = None
+
+
+class _DitRecorder:
+    def __init__(self, pipe, family: Family, encoder: str, keep_heads: bool, store_device):
+        self.pipe, self.family, self.encoder = pipe, family, encoder
+        self.keep_heads = keep_heads
+        self.store_device = None if store_device is None else torch.device(store_device)
+        self.generations: list[DitGeneration] = []
+        self.current: DitGeneration | None = None
+        self.rows: list[tuple[int, int]] | None = None  # (batch row, image) of the conditional rows in this call
+        self.n_img = self.n_txt = 0
+        self.columns_t: torch.Tensor | None = None
+
+    # encode_prompt: words and the conditional text states
+    def on_encode(self, args: dict, result) -> None:
+        g = self.current
+        if g is not None and not g.timesteps and g.cond is not None:
+            return  # the negative prompt's own call (Flux / Qwen true CFG)
+        prompt = args.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else [None]
+        cond = result[0] if isinstance(result, tuple) else result
+        self.current = DitGeneration(prompts, [], cond.detach() if torch.is_tensor(cond) else None)
+        self.generations.append(self.current)
+        self._align(args)
+
+    def _align(self, args: dict) -> None:
+        g, pipe = self.current, self.pipe
+        if any(p is None for p in g.prompts) or g.cond is None:
+            g.alignments = [None] * len(g.prompts)
+            return
+        n_txt = g.cond.shape[1]
+        streams, starts, lengths = [], [], []
+        offset = 0
+        for i, s in enumerate(self.family.streams):
+            length = int(_attr(pipe, s.length)) if s.length else n_txt - offset
+            if s.length is None and i < len(self.family.streams) - 1:
+                raise AssertionError("only the last stream may take the rest of the text input")
+            streams.append(s)
+            starts.append(offset)
+            lengths.append(length)
+            offset += length
+        chosen = [i for i, s in enumerate(streams)
+                  if (self.encoder == "all" or s.name == self.encoder)
+                  and (s.encoder is None or getattr(pipe, s.encoder, None) is not None)]
+        if not chosen:
+            names = [s.name for s in streams]
+            raise ValueError(f"encoder={self.encoder!r}: {type(pipe).__name__} attends the streams {names}"
+                             f"{'' if self.encoder == 'all' else ''}; choose one of {names + ['all']}")
+        per_prompt = []
+        for p in g.prompts:
+            parts = []
+            for i in chosen:
+                s = streams[i]
+                ml = s.max_length if isinstance(s.max_length, int) else args.get(s.max_length, getattr(pipe, s.max_length, None))
+                st = stream_tokens(pipe, s, p, None if ml is None else int(ml))
+                st.positions = [q for q in st.positions if q < lengths[i]]
+                st.labels, st.spans = st.labels[: len(st.positions)], st.spans[: len(st.positions)]
+                parts.append((s.name, st, starts[i]))
+            per_prompt.append(parts)
+        axis = []
+        for k, i in enumerate(chosen):
+            pos = [starts[i] + q for parts in per_prompt for q in parts[k][1].positions]
+            if pos:
+                axis.extend(range(min(pos), max(pos) + 1))
+        g.columns = axis
+        limit = sum(lengths[i] for i in chosen)
+        g.alignments = [build_alignment(p, parts, axis, limit) for p, parts in zip(g.prompts, per_prompt)]
+
+    # the transformer's forward: which rows are conditional, the grid, the step
+    def on_transformer_call(self, args, kwargs) -> None:
+        g = self.current
+        ctx = kwargs.get("encoder_hidden_states")
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if g is None or ctx is None or hidden is None:
+            self.rows = None
+            return
+        self.rows = self._match_rows(ctx, g.cond)
+        if not self.rows:
+            return  # an unconditional call (true CFG's negative branch): not recorded
+        self.n_txt = ctx.shape[1]
+        grid = self._grid(hidden, kwargs)
+        self.n_img = grid[0] * grid[1]
+        g.grid = grid
+        if g.columns is None:
+            g.columns = list(range(self.n_txt))
+        self.columns_t = torch.tensor(g.columns, device=hidden.device, dtype=torch.long)
+        scheduler = getattr(self.pipe, "scheduler", None)
+        if not g.timesteps and getattr(scheduler, "timesteps", None) is not None:
+            g.expected_steps = len(scheduler.timesteps)
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        g.timesteps.append(t.flatten()[0].item() if torch.is_tensor(t) else float(t if t is not None else len(g.timesteps)))
+
+    @staticmethod
+    def _match_rows(ctx: torch.Tensor, cond: torch.Tensor | None) -> list[tuple[int, int]]:
+        if cond is None:
+            return [(b, b) for b in range(ctx.shape[0])]
+        ref = cond.to(ctx.device, ctx.dtype)
+        if ref.shape[1:] != ctx.shape[1:]:
+            return []
+        used, rows = set(), []
+        for b in range(ctx.shape[0]):
+            j = next((j for j in range(ref.shape[0]) if j not in used and torch.equal(ref[j], ctx[b])), None)
+            if j is not None:
+                used.add(j)
+                rows.append((b, j))
+        return rows
+
+    def _grid(self, hidden: torch.Tensor, kwargs) -> tuple[int, int]:
+        cfg = self.pipe.transformer.config
+        if hidden.ndim == 4:  # [B, C, H, W] latents, patchified inside (SD3, PixArt)
+            p = cfg.patch_size
+            return hidden.shape[-2] // p, hidden.shape[-1] // p
+        shapes = kwargs.get("img_shapes")
+        if shapes:  # Qwen-Image: [(frames, h, w)] per image
+            first = shapes[0][0] if isinstance(shapes[0], list) else shapes[0]
+            return int(first[-2]), int(first[-1])
+        ids = kwargs.get("img_ids")
+        if ids is not None:  # Flux: (0, row, column) per token
+            ids = ids.reshape(-1, ids.shape[-1])[: hidden.shape[1]]
+            return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+        raise TraceError(f"cannot find the image grid of {type(self.pipe.transformer).__name__}'s input")
+
+    # one attention call of a wrapped module
+    def attend(self, tap: _Tap, q, k, v, mask, scale):
+        tap.calls += 1
+        rows = self.rows
+        Lq, Lk = q.shape[-2], k.shape[-2]
+        n_img, n_txt = self.n_img, self.n_txt
+        if not rows or self.current is None:
+            return _SDPA(q, k, v, attn_mask=mask, scale=scale)
+        if Lk == n_img + n_txt and Lq == Lk:  # joint attention: one softmax over text and image
+            img = slice(n_txt, Lk) if self.family.text_first else slice(0, n_img)
+            txt0 = 0 if self.family.text_first else n_img
+            kind = "single" if tap.single else "joint"
+        elif tap.cross and Lk == n_txt and Lq == n_img:
+            img, txt0, kind = slice(0, n_img), 0, "cross"
+        else:  # image self-attention (SD3.5's second attention, PixArt's attn1), IP-adapter tokens, ...
+            return _SDPA(q, k, v, attn_mask=mask, scale=scale)
+        tap.kind = kind
+        out, lse = attention_with_lse(q, k, v, mask, scale)
+        b = torch.tensor([r for r, _ in rows], device=q.device)
+        s = scale if scale is not None else q.shape[-1] ** -0.5
+        cols = self.columns_t + txt0
+        qi = q[b][:, :, img].float()  # [Bc, H, N, D]
+        kt = k[b].index_select(2, cols).float()  # [Bc, H, K, D]
+        logits = (qi @ kt.transpose(-1, -2)) * s  # [Bc, H, N, K]
+        if mask is not None:
+            m = _float_mask(mask, torch.float32).expand(q.shape[0], q.shape[1], Lq, Lk)
+            logits = logits + m[b][:, :, img].index_select(-1, cols)
+        p = torch.exp(logits - lse[b][:, :, img].float().unsqueeze(-1))
+        if not self.keep_heads:
+            p = p.sum(1)  # [Bc, N, K]
+        h, w = self.current.grid
+        p = p.transpose(-1, -2).reshape(*p.shape[:-2], p.shape[-1], h, w)  # [Bc, (H,) K, h, w]
+        order = torch.tensor([j for _, j in rows], device=p.device)
+        p = p[torch.argsort(order)]
+        if self.store_device is not None:
+            p = p.to(self.store_device, non_blocking=True)
+        self.current.maps.setdefault(tap.name, []).append(p)
+        return out
+
+
+class _Tap:
+    """Wraps one attention module's processor: while it runs, the attention kernel reports to the recorder."""
+
+    def __init__(self, recorder: _DitRecorder, inner, name: str, single: bool, cross: bool):
+        self.recorder, self.inner, self.name = recorder, inner, name
+        self.single, self.cross = single, cross
+        self.calls = 0
+        self.kind: str | None = None
+
+    def attend(self, q, k, v, mask, scale):
+        _LOCAL.tap = None  # a kernel call inside the recording itself goes straight through
+        try:
+            return self.recorder.attend(self, q, k, v, mask, scale)
+        finally:
+            _LOCAL.tap = self
+
+    def __call__(self, attn, *args, **kwargs):
+        self.calls = 0
+        outer = getattr(_LOCAL, "tap", None)
+        _LOCAL.tap = self
+        try:
+            out = self.inner(attn, *args, **kwargs)
+        finally:
+            _LOCAL.tap = outer
+        if self.calls == 0 and self.recorder.rows:
+            raise TraceError(
+                    f"{self.name}: the attention ran without torch's scaled_dot_product_attention (another attention "
+                    "backend, e.g. flash-attn or sage, or a compiled model), so its probabilities cannot be recorded; "
+                "use diffusers' native backend (no `attention_backend` set) while tracing")
+        return out
+
+
+def _tap_class(inner) -> type:
+    """A subclass of _Tap whose ``__call__`` has the wrapped processor's signature (diffusers filters the
+    keyword arguments it passes by that signature)."""
+    import inspect
+
+    sig = inspect.signature(type(inner).__call__)
+
+    def __call__(self, attn, *args, **kwargs):
+        return _Tap.__call__(self, attn, *args, **kwargs)
+
+    __call__.__signature__ = sig
+    return type(f"Traced{type(inner).__name__}", (_Tap,), {"__call__": __call__})
+
+
+def attention_modules(transformer) -> dict[str, object]:
+    """The transformer's attention modules that can see text: joint (an added text projection, or a
+    single-stream block) or cross-attention, by dotted processor path in run order."""
+    found = {}
+    for name, m in transformer.named_modules():
+        if not hasattr(type(m), "set_processor") or not hasattr(m, "processor"):
+            continue
+        joint = getattr(m, "added_kv_proj_dim", None) is not None or getattr(m, "add_k_proj", None) is not None
+        single = "single" in name
+        cross = bool(getattr(m, "is_cross_attention", False))
+        if joint or single or cross:
+            found[f"{name}.processor"] = (m, single, cross)
+    return found
+
+
+def stream_type(layer: str) -> str:
+    """A recorded layer's kind from its name: ``"single"`` (Flux's single-stream blocks), ``"cross"``
+    (cross-attention: every UNet layer, PixArt's ``attn2``) or ``"joint"`` (SD3, Flux's and Qwen-Image's
+    double-stream blocks)."""
+    if "single" in layer:
+        return "single"
+    if ".attn2." in layer or "attentions." in layer:
+        return "cross"
+    return "joint"
+
+
+class DitTrace:
+    """The handle :func:`trace` yields for a transformer pipeline (same interface as :class:`daamlib.trace.Trace`)."""
+
+    def __init__(self, pipe, recorder: _DitRecorder, layers: list[str]):
+        self.pipe = pipe
+        self._rec = recorder
+        self._layers = layers
+
+    @property
+    def generations(self) -> list[DitGeneration]:
+        return self._rec.generations
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._layers)
+
+    def heat_maps(self, index: int = 0, image=None, generation: int = -1):
+        from .heatmap import HeatMaps
+
+        if not self._rec.generations:
+            raise TraceError("no generation was recorded yet: call the pipeline inside `with trace(pipe)` first")
+        gen = self._rec.generations[generation]
+        if not gen.maps:
+            raise TraceError("the pipeline was called but no image-to-text attention was recorded: the generation was "
+                             "interrupted before its first step, or it was called with prompt_embeds only")
+        n_images = next(iter(gen.maps.values()))[0].shape[0]
+        if not -n_images <= index < n_images:
+            raise IndexError(f"image index {index} out of range: this generation made {n_images} image(s)")
+        index %= n_images
+        per_prompt = max(1, n_images // max(1, len(gen.prompts)))
+        alignment = gen.alignments[min(index // per_prompt, len(gen.alignments) - 1)] if gen.alignments else None
+        if alignment is None:
+            raise TraceError("the pipeline was called with prompt_embeds, so the prompt's words are unknown; "
+                             "pass `prompt=` to the pipeline instead")
+        maps = {name: torch.stack([m[index] for m in steps]) for name, steps in gen.maps.items()}
+        f = pixels_per_token(self.pipe)
+        hm = HeatMaps(alignment, maps, size=(gen.grid[0] * f, gen.grid[1] * f), image=image, timesteps=gen.timesteps)
+        hm.steps_expected = gen.expected_steps
+        if gen.expected_steps and len(gen.timesteps) < gen.expected_steps:
+            warnings.warn(f"the generation was interrupted: its maps sum {len(gen.timesteps)} of the "
+                          f"{gen.expected_steps} steps it planned (HeatMaps.steps_completed); generate again to "
+                          "complete them", stacklevel=2)
+        return hm
+
+
+SUPPORTED = ("StableDiffusion3Pipeline (SD3, SD3.5)", "FluxPipeline (Flux.1)", "PixArtSigmaPipeline (PixArt-Σ)",
+             "PixArtAlphaPipeline (PixArt-α)", "QwenImagePipeline (Qwen-Image)")
+
+
+@contextmanager
+def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder: str = "all") -> Iterator[DitTrace]:
+    """:func:`daamlib.trace` for a diffusion-transformer pipeline (see the module's docs)."""
+    family = family_of(pipe)
+    transformer = getattr(pipe, "transformer", None)
+    if family is None or not isinstance(transformer, torch.nn.Module):
+        raise UnsupportedPipelineError(f"{type(pipe).__name__} is not a supported transformer pipeline; supported: "
+                                       + "; ".join(SUPPORTED))
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+    names = [s.name for s in family.streams]
+    if encoder != "all" and encoder not in names:
+        raise ValueError(f"encoder={encoder!r}: {type(pipe).__name__}'s text input holds the streams {names}; "
+                         f"choose one of {names + ['all']}")
+    modules = attention_modules(transformer)
+    if not modules:
+        raise UnsupportedPipelineError(f"{type(transformer).__name__} has no attention between image and text tokens")
+    if getattr(pipe, "_daam_trace", None) is not None:
+        raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
+    if getattr(transformer, "_daam_traced", False):
+        raise TraceError("this pipeline's transformer is already being traced through another pipeline that shares "
+                         "it; trace one pipeline at a time (leave the other `with trace(...)` block first)")
+
+    rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device)
+    original = {name: m.processor for name, (m, _, _) in modules.items()}
+    encode = pipe.encode_prompt
+    own_encode = vars(pipe).get("encode_prompt", _MISSING)
+    signature = _signature(type(pipe).encode_prompt)
+
+    def encode_and_note(*args, **kwargs):
+        bound = signature.bind(pipe, *args, **kwargs)
+        bound.apply_defaults()
+        result = encode(*args, **kwargs)
+        rec.on_encode(dict(bound.arguments), result)
+        return result
+
+    hook = transformer.register_forward_pre_hook(lambda mod, args, kwargs: rec.on_transformer_call(args, kwargs),
+                                                 with_kwargs=True)
+    handle = DitTrace(pipe, rec, list(modules))
+    pipe._daam_trace = handle
+    transformer._daam_traced = True
+    _patch_kernel(True)
+    try:
+        for name, (m, single, cross) in modules.items():
+            m.set_processor(_tap_class(original[name])(rec, original[name], name, single, cross))
+        pipe.encode_prompt = encode_and_note
+        yield handle
+    finally:
+        _patch_kernel(False)
+        hook.remove()
+        for name, (m, _, _) in modules.items():
+            m.set_processor(original[name])
+        vars(pipe).pop("_daam_trace", None)
+        vars(transformer).pop("_daam_traced", None)
+        if own_encode is _MISSING:
+            vars(pipe).pop("encode_prompt", None)
+        else:
+            pipe.encode_prompt = own_encode

@@ -1,0 +1,123 @@
+"""Tiny diffusion-transformer pipelines built from configs: SD3, Flux.1, PixArt-Σ (and their tokenizers), offline.
+
+Sizes follow diffusers' own fast tests (1–2 blocks, hidden size 16–64; a few hundred thousand random
+weights): they prove the plumbing of each family — joint attention with image-first or text-first order,
+single-stream blocks, cross-attention with a padding mask, packed latents, classifier-free guidance as
+each pipeline does it — not attribution. The T5 tokenizer is a real ``T5TokenizerFast`` on a Unigram
+vocabulary trained here (Metaspace pre-tokenizer, ``</s>`` appended), so words split into several pieces.
+
+>>> pipe = tiny_dit_pipeline("flux")            # doctest: +SKIP
+>>> hm = daamlib.generate(pipe, "a cat and a dog", steps=2)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .tiny import CORPUS, _text_config, tokenizer_dir
+
+KINDS = ("sd3", "flux", "pixart")
+
+
+@lru_cache(maxsize=None)
+def t5_tokenizer_dir(vocab_size: int = 160) -> Path:
+    """A cached folder with a T5-style tokenizer (Unigram, ``▁`` word starts, ``</s>`` appended) trained on CORPUS."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", shrinking_factor=0.75)
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    out = Path(tempfile.mkdtemp(prefix="daam-tiny-t5-"))
+    tok.save(str(out / "tokenizer.json"))
+    fast = T5TokenizerFast(tokenizer_file=str(out / "tokenizer.json"), pad_token="<pad>", eos_token="</s>",
+                           unk_token="<unk>", extra_ids=0, model_max_length=512)
+    fast.save_pretrained(out)
+    return out
+
+
+def _t5(vocab_size: int, d_model: int = 32, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=vocab_size, d_model=d_model, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+                   relative_attention_num_buckets=8, feed_forward_proj="relu", pad_token_id=0, eos_token_id=1,
+                   decoder_start_token_id=0)
+    return T5EncoderModel(cfg).eval()
+
+
+def _flow_vae(latent_channels: int, seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                         latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False,
+                         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+
+
+def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
+    """A tiny ``StableDiffusion3Pipeline`` (``"sd3"``), ``FluxPipeline`` (``"flux"``) or ``PixArtSigmaPipeline``
+    (``"pixart"``) with random weights; 64×64 images by default (32×32 latents for PixArt's VAE factor 2)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5TokenizerFast
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown tiny transformer kind {kind!r}; choose one of {KINDS}")
+    t5_tok = T5TokenizerFast.from_pretrained(t5_tokenizer_dir())
+    if kind == "sd3":
+        from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=4, num_layers=2,
+                                            attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                            joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
+        clip = CLIPTokenizer.from_pretrained(tokenizer_dir("<|endoftext|>", 77))
+        encoders = []
+        for i in range(2):
+            torch.manual_seed(seed + i)
+            encoders.append(CLIPTextModelWithProjection(_text_config(len(clip), 77, hidden_act="gelu", projection_dim=32)))
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(4, seed),
+            text_encoder=encoders[0], tokenizer=clip, text_encoder_2=encoders[1],
+            tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer_dir("!", 77)),
+            text_encoder_3=_t5(len(t5_tok), 32, seed), tokenizer_3=t5_tok)
+    elif kind == "flux":
+        from diffusers import FluxPipeline, FluxTransformer2DModel
+
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                             pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+        clip = CLIPTokenizer.from_pretrained(tokenizer_dir("<|endoftext|>", 77))
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(_text_config(len(clip), 77, hidden_act="gelu", projection_dim=32))
+        pipe = FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(1, seed),
+                            text_encoder=text_encoder, tokenizer=clip, text_encoder_2=_t5(len(t5_tok), 32, seed),
+                            tokenizer_2=t5_tok, image_encoder=None, feature_extractor=None)
+        pipe.default_sample_size = 32  # 64×64 by default, as the other tiny pipelines (Flux's own default: 128 → 256 px)
+    else:
+        from diffusers import DDIMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+        torch.manual_seed(seed)
+        transformer = PixArtTransformer2DModel(
+            sample_size=32, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+            in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
+            activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+            norm_elementwise_affine=False, norm_eps=1e-6).eval()
+        vae = _flow_vae(4, seed)
+        vae.register_to_config(shift_factor=None, scaling_factor=0.18215)
+        pipe = PixArtSigmaPipeline(transformer=transformer, scheduler=DDIMScheduler(), vae=vae,
+                                   text_encoder=_t5(len(t5_tok), 32, seed), tokenizer=t5_tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
