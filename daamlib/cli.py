@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.4, help="τ of Eq. 7 for the mask figure (default 0.4)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="weights dtype")
+    p.add_argument("--encoder", choices=("all", "clip", "t5", "lm"), default=None,
+                   help="transformers: the text stream whose tokens get maps (default: all the model attends)")
     p.add_argument("--out", default="out/daam", help="output folder (default out/daam)")
     p.add_argument("--overwrite", action="store_true", help="replace an experiment already in --out")
     return p
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pipe.set_progress_bar_config(disable=False, desc=f"daam {model}")
     hm = generate(pipe, args.prompt, seed=args.seed, steps=used["steps"], guidance_scale=used["guidance"],
-                  height=used["height"], width=used["width"], negative_prompt=args.negative_prompt)
+                  height=used["height"], width=used["width"], negative_prompt=args.negative_prompt,
+                  encoder=args.encoder)
 
     (out / "words").mkdir(parents=True, exist_ok=True)
     from PIL import Image
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     settings = {"model": model, "steps": used["steps"], "steps_completed": hm.steps_completed, "guidance": used["guidance"], "height": hm.size[0],
                 "width": hm.size[1], "negative_prompt": args.negative_prompt, "scheduler": type(pipe.scheduler).__name__,
-                "dtype": str(denoiser.dtype).removeprefix("torch."), "device": str(denoiser.device)}
+                "dtype": str(denoiser.dtype).removeprefix("torch."), "device": str(denoiser.device),
+                **({"encoder": args.encoder} if args.encoder else {})}
     try:
         save_experiment(out / "experiment", hm, seed=args.seed, settings=settings, overwrite=args.overwrite)
     except ExperimentError as e:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .heatmap import stream_type  # noqa: F401 (part of this module's API)
 from .trace import _MISSING, TraceError, UnsupportedPipelineError, _signature
 from .words import Alignment, Word, _WORD
 
@@ -318,6 +319,17 @@ class _DitRecorder:
         g.columns = axis
         limit = sum(lengths[i] for i in chosen)
         g.alignments = [build_alignment(p, parts, axis, limit) for p, parts in zip(g.prompts, per_prompt)]
+        for al in g.alignments:
+            if al.truncated:
+                warnings.warn(f"the prompt {al.prompt[:60]!r}... is longer than {type(pipe).__name__}'s text input "
+                              "keeps (max_sequence_length); words past the limit were dropped and have no heat map; "
+                              "shorten the prompt or raise max_sequence_length to keep them", stacklevel=4)
+        if args.get("clean_caption") and hasattr(pipe, "_text_preprocessing"):
+            cleaned = [pipe._text_preprocessing(p, clean_caption=True)[0] for p in g.prompts]
+            if cleaned != [p.lower().strip() for p in g.prompts] and cleaned != g.prompts:
+                warnings.warn("clean_caption=True changed the prompt's text before tokenization, so some words may "
+                              "have lost their tokens; pass clean_caption=False (daamlib.generate does) to align "
+                              "the prompt as written", stacklevel=4)
 
     # the transformer's forward: which rows are conditional, the grid, the step
     def on_transformer_call(self, args, kwargs) -> None:
@@ -474,17 +486,6 @@ def attention_modules(transformer) -> dict[str, object]:
     return found
 
 
-def stream_type(layer: str) -> str:
-    """A recorded layer's kind from its name: ``"single"`` (Flux's single-stream blocks), ``"cross"``
-    (cross-attention: every UNet layer, PixArt's ``attn2``) or ``"joint"`` (SD3, Flux's and Qwen-Image's
-    double-stream blocks)."""
-    if "single" in layer:
-        return "single"
-    if ".attn2." in layer or "attentions." in layer:
-        return "cross"
-    return "joint"
-
-
 class DitTrace:
     """The handle :func:`trace` yields for a transformer pipeline (same interface as :class:`daamlib.trace.Trace`)."""
 
@@ -540,8 +541,10 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
     family = family_of(pipe)
     transformer = getattr(pipe, "transformer", None)
     if family is None or not isinstance(transformer, torch.nn.Module):
+        from .trace import SUPPORTED as ALL
+
         raise UnsupportedPipelineError(f"{type(pipe).__name__} is not a supported transformer pipeline; supported: "
-                                       + "; ".join(SUPPORTED))
+                                       + "; ".join(ALL))
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
     names = [s.name for s in family.streams]

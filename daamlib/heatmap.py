@@ -97,6 +97,20 @@ def overlay_png(panels: list[tuple], size: tuple[float, float] = (3.2, 3.2), cma
     return buf.getvalue()
 
 
+STREAM_TYPES = ("joint", "single", "cross")
+
+
+def stream_type(layer: str) -> str:
+    """A recorded layer's kind from its name: ``"single"`` (Flux's single-stream blocks), ``"cross"``
+    (cross-attention: every UNet layer, PixArt's ``attn2``) or ``"joint"`` (SD3's blocks, Flux's and
+    Qwen-Image's double-stream blocks: text and image in one softmax)."""
+    if "single" in layer:
+        return "single"
+    if ".attn2." in layer or "attentions." in layer:
+        return "cross"
+    return "joint"
+
+
 class HeatMapsDisplay:
     """A figure of several heat maps, as scikit-learn's Display objects: ``figure_`` and ``ax_`` (the axes)."""
 
@@ -346,15 +360,34 @@ class HeatMaps:
     # -- post-hoc selection ----------------------------------------------------------------
     def select(self, steps: Iterable[int] | slice | None = None, layers: Iterable[str] | str | None = None,
                resolutions: Iterable[int | tuple[int, int]] | None = None,
-               heads: Iterable[int] | None = None) -> HeatMaps:
-        """A new :class:`HeatMaps` restricted to some steps, layers, resolutions or heads.
+               heads: Iterable[int] | None = None, blocks: Iterable[int] | slice | None = None,
+               streams: Iterable[str] | str | None = None) -> HeatMaps:
+        """A new :class:`HeatMaps` restricted to some steps, layers, resolutions, heads, blocks or stream types.
 
         ``steps``: positions in this object's step list (a range, list or slice; 0 is the
         first denoising step). ``layers``: names or shell patterns (``"*up_blocks.1*"``).
         ``resolutions``: grid heights (``8``) or (h, w) pairs. ``heads``: head indices, only
-        when recorded with ``keep_heads=True``. Nothing is regenerated.
+        when recorded with ``keep_heads=True``. ``blocks``: positions in :attr:`layers` (the recorded
+        layers in the order they run: a transformer's depth). ``streams``: ``"joint"``, ``"single"`` or
+        ``"cross"`` (:func:`stream_type`). Nothing is regenerated.
         """
         names = list(self.maps)
+        if blocks is not None:
+            order = self.layers
+            picked = order[blocks] if isinstance(blocks, slice) else [order[i] for i in blocks if -len(order) <= i < len(order)]
+            bad = [] if isinstance(blocks, slice) else [i for i in blocks if not -len(order) <= i < len(order)]
+            if bad or not picked:
+                raise IndexError(f"blocks {bad or blocks} out of range: {len(order)} layers recorded")
+            names = [n for n in names if n in picked]
+        if streams is not None:
+            kinds = [streams] if isinstance(streams, str) else list(streams)
+            unknown = sorted(set(kinds) - set(STREAM_TYPES))
+            if unknown:
+                raise ValueError(f"unknown stream types {unknown}; choose from {STREAM_TYPES}")
+            names = [n for n in names if stream_type(n) in kinds]
+            if not names:
+                raise KeyError(f"no layer of stream type {kinds}; this model's are: "
+                               f"{sorted({stream_type(n) for n in self.maps})}")
         if layers is not None:
             patterns = [layers] if isinstance(layers, str) else list(layers)
             names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]

@@ -233,7 +233,7 @@ def check_meta(meta: dict) -> str | None:
         try:
             a, b = w["span"]
             ok = (isinstance(w["text"], str) and 0 <= a <= b <= len(prompt) and prompt[a:b] == w["text"]
-                  and all(_is_int(t) and 0 < t < len(tokens) - 1 for t in w["tokens"])
+                  and all(_is_int(t) and 0 <= t < len(tokens) for t in w["tokens"])
                   and isinstance(w["truncated"], bool) and _is_int(w["index"]) and _is_int(w["occurrence"]))
         except (KeyError, TypeError, ValueError):
             ok = False

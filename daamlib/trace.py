@@ -41,6 +41,8 @@ SUPPORTED = (
     "StableDiffusionPipeline (SD 1.x, 2.x)",
     "StableDiffusionXLPipeline (SDXL)",
     "other diffusers pipelines whose `unet` is a UNet2DConditionModel with cross-attention",
+    "StableDiffusion3Pipeline (SD3, SD3.5), FluxPipeline (Flux.1), PixArtSigmaPipeline / PixArtAlphaPipeline, "
+    "QwenImagePipeline (see daamlib.dit)",
 )
 
 
@@ -282,6 +284,13 @@ def check_supported(pipe) -> dict:
     """The cross-attention modules of ``pipe`` by name, or an :class:`UnsupportedPipelineError` naming the supported
     pipelines."""
     unet = getattr(pipe, "unet", None)
+    if unet is None and isinstance(getattr(pipe, "transformer", None), torch.nn.Module):
+        from .dit import attention_modules, family_of
+
+        if family_of(pipe) is None:
+            raise UnsupportedPipelineError(f"{type(pipe).__name__} is not a supported transformer pipeline; "
+                                           "supported: " + "; ".join(SUPPORTED))
+        return {name: m for name, (m, _, _) in attention_modules(pipe.transformer).items()}
     modules = cross_attention_modules(unet) if isinstance(unet, torch.nn.Module) else {}
     if not modules:
         raise UnsupportedPipelineError(
@@ -320,6 +329,9 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
         return
     unet = getattr(pipe, "unet", None)
     modules = check_supported(pipe)
+    if encoder != "all":
+        raise ValueError(f"encoder={encoder!r} applies to transformer pipelines; a UNet's maps use the prompt's "
+                         "tokens of its (first) text encoder: leave encoder unset")
     if getattr(pipe, "_daam_trace", None) is not None:
         raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
     if getattr(unet, "_daam_traced", False):

@@ -1,0 +1,296 @@
+"""Diffusion transformers (SD3, Flux.1, PixArt-Σ): the maps against a naive reference, images unchanged, words
+aligned as each pipeline tokenizes, guidance as each pipeline batches it."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from daamlib import TraceError, UnsupportedPipelineError, generate, trace
+from daamlib.kernel import aggregate
+
+PROMPTS = ["a red cat and a blue dog", "two birds flying over the sea at sunset"]
+
+
+@pytest.fixture(scope="module")
+def dit():
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            cache[kind] = tiny_dit_pipeline(kind)
+        return cache[kind]
+
+    return get
+
+
+def call_kwargs(kind, **kw):
+    kw.setdefault("num_inference_steps", 2)
+    kw.setdefault("output_type", "pt")
+    if kind != "sd3":
+        kw.setdefault("max_sequence_length", 24)
+    if kind == "pixart":
+        kw.update(use_resolution_binning=False, clean_caption=False)
+    return kw
+
+
+class NaiveReference:
+    """Every attention call inside the transformer, materialised: softmax(QKᵀ·scale + mask) over every key, in
+    float64, every head kept. The model's own output is returned unchanged, so the trajectory is the plain one."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls, self.inside = pipe, [], False
+
+    def __enter__(self):
+        original = F.scaled_dot_product_attention
+        self.original = original
+
+        def naive(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+            q, k, v = query, key, value
+            if self.inside:
+                s = scale if scale is not None else q.shape[-1] ** -0.5
+                logits = (q.double() @ k.double().transpose(-1, -2)) * s
+                if attn_mask is not None:
+                    m = attn_mask if attn_mask.dtype != torch.bool else torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, -math.inf)
+                    logits = logits + m.double()
+                self.calls[-1].append(logits.softmax(-1))
+            return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                            enable_gqa=enable_gqa)
+
+        def pre(module, args, kwargs):
+            self.inside = True
+            self.calls.append([])
+            self.context = kwargs["encoder_hidden_states"].shape[1]
+
+        def post(module, args, kwargs, out):
+            self.inside = False
+
+        F.scaled_dot_product_attention = naive
+        self.hooks = [self.pipe.transformer.register_forward_pre_hook(pre, with_kwargs=True),
+                      self.pipe.transformer.register_forward_hook(post, with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self.original
+        for h in self.hooks:
+            h.remove()
+
+    def maps(self, kind, image_index, n_images, columns, grid, size, cfg, calls_per_step=1):
+        """Σ over steps, blocks and heads of every head's bicubic upsampling: [tokens, H, W], clamped at 0 once."""
+        h, w = grid
+        n_img = h * w
+        total = None
+        for step_calls in self.calls[::calls_per_step]:  # with true CFG: the conditional call of each step
+            for p in step_calls:
+                B, H, Lq, Lk = p.shape
+                row = (B // 2 if cfg else 0) + image_index
+                T = Lk - n_img if Lq == Lk else Lk
+                if Lq == Lk and Lk == n_img:  # image self-attention
+                    continue
+                if Lq == Lk:  # joint
+                    img, txt = (slice(T, Lk), slice(0, T)) if kind != "sd3" else (slice(0, n_img), slice(n_img, Lk))
+                else:  # cross
+                    img, txt = slice(0, Lq), slice(0, Lk)
+                probs = p[row, :, img, txt][..., columns]  # [H, N, K]
+                for head in probs:
+                    m = head.T.reshape(len(columns), h, w).float()[None]
+                    up = F.interpolate(m, size=size, mode="bicubic", align_corners=False)[0].double()
+                    total = up if total is None else total + up
+        return total.clamp(min=0)
+
+
+CASES = [  # kind, prompts, call kwargs, CFG batch layout, calls per step
+    ("sd3", PROMPTS, dict(guidance_scale=5.0, height=64, width=96), True, 1),
+    ("sd3", PROMPTS[:1], dict(guidance_scale=1.0, height=96, width=64), False, 1),
+    ("flux", PROMPTS, dict(guidance_scale=3.5, height=64, width=96), False, 1),
+    ("flux", PROMPTS[:1], dict(true_cfg_scale=4.0, negative_prompt="a photo", height=64, width=64), False, 2),
+    ("pixart", PROMPTS, dict(guidance_scale=4.5, height=96, width=64), True, 1),
+    ("pixart", PROMPTS[:1], dict(guidance_scale=1.0, height=64, width=64), False, 1),
+]
+
+
+@pytest.mark.parametrize("kind, prompts, kw, cfg, per_step", CASES,
+                         ids=[f"{c[0]}-{'cfg' if c[3] or c[4] > 1 else 'nocfg'}-{len(c[1])}p" for c in CASES])
+def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompts, kw, cfg, per_step):
+    pipe = dit(kind)
+    kw = call_kwargs(kind, **kw)
+    plain = pipe(prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    with NaiveReference(pipe) as ref:
+        pipe(prompts, generator=torch.Generator().manual_seed(0), **kw)
+    with trace(pipe) as tc:
+        traced = pipe(prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    assert (plain - traced).abs().max().item() <= 1e-6  # the kernel's own output is used: identical here
+    gen = tc.generations[-1]
+    assert len(gen.timesteps) == 2
+    for i in range(len(prompts)):
+        hm = tc.heat_maps(i)
+        assert hm.size == (kw["height"], kw["width"])
+        ours = hm.token_maps().double()
+        theirs = ref.maps(kind, i, len(prompts), gen.columns, gen.grid, hm.size, cfg, per_step)
+        assert ours.shape == theirs.shape
+        assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart"])
+def test_probabilities_are_normalised_over_every_key(dit, kind):
+    """Per head, a joint block's text probabilities sum to less than 1 (image keys take the rest); a cross-attention
+    block's (PixArt) sum to 1 over the text input, of which the kept tokens are the unpadded part."""
+    pipe = dit(kind)
+    with trace(pipe, keep_heads=True) as tc:
+        pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), **call_kwargs(kind, guidance_scale=1.0))
+    for name, steps in tc.generations[-1].maps.items():
+        total = steps[0][0].sum(1)  # [heads, h, w]: Σ over kept text tokens
+        assert (total > 0).all() and (total <= 1 + 1e-5).all()
+        if kind == "pixart":  # padding is masked: the kept tokens (prompt and </s>) take everything
+            assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+        else:
+            assert total.max() < 0.999
+
+
+def test_words_align_with_each_stream_as_the_pipeline_tokenizes(dit):
+    pipe = dit("sd3")
+    prompt = PROMPTS[0]
+    hm = {enc: generate(pipe, prompt, steps=1, encoder=enc) for enc in ("all", "clip", "t5")}
+    t5_ids = pipe.tokenizer_3(prompt).input_ids  # [pieces..., </s>]: no start token
+    t5 = pipe.tokenizer_3.convert_ids_to_tokens(t5_ids)
+    clip = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(prompt).input_ids)  # [<|startoftext|>, ..., <|endoftext|>]
+    assert hm["t5"].tokens == t5 and hm["clip"].tokens == clip
+    assert hm["all"].tokens == [f"clip:{t}" for t in clip] + [f"t5:{t}" for t in t5]
+    # the CLIP part sits at the start of SD3's text input, T5's after its 77 positions
+    assert tc_columns(pipe, prompt, "t5")[0] == 77 and tc_columns(pipe, prompt, "clip")[0] == 0
+    dog = hm["all"].alignment.find("dog")
+    assert [hm["all"].tokens[i].split(":")[0] for i in dog.tokens].count("clip") >= 1
+    enc = pipe.tokenizer_3(prompt, return_offsets_mapping=True)
+    a, b = prompt.index("dog"), prompt.index("dog") + 3
+    assert set(hm["t5"].alignment.find("dog").tokens) == {i for i, (x, y) in enumerate(enc["offset_mapping"])
+                                                         if y > x and x < b and y > a}
+    # the word map is the mean of its tokens' maps, in both streams
+    all_maps = hm["all"].token_maps()
+    assert torch.allclose(hm["all"]["dog"].heat, all_maps[list(dog.tokens)].mean(0), atol=1e-6)
+
+
+def tc_columns(pipe, prompt, encoder):
+    with trace(pipe, encoder=encoder) as tc:
+        pipe(prompt, num_inference_steps=1, output_type="pt")
+    return tc.generations[-1].columns
+
+
+def test_pixart_t5_padding_and_truncation(dit):
+    pipe = dit("pixart")
+    long = " ".join(["cat"] * 30) + " zebra"
+    with pytest.warns(UserWarning, match="longer than PixArtSigmaPipeline's text input keeps"):
+        with trace(pipe) as tc:
+            pipe(long, generator=torch.Generator().manual_seed(0), **call_kwargs("pixart", max_sequence_length=16))
+    hm = tc.heat_maps(0)
+    assert len(hm.tokens) == 16 and hm.tokens[-1] == "</s>"  # truncated as the pipeline truncates, </s> kept
+    with pytest.raises(KeyError, match="lies past the text encoder's limit"):
+        hm["zebra"]
+
+
+def test_generate_cli_names_and_settings(dit):
+    from daamlib import load_pipeline
+    from daamlib.pipeline import resolve_settings, size_multiple
+
+    pipe = load_pipeline("tiny-flux")
+    assert size_multiple(pipe) == 8 and resolve_settings(pipe)["height"] == 64
+    hm = generate(pipe, "a cat", steps=1, height=64, width=96)
+    assert hm.size == (64, 96) and hm.image.shape == (64, 96, 3)
+    assert [w.text for w in hm.alignment.words] == ["a", "cat"]
+
+
+def test_keep_heads_select_and_stream_types(dit):
+    from daamlib.dit import stream_type
+
+    pipe = dit("flux")
+    hm = generate(pipe, "a cat and a dog", steps=2, keep_heads=True)
+    assert hm.heads_kept and {stream_type(n) for n in hm.layers} == {"joint", "single"}
+    single = hm.select(layers="single_transformer_blocks.*")
+    assert single.layers == ["single_transformer_blocks.0.attn.processor"]
+    per_head = [aggregate(hm.select(heads=[i]).maps.values(), hm.size, clamp=False) for i in (0, 1)]
+    assert torch.allclose(per_head[0] + per_head[1], aggregate(hm.maps.values(), hm.size, clamp=False), atol=1e-6)
+    assert [stream_type(n) for n in dit("pixart").transformer.attn_processors if "attn2" in n] == ["cross", "cross"]
+
+
+def test_a_processor_that_bypasses_the_kernel_is_refused(dit):
+    """A processor computing attention its own way (or another attention backend) cannot be tapped: refused."""
+    pipe = dit("flux")
+    block = pipe.transformer.transformer_blocks[0].attn
+    original = block.processor
+
+    class ByHand(type(original)):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+            saved = F.scaled_dot_product_attention
+            F.scaled_dot_product_attention = lambda query, key, value, **kw: (
+                (query @ key.transpose(-1, -2)) * query.shape[-1] ** -0.5).softmax(-1) @ value
+            try:
+                return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            finally:
+                F.scaled_dot_product_attention = saved
+
+    block.set_processor(ByHand())
+    try:
+        with pytest.raises(TraceError, match="ran without torch's scaled_dot_product_attention"):
+            generate(pipe, "a cat", steps=1)
+    finally:
+        block.set_processor(original)
+    assert type(block.processor) is type(original) and F.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"
+
+
+def test_unsupported_transformer_pipeline_names_the_supported_set():
+    class OtherPipeline:
+        transformer = torch.nn.Linear(2, 2)
+
+    with pytest.raises(UnsupportedPipelineError, match=r"OtherPipeline is not a supported transformer pipeline; "
+                                                       r"supported: StableDiffusionPipeline.*StableDiffusion3Pipeline.*FluxPipeline.*PixArtSigma"):
+        with trace(OtherPipeline()):
+            pass
+
+
+def test_kernel_is_restored_and_encode_prompt_too(dit):
+    pipe = dit("sd3")
+    before = F.scaled_dot_product_attention
+    with pytest.raises(RuntimeError, match="boom"):
+        with trace(pipe):
+            raise RuntimeError("boom")
+    assert F.scaled_dot_product_attention is before and "encode_prompt" not in vars(pipe)
+    assert all(not type(p).__name__.startswith("Traced") for p in pipe.transformer.attn_processors.values())
+
+
+def test_select_by_block_depth_and_stream_type(dit):
+    hm = generate(dit("flux"), "a cat and a dog", steps=2)
+    assert hm.select(streams="single").layers == ["single_transformer_blocks.0.attn.processor"]
+    assert hm.select(streams=["joint"]).layers == ["transformer_blocks.0.attn.processor"]
+    assert hm.select(blocks=[1]).layers == hm.select(streams="single").layers  # depth: the order blocks run in
+    assert hm.select(blocks=slice(0, 1)).layers == ["transformer_blocks.0.attn.processor"]
+    with pytest.raises(KeyError, match=r"no layer of stream type \['cross'\]; this model's are: \['joint', 'single'\]"):
+        hm.select(streams="cross")
+    with pytest.raises(IndexError, match="blocks \\[5\\] out of range: 2 layers recorded"):
+        hm.select(blocks=[5])
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart"])
+def test_cli_saves_and_loads_transformer_experiments(model, tmp_path):
+    from daamlib import load_experiment
+    from daamlib.cli import main
+
+    out = tmp_path / model
+    assert main(["a red cat and a blue dog", "--model", model, "--steps", "2", "--width", "96", "--out", str(out)]) == 0
+    hm, meta = load_experiment(out / "experiment")
+    assert hm.size == (64, 96) and meta["settings"]["steps"] == 2 and meta["settings"]["dtype"] == "float32"
+    assert hm["dog"].heat.shape == (64, 96) and (out / "words").is_dir()
+    assert sorted(hm.layers) == sorted(meta["layers"])
+
+
+def test_runner_on_a_transformer(dit, tmp_path):
+    from daamlib.runner import load_results, run_experiments
+
+    items = [{"id": "a", "prompt": "a cat", "seed": 0, "steps": 1},
+             {"id": "b", "prompt": "a dog and a bird", "seed": 1, "steps": 2, "height": 64, "width": 96}]
+    records = run_experiments(dit("sd3"), items, tmp_path / "run", model_name="tiny-sd3", progress=False)
+    assert [r["status"] for r in records] == ["generated"] * 2
+    assert [r["settings"]["width"] for r in load_results(tmp_path / "run", items)] == [64, 96]
+    assert [r["status"] for r in run_experiments(dit("sd3"), items, tmp_path / "run", model_name="tiny-sd3",
+                                                 progress=False)] == ["skipped"] * 2
