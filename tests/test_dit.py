@@ -1,4 +1,4 @@
-"""Diffusion transformers (SD3, Flux.1, PixArt-Σ): the maps against a naive reference, images unchanged, words
+"""Diffusion transformers (SD3, Flux.1, PixArt-Σ, Qwen-Image): the maps against a naive reference, images unchanged, words
 aligned as each pipeline tokenizes, guidance as each pipeline batches it."""
 
 import math
@@ -109,6 +109,8 @@ CASES = [  # kind, prompts, call kwargs, CFG batch layout, calls per step
     ("flux", PROMPTS[:1], dict(true_cfg_scale=4.0, negative_prompt="a photo", height=64, width=64), False, 2),
     ("pixart", PROMPTS, dict(guidance_scale=4.5, height=96, width=64), True, 1),
     ("pixart", PROMPTS[:1], dict(guidance_scale=1.0, height=64, width=64), False, 1),
+    ("qwen", PROMPTS, dict(height=64, width=96), False, 1),  # two lengths: the text padding is masked
+    ("qwen", PROMPTS[:1], dict(true_cfg_scale=4.0, negative_prompt="a photo", height=96, width=64), False, 2),
 ]
 
 
@@ -134,7 +136,7 @@ def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompt
         assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart"])
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen"])
 def test_probabilities_are_normalised_over_every_key(dit, kind):
     """Per head, a joint block's text probabilities sum to less than 1 (image keys take the rest); a cross-attention
     block's (PixArt) sum to 1 over the text input, of which the kept tokens are the unpadded part."""
@@ -271,7 +273,7 @@ def test_select_by_block_depth_and_stream_type(dit):
         hm.select(blocks=[5])
 
 
-@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart"])
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-qwen"])
 def test_cli_saves_and_loads_transformer_experiments(model, tmp_path):
     from daamlib import load_experiment
     from daamlib.cli import main
@@ -294,3 +296,25 @@ def test_runner_on_a_transformer(dit, tmp_path):
     assert [r["settings"]["width"] for r in load_results(tmp_path / "run", items)] == [64, 96]
     assert [r["status"] for r in run_experiments(dit("sd3"), items, tmp_path / "run", model_name="tiny-sd3",
                                                  progress=False)] == ["skipped"] * 2
+
+
+def test_qwen_words_skip_the_chat_template_the_pipeline_drops(dit):
+    """QwenImagePipeline drops its system prefix (prompt_template_encode_start_idx tokens) from the language model's
+    states; the prompt's tokens follow, then the template's suffix (not words). Positions follow the pipeline's
+    code even when the number dropped is not the prefix's length."""
+    from daamlib.testing.tiny_dit import QWEN_TEMPLATE
+
+    pipe = dit("qwen")
+    prefix = len(pipe.tokenizer(QWEN_TEMPLATE.split("{}")[0]).input_ids)
+    ids = pipe.tokenizer(QWEN_TEMPLATE.format(PROMPTS[0])).input_ids
+    for drop in (prefix, 34):
+        pipe.prompt_template_encode_start_idx = drop
+        try:
+            with trace(pipe) as tc:
+                pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), **call_kwargs("qwen", num_inference_steps=1, max_sequence_length=64))
+        finally:
+            pipe.prompt_template_encode_start_idx = prefix
+        hm, cols = tc.heat_maps(0), tc.generations[-1].columns
+        assert cols[0] == prefix - drop  # the first prompt token's place in the states
+        assert hm.tokens == pipe.tokenizer.convert_ids_to_tokens([ids[c + drop] for c in cols])
+        assert "".join(hm.tokens).replace("Ġ", " ") == PROMPTS[0]  # the prompt, no template token kept

@@ -1,10 +1,14 @@
-"""Tiny diffusion-transformer pipelines built from configs: SD3, Flux.1, PixArt-Σ (and their tokenizers), offline.
+"""Tiny diffusion-transformer pipelines built from configs: SD3, Flux.1, PixArt-Σ, Qwen-Image (and their tokenizers).
 
 Sizes follow diffusers' own fast tests (1–2 blocks, hidden size 16–64; a few hundred thousand random
 weights): they prove the plumbing of each family — joint attention with image-first or text-first order,
 single-stream blocks, cross-attention with a padding mask, packed latents, classifier-free guidance as
 each pipeline does it — not attribution. The T5 tokenizer is a real ``T5TokenizerFast`` on a Unigram
-vocabulary trained here (Metaspace pre-tokenizer, ``</s>`` appended), so words split into several pieces.
+vocabulary trained here (Metaspace pre-tokenizer, ``</s>`` appended), so words split into several pieces;
+Qwen-Image's is a byte-level BPE (``Qwen2TokenizerFast``) trained here with the chat tokens, and its
+language model a 2-layer ``Qwen2_5_VLForConditionalGeneration``. The real Qwen tokenizer turns the
+pipeline's system prefix into exactly the 34 tokens the pipeline drops; this small vocabulary needs more,
+so the tiny pipeline drops its own prefix length (``prompt_template_encode_start_idx``), as the real one does.
 
 >>> pipe = tiny_dit_pipeline("flux")            # doctest: +SKIP
 >>> hm = daamlib.generate(pipe, "a cat and a dog", steps=2)   # doctest: +SKIP
@@ -20,7 +24,11 @@ import torch
 
 from .tiny import CORPUS, _text_config, tokenizer_dir
 
-KINDS = ("sd3", "flux", "pixart")
+KINDS = ("sd3", "flux", "pixart", "qwen")
+CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
+                 "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
+                 "<|im_start|>assistant\n")  # QwenImagePipeline.prompt_template_encode
 
 
 @lru_cache(maxsize=None)
@@ -46,6 +54,27 @@ def t5_tokenizer_dir(vocab_size: int = 160) -> Path:
     return out
 
 
+@lru_cache(maxsize=None)
+def lm_tokenizer_dir(vocab_size: int = 400) -> Path:
+    """A cached folder with a byte-level BPE tokenizer (as Qwen's), trained on CORPUS and the chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import Qwen2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 3 + [QWEN_TEMPLATE.replace("{}", "")] * 3, trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    out = Path(tempfile.mkdtemp(prefix="daam-tiny-lm-"))
+    tok.save(str(out / "tokenizer.json"))
+    fast = Qwen2TokenizerFast(tokenizer_file=str(out / "tokenizer.json"), eos_token="<|im_end|>",
+                              pad_token="<|endoftext|>", unk_token=None, bos_token=None)
+    fast.save_pretrained(out)
+    return out
+
+
 def _t5(vocab_size: int, d_model: int = 32, seed: int = 0):
     from transformers import T5Config, T5EncoderModel
 
@@ -67,8 +96,8 @@ def _flow_vae(latent_channels: int, seed: int = 0):
 
 
 def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
-    """A tiny ``StableDiffusion3Pipeline`` (``"sd3"``), ``FluxPipeline`` (``"flux"``) or ``PixArtSigmaPipeline``
-    (``"pixart"``) with random weights; 64×64 images by default (32×32 latents for PixArt's VAE factor 2)."""
+    """A tiny ``StableDiffusion3Pipeline`` (``"sd3"``), ``FluxPipeline`` (``"flux"``), ``PixArtSigmaPipeline``
+    (``"pixart"``) or ``QwenImagePipeline`` (``"qwen"``) with random weights; 64×64 images by default."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5TokenizerFast
 
@@ -106,6 +135,31 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
                             text_encoder=text_encoder, tokenizer=clip, text_encoder_2=_t5(len(t5_tok), 32, seed),
                             tokenizer_2=t5_tok, image_encoder=None, feature_extractor=None)
         pipe.default_sample_size = 32  # 64×64 by default, as the other tiny pipelines (Flux's own default: 128 → 256 px)
+    elif kind == "qwen":
+        from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
+
+        tok = Qwen2TokenizerFast.from_pretrained(lm_tokenizer_dir())
+        n, pad, end = len(tok), tok.pad_token_id, tok.eos_token_id
+        torch.manual_seed(seed)
+        text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config=dict(hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=2, rope_theta=1e6, vocab_size=n, bos_token_id=pad, eos_token_id=end,
+                             rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}),
+            vision_config=dict(depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
+            hidden_size=16, vocab_size=n, bos_token_id=pad, eos_token_id=end, vision_start_token_id=n,
+            vision_end_token_id=n + 1, image_token_id=n + 2)).eval()
+        torch.manual_seed(seed)
+        transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                                  attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                                  guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+        torch.manual_seed(seed)
+        vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                     temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+        pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                                 tokenizer=tok, transformer=transformer)
+        pipe.prompt_template_encode_start_idx = len(tok(QWEN_TEMPLATE.split("{}")[0]).input_ids)
+        pipe.default_sample_size = 16  # 64×64 by default with this VAE factor of 4 (the real one: 128 × 8 = 1024 px)
     else:
         from diffusers import DDIMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 
