@@ -141,7 +141,9 @@ def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0
     colour clusters, the text-free ``foreground`` (every object, whichever noun; when given), and the other
     nouns' DAAM-``ablation_tau`` masks — the word-specificity control), ``sweep`` (DAAM, both Eq. 7
     modes, τ from 0 to 1), ``ablation`` (DAAM-``ablation_tau`` on the first/last n steps, the coarsest/finest
-    n layer resolutions, and each resolution alone: ``grid_h`` × ``grid_w``, typed, beside its label).
+    n layer resolutions — or, for a transformer's one resolution, the shallowest/deepest n block groups
+    (:func:`layer_groups`) — and each group alone: ``group`` its place coarse→fine / shallow→deep, and
+    ``grid_h`` × ``grid_w`` for a resolution, typed, beside its label).
     """
     rows = []
     size = hm.size
@@ -156,13 +158,13 @@ def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0
     for n in sorted({min(n, S) for n in ablation_steps} | {S}):
         views[("first n steps", n, None)] = hm.select(steps=range(n))
         views[("last n steps", n, None)] = hm.select(steps=range(S - n, S))
-    coarse_to_fine = sorted(hm.resolutions, key=lambda r: r[0] * r[1])
-    R = len(coarse_to_fine)
-    for n in range(1, R + 1):  # the paper's layer ablation: resolutions c ≤ c* and c ≥ c*
-        views[("coarsest n resolutions", n, None)] = hm.select(resolutions=coarse_to_fine[:n])
-        views[("finest n resolutions", n, None)] = hm.select(resolutions=coarse_to_fine[R - n:])
-    for r in hm.resolutions:
-        views[(f"only {r[0]}×{r[1]}", S, r)] = hm.select(resolutions=[r])
+    groups, (low, high) = layer_groups(hm)
+    R = len(groups)
+    for n in range(1, R + 1):  # the paper's layer ablation: resolutions c ≤ c* and c ≥ c* (or block depth)
+        views[(low, n, None)] = hm.select(layers=[name for _, names in groups[:n] for name in names])
+        views[(high, n, None)] = hm.select(layers=[name for _, names in groups[R - n:] for name in names])
+    for order, (label, names) in enumerate(groups):
+        views[(f"only {label}", S, order)] = hm.select(layers=names)
     for index, truth in gt.items():
         if not hm.has_word(index):
             continue
@@ -180,12 +182,40 @@ def segmentation_rows(hm: HeatMaps, gt: Mapping[int, object], thresholds=(0.3, 0
             for t in sweep:
                 rows.append({**row, "kind": "sweep", "method": f"DAAM ({mode})", "tau": float(t),
                              "iou": iou(wm.binarize(float(t), mode), truth)})
-        for (what, n, grid), view in views.items():
+        for (what, n, order), view in views.items():
             vm = view.word_at(index)
+            grid = view.resolutions[0] if order is not None and len(view.resolutions) == 1 else None
             rows.append({**row, "kind": "ablation", "method": what, "n": n, "tau": ablation_tau,
-                         "grid_h": grid[0] if grid else None, "grid_w": grid[1] if grid else None,
+                         "group": order, "grid_h": grid[0] if grid else None, "grid_w": grid[1] if grid else None,
                          "iou": iou(vm.binarize(ablation_tau), truth)})
     return rows
+
+
+DEPTH_GROUPS = 4
+
+
+def layer_groups(hm) -> tuple[list[tuple[str, list[str]]], tuple[str, str]]:
+    """The layer groups of Fig. 11's ablation, coarse to fine, and the names of the two cumulative curves.
+
+    A UNet's layers group by resolution (``"16×16"``: every layer at that grid), as in the paper. A transformer
+    has one resolution (its patch grid), so its blocks group by depth instead: up to four contiguous runs of
+    the blocks in the order they run (``"blocks 1–5"``), shallow to deep."""
+    if len(hm.resolutions) > 1:
+        coarse_to_fine = sorted(hm.resolutions, key=lambda r: r[0] * r[1])
+        groups = [(f"{r[0]}×{r[1]}", [n for n in hm.layers if hm.resolution(n) == r]) for r in coarse_to_fine]
+        return groups, ("coarsest n resolutions", "finest n resolutions")
+    layers = hm.layers
+    k = min(DEPTH_GROUPS, len(layers))
+    bounds = [round(i * len(layers) / k) for i in range(k + 1)]
+    groups = [(f"blocks {a + 1}–{b}" if b - a > 1 else f"block {b}", layers[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return groups, ("shallowest n block groups", "deepest n block groups")
+
+
+def _cumulative(abl) -> tuple[str, str, str]:
+    """The ablation's two cumulative curves and what they count, by resolution or by depth."""
+    if (abl.method == "coarsest n resolutions").any():
+        return "coarsest n resolutions", "finest n resolutions", "layer resolutions"
+    return "shallowest n block groups", "deepest n block groups", "block groups (by depth)"
 
 
 def score_items(records: Sequence[Mapping], truth, thresholds=(0.3, 0.4, 0.5)):
@@ -241,11 +271,15 @@ def ablation_curves(scores) -> dict:
         g = abl[abl.method == method].groupby("n")["iou"].mean().mul(100)
         return g.set_axis(g.index.astype(int))
 
-    single = abl[abl.grid_h.notna() | (abl.method == "all")]
-    order = (single.assign(key=-single.grid_h.fillna(np.inf)).groupby("method")["key"].first().sort_values().index)
+    low, high, _ = _cumulative(abl)
+    single = abl[abl.group.notna() | (abl.method == "all")]
+    # "all" first, then finest to coarsest resolution (a UNet) or shallow to deep (a transformer)
+    by_depth = low.startswith("shallowest")
+    key = single.group.map(lambda g: -np.inf if np.isnan(g) else (g if by_depth else -g))
+    order = single.assign(key=key).groupby("method")["key"].first().sort_values().index
     res = single.groupby("method")["iou"].mean().mul(100).reindex(order)
     return {"first": curve("first n steps"), "last": curve("last n steps"),
-            "coarsest": curve("coarsest n resolutions"), "finest": curve("finest n resolutions"), "resolution": res}
+            "coarsest": curve(low), "finest": curve(high), "resolution": res}
 
 
 def _nouns(scores) -> int:
@@ -312,23 +346,24 @@ class AblationDisplay:
         steps = int(abl.loc[abl.method == "all", "n"].max())
         order = list(ablation_curves(self.scores)["resolution"].index)
         single = abl[abl.method.isin(order)]
-        n_res = int(abl.loc[abl.method == "coarsest n resolutions", "n"].max())
+        low, high, what = _cumulative(abl)
+        n_res = int(abl.loc[abl.method == low, "n"].max())
         with theme():
             if ax is None:
                 _, ax = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [3, 2, 2]}, layout="constrained")
             for a, methods in ((ax[0], ["first n steps", "last n steps"]),
-                               (ax[1], ["coarsest n resolutions", "finest n resolutions"])):
+                               (ax[1], [low, high])):
                 sns.lineplot(data=abl[abl.method.isin(methods)], x="n", y="mIoU", hue="method", hue_order=methods,
                              marker="o", ax=a, **ci_kwargs())
                 a.set_ylabel("mIoU (DAAM-0.4)"); a.set_ylim(bottom=0); a.legend(fontsize=8, title=None)
-            ax[0].set_xlabel(f"n (of {steps} steps)")
-            ax[1].set_xlabel(f"n (of {n_res} layer resolutions)"); ax[1].set_xticks(range(1, n_res + 1))
+            ax[0].set_xlabel(f"n (of {steps} steps)"); ax[0].xaxis.get_major_locator().set_params(integer=True)
+            ax[1].set_xlabel(f"n (of {n_res} {what})"); ax[1].set_xticks(range(1, n_res + 1))
             sns.barplot(data=single, x="method", y="mIoU", order=order, color="tab:blue", ax=ax[2], **ci_kwargs())
             ax[2].set_xlabel(""); ax[2].set_ylabel("mIoU (DAAM-0.4)")
             ax[2].tick_params(axis="x", rotation=30)
             fig = ax[0].figure
             fig.suptitle(f"Fig. 11 analogue, n = {_nouns(self.scores)} nouns, 95% bootstrap CI: time steps (left) and "
-                         "layer resolutions (middle: cumulative from either end; right: one at a time)", fontsize=9)
+                         f"{what} (middle: cumulative from either end; right: one at a time)", fontsize=9)
         self.ax_, self.figure_ = ax, fig
         return self
 
@@ -606,10 +641,12 @@ def paper_vs_here(scores) -> object:
             m, lo, hi, n = P.bootstrap(d)
             rows.append(P.row(ref.source, f"all {S} steps − {what} (points)", ref.value, m, lo, hi, n,
                               P.verdict_effect(ref.value, m, lo, hi)))
-        for method in sorted(abl[abl.grid_h.notna()].method.unique()):
+        for method in sorted(abl[abl.group.notna()].method.unique()):
             d = 100 * (all_ - key[key.method == method]["iou"]).dropna().to_numpy()
             m, lo, hi, n = P.bootstrap(d)
-            rows.append(P.row(ref.source, f"all layers − {method.replace('only ', '')} layers alone (points)",
+            label = method.replace("only ", "")
+            label = f"all blocks − {label} alone" if label.startswith("block") else f"all layers − {label} layers alone"
+            rows.append(P.row(ref.source, f"{label} (points)",
                               ref.value, m, lo, hi, n, P.verdict_effect(ref.value, m, lo, hi)))
     return P.table(rows)
 
