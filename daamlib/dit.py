@@ -298,8 +298,8 @@ class _DitRecorder:
                   and (s.encoder is None or getattr(pipe, s.encoder, None) is not None)]
         if not chosen:
             names = [s.name for s in streams]
-            raise ValueError(f"encoder={self.encoder!r}: {type(pipe).__name__} attends the streams {names}"
-                             f"{'' if self.encoder == 'all' else ''}; choose one of {names + ['all']}")
+            raise ValueError(f"encoder={self.encoder!r}: {type(pipe).__name__} has no such text encoder loaded "
+                             f"(its streams: {names}); choose one of {names + ['all']}")
         per_prompt = []
         for p in g.prompts:
             parts = []
@@ -406,8 +406,8 @@ class _DitRecorder:
         b = torch.tensor([r for r, _ in rows], device=q.device)
         s = scale if scale is not None else q.shape[-1] ** -0.5
         cols = self.columns_t + txt0
-        qi = q[b][:, :, img].float()  # [Bc, H, N, D]
-        kt = k[b].index_select(2, cols).float()  # [Bc, H, K, D]
+        qi = q[:, :, img].index_select(0, b).float()  # [Bc, H, N, D]: only the conditional image rows are copied
+        kt = k.index_select(2, cols).index_select(0, b).float()  # [Bc, H, K, D]
         logits = (qi @ kt.transpose(-1, -2)) * s  # [Bc, H, N, K]
         if mask is not None:
             m = _float_mask(mask, torch.float32).expand(q.shape[0], q.shape[1], Lq, Lk)
@@ -522,7 +522,10 @@ class DitTrace:
                              "pass `prompt=` to the pipeline instead")
         maps = {name: torch.stack([m[index] for m in steps]) for name, steps in gen.maps.items()}
         f = pixels_per_token(self.pipe)
-        hm = HeatMaps(alignment, maps, size=(gen.grid[0] * f, gen.grid[1] * f), image=image, timesteps=gen.timesteps)
+        size = (gen.grid[0] * f, gen.grid[1] * f)
+        hm = HeatMaps(alignment, maps, size=size, image=image, timesteps=gen.timesteps)
+        if hm.image is not None and hm.image.shape[:2] != size:  # e.g. PixArt's resolution binning resized it
+            hm.size = tuple(hm.image.shape[:2])
         hm.steps_expected = gen.expected_steps
         if gen.expected_steps and len(gen.timesteps) < gen.expected_steps:
             warnings.warn(f"the generation was interrupted: its maps sum {len(gen.timesteps)} of the "

@@ -1,0 +1,235 @@
+"""What tracing costs on a diffusion transformer: SD3-medium's architecture at 256², random weights, CPU.
+
+    python benchmarks/bench_dit.py                         # SD3-medium MMDiT, 256×256, 1 step, 5 runs per arm
+    python benchmarks/bench_dit.py --model tiny-flux --runs 10
+    python benchmarks/bench_dit.py --device cuda --size 1024 --steps 4
+
+The transformer is SD3-medium's (24 joint blocks, 24 heads of 64, patch 2, 2.0 B parameters) built from
+its config. Its text encoders are stand-ins: CLIP-L/G-shaped and T5-shaped encoders of one layer each (the
+real T5-XXL alone is 19 GB in float32, and cannot be downloaded here). They produce text inputs of the real
+widths and lengths (77 CLIP + 256 T5 positions, 4,096 channels), which is all the transformer — and the
+trace — sees; only the text encoding itself is cheaper than with the real encoders, and tracing never
+touches it. Sections, each in the JSON:
+
+generation   wall time with and without ``trace`` (interleaved, order alternating), median and min–max,
+             their ratio, and the added work measured directly: time inside the attention modules traced
+             minus untraced (each call timed with the same wrapper in both runs) plus turning the trace
+             into every word's map.
+memory       peak memory (RSS; max_memory_allocated on CUDA) of one generation with and without tracing,
+             each in a fresh process, beside the bytes of the maps kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import daamlib
+from daamlib.dit import attention_modules
+
+PROMPT10 = "a giraffe and a zebra standing in a field of grass"  # 10 words
+
+
+def sd3_medium(seed: int = 0):
+    """SD3-medium's transformer from its config (random weights), with one-layer stand-in text encoders."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+    from transformers import T5TokenizerFast
+
+    from daamlib.testing.tiny import tokenizer_dir
+    from daamlib.testing.tiny_dit import t5_tokenizer_dir
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=24,
+                                        attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                        caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+                                        pos_embed_max_size=192).eval()
+    clip = CLIPTokenizer.from_pretrained(tokenizer_dir("<|endoftext|>", 77))
+    encoders = []
+    for width in (768, 1280):  # CLIP-L and CLIP-G widths: their concatenation is SD3's 2,048
+        cfg = CLIPTextConfig(vocab_size=len(clip), hidden_size=width, intermediate_size=width, num_hidden_layers=1,
+                             num_attention_heads=width // 64, max_position_embeddings=77, projection_dim=width,
+                             bos_token_id=len(clip) - 2, eos_token_id=len(clip) - 1, pad_token_id=1)
+        encoders.append(CLIPTextModelWithProjection(cfg).eval())
+    t5_tok = T5TokenizerFast.from_pretrained(t5_tokenizer_dir())
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=4096, d_ff=1024, d_kv=64, num_heads=64, num_layers=1,
+                                 feed_forward_proj="relu", pad_token_id=0, eos_token_id=1)).eval()
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(sample_size=256, in_channels=3, out_channels=3, block_out_channels=(4, 4, 4, 4),
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        layers_per_block=1, latent_channels=16, norm_num_groups=1, use_quant_conv=False,
+                        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5305)  # SD3's factor 8, tiny
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                                    text_encoder=encoders[0], tokenizer=clip, text_encoder_2=encoders[1],
+                                    tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer_dir("!", 77)),
+                                    text_encoder_3=t5, tokenizer_3=t5_tok)
+    assert pipe.vae_scale_factor == 8  # a 256² image is a 32² latent: 16² = 256 image tokens, as in SD3
+    return pipe
+
+
+def load(model: str, device: str):
+    pipe = sd3_medium() if model == "sd3-medium" else daamlib.load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class Timed:
+    """Wraps an attention processor and adds the seconds spent in it to a shared counter."""
+
+    def __init__(self, inner, counter: list, sync):
+        self.inner, self.counter, self.sync = inner, counter, sync
+
+    def __call__(self, attn, *args, **kwargs):
+        self.sync()
+        t = time.perf_counter()
+        out = self.inner(attn, *args, **kwargs)
+        self.sync()
+        self.counter[0] += time.perf_counter() - t
+        return out
+
+
+def timed(inner, counter, sync) -> Timed:
+    """A Timed around ``inner`` whose ``__call__`` shows ``inner``'s signature (diffusers filters keywords by it)."""
+    import inspect
+
+    def __call__(self, attn, *args, **kwargs):
+        return Timed.__call__(self, attn, *args, **kwargs)
+
+    __call__.__signature__ = inspect.signature(type(inner).__call__)
+    return type(f"Timed{type(inner).__name__}", (Timed,), {"__call__": __call__})(inner, counter, sync)
+
+
+def one_run(pipe, size, steps, traced: bool, sync, seed=0) -> dict:
+    modules = attention_modules(pipe.transformer)
+    original = {name: m.processor for name, (m, _, _) in modules.items()}
+    counter = [0.0]
+    for name, (m, _, _) in modules.items():
+        m.set_processor(timed(original[name], counter, sync))
+    gen = torch.Generator("cpu").manual_seed(seed)
+    kwargs = dict(num_inference_steps=steps, height=size, width=size, generator=gen, output_type="pt")
+    try:
+        sync()
+        t0 = time.perf_counter()
+        if traced:
+            with daamlib.trace(pipe) as tc:
+                pipe(PROMPT10, **kwargs)
+            t1 = time.perf_counter()
+            hm = tc.heat_maps(0)
+            maps = [w.heat for w in hm]
+            sync()
+            t2 = time.perf_counter()
+            stored = sum(m.numel() * m.element_size() for m in hm.maps.values())
+        else:
+            pipe(PROMPT10, **kwargs)
+            t1 = t2 = time.perf_counter()
+            stored, maps = 0, []
+    finally:
+        for name, (m, _, _) in modules.items():
+            m.set_processor(original[name])
+    return {"total": t2 - t0, "generate": t1 - t0, "attention": counter[0], "maps": t2 - t1, "stored_bytes": stored,
+            "n_maps": len(maps)}
+
+
+def summary(xs):
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def bench_generation(pipe, model, size, steps, runs, sync) -> dict:
+    one_run(pipe, size, 1, True, sync)  # warm-up, both paths
+    one_run(pipe, size, 1, False, sync)
+    plain, traced = [], []
+    for r in range(runs):
+        for kind in ((False, True) if r % 2 == 0 else (True, False)):
+            (traced if kind else plain).append(one_run(pipe, size, steps, kind, sync))
+    med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
+    recording = med(traced, "attention") - med(plain, "attention")
+    return {"model": model, "size": size, "steps": steps, "prompt_words": len(PROMPT10.split()),
+            "plain_s": summary([x["total"] for x in plain]), "traced_s": summary([x["total"] for x in traced]),
+            "ratio_median": med(traced, "total") / med(plain, "total"),
+            "attention_plain_s": summary([x["attention"] for x in plain]),
+            "attention_traced_s": summary([x["attention"] for x in traced]),
+            "added_recording_s": recording, "added_maps_s": med(traced, "maps"),
+            "added_total_s": recording + med(traced, "maps"), "stored_MB": traced[0]["stored_bytes"] / 1e6}
+
+
+def memory_child(model, size, steps, traced, device):
+    pipe = load(model, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    r = one_run(pipe, size, steps, traced, sync)
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps({"peak_bytes": peak, "stored_bytes": r["stored_bytes"]}))
+
+
+def bench_memory(model, size, steps, device) -> dict:
+    out = {}
+    for traced in (False, True):
+        cmd = [sys.executable, __file__, "--memory-child", model, str(size), str(steps), str(int(traced)),
+               "--device", device]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out["traced" if traced else "plain"] = json.loads(res.stdout.strip().splitlines()[-1])
+    extra = out["traced"]["peak_bytes"] - out["plain"]["peak_bytes"]
+    return {"model": model, "size": size, "steps": steps, "plain_peak_MB": out["plain"]["peak_bytes"] / 1e6,
+            "traced_peak_MB": out["traced"]["peak_bytes"] / 1e6, "extra_MB": extra / 1e6,
+            "stored_MB": out["traced"]["stored_bytes"] / 1e6}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="sd3-medium", help="sd3-medium (built from its config) or a registered name")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sections", default="generation,memory")
+    p.add_argument("--json", default="benchmarks/results/bench_dit_cpu.json")
+    p.add_argument("--memory-child", nargs=4, metavar=("MODEL", "SIZE", "STEPS", "TRACED"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        m, size, steps, traced = args.memory_child
+        return memory_child(m, int(size), int(steps), bool(int(traced)), args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    sections = args.sections.split(",")
+    results = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
+                           "device": args.device}, "command": " ".join(sys.argv)}
+    if "generation" in sections:
+        t = time.perf_counter()
+        pipe = load(args.model, args.device)
+        n = sum(x.numel() for x in pipe.transformer.parameters())
+        print(f"built {args.model} ({n / 1e9:.2f} B transformer parameters) in {time.perf_counter() - t:.0f} s", flush=True)
+        g = bench_generation(pipe, args.model, args.size, args.steps, args.runs, sync)
+        g["transformer_params"] = n
+        results["generation"] = g
+        print(f"{args.model} {args.size}² {args.steps} step(s), {args.runs} runs per arm: plain "
+              f"{g['plain_s']['median']:.2f} s ({g['plain_s']['min']:.2f}–{g['plain_s']['max']:.2f}), traced "
+              f"{g['traced_s']['median']:.2f} s ({g['traced_s']['min']:.2f}–{g['traced_s']['max']:.2f}), ratio "
+              f"{g['ratio_median']:.3f}; attention modules {g['attention_plain_s']['median']:.3f} → "
+              f"{g['attention_traced_s']['median']:.3f} s; added recording {1000 * g['added_recording_s']:.1f} ms + "
+              f"maps {1000 * g['added_maps_s']:.1f} ms; maps kept {g['stored_MB']:.2f} MB", flush=True)
+        del pipe
+    if "memory" in sections:
+        m = bench_memory(args.model, args.size, args.steps, args.device)
+        results["memory"] = m
+        print(f"peak memory: plain {m['plain_peak_MB']:.0f} MB, traced {m['traced_peak_MB']:.0f} MB "
+              f"(+{m['extra_MB']:.1f} MB; maps kept {m['stored_MB']:.2f} MB)", flush=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
