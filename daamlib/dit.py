@@ -57,11 +57,22 @@ class Stream:
 
     name: str  # "clip", "t5", "lm"
     tokenizer: str  # the pipeline's attribute
-    template: str = "{}"  # the text the pipeline gives the tokenizer, the prompt at {}
+    template: object = "{}"  # the text the pipeline gives the tokenizer, the prompt at {}: a string, the pipeline's
+    # attribute holding one, or a function of the pipeline that returns one (a chat template)
     drop: int | str = 0  # leading tokens the pipeline drops from the encoder's states (or the attribute holding it)
     max_length: str | int = "max_sequence_length"  # encode_prompt's argument (or a fixed number)
     length: str | None = None  # its segment's length in the text input: an attribute (SD3's CLIP part); None: the rest
     encoder: str | None = None  # the text encoder attribute: None when that encoder is absent means zeros
+    pads: bool = False  # the pipeline pads to max_length (left padding then shifts every position)
+
+
+def chat_template(pipe) -> str:
+    """The text Flux.2 [klein] gives its tokenizer: the user's message in the tokenizer's own chat template, with
+    the generation prompt and thinking off (``Flux2KleinPipeline._get_qwen3_prompt_embeds``)."""
+    mark = "\ue000prompt\ue001"  # private-use characters: never in a prompt
+    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                              add_generation_prompt=True, enable_thinking=False)
+    return text.replace(mark, "{}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,9 @@ FAMILIES = (
     Family("pixart", ("PixArtSigmaPipeline", "PixArtAlphaPipeline"), text_first=True, packed=False, streams=(T5,)),
     Family("qwen", ("QwenImagePipeline",), text_first=True, packed=True, streams=(
         Stream("lm", "tokenizer", template="prompt_template_encode", drop="prompt_template_encode_start_idx"),
+    )),
+    Family("flux2", ("Flux2KleinPipeline",), text_first=True, packed=True, streams=(
+        Stream("lm", "tokenizer", template=chat_template, pads=True),
     )),
 )
 ENCODERS = ("all", "clip", "t5", "lm")
@@ -127,7 +141,8 @@ def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None) -> 
     if not getattr(tok, "is_fast", False):
         raise TypeError(f"{type(pipe).__name__}.{stream.tokenizer} ({type(tok).__name__}) gives no character "
                         "offsets; load the pipeline with a fast tokenizer")
-    template = _attr(pipe, stream.template) if stream.template != "{}" else "{}"
+    template = (stream.template(pipe) if callable(stream.template)
+                else _attr(pipe, stream.template) if stream.template != "{}" else "{}")
     drop = int(_attr(pipe, stream.drop) or 0)
     at = template.index("{}")
     text = template[:at] + prompt + template[at + 2:]
@@ -146,13 +161,14 @@ def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None) -> 
     if last + 1 < len(ids) and offsets[last + 1] == (0, 0) and ids[last + 1] in tok.all_special_ids:
         last += 1  # the end token (T5's </s>, CLIP's <|endoftext|>)
     keep = [i for i in range(first, last + 1) if i >= drop]
+    shift = (limit - len(ids)) if stream.pads and limit is not None and tok.padding_side == "left" else 0
     spans = []
     for i in keep:
         a, b = offsets[i]
         spans.append((max(a, at) - at, min(b, end) - at) if b > a and a < end and b > at else None)
     covered = max((offsets[i][1] for i in inside), default=at)
     dropped = None if covered >= end or not text[covered:end].strip() else covered - at
-    return StreamTokens([labels[i] for i in keep], [i - drop for i in keep], spans, dropped)
+    return StreamTokens([labels[i] for i in keep], [i - drop + shift for i in keep], spans, dropped)
 
 
 def build_alignment(prompt: str, parts: list[tuple[str, StreamTokens, int]], axis: list[int],
@@ -535,7 +551,7 @@ class DitTrace:
 
 
 SUPPORTED = ("StableDiffusion3Pipeline (SD3, SD3.5)", "FluxPipeline (Flux.1)", "PixArtSigmaPipeline (PixArt-Σ)",
-             "PixArtAlphaPipeline (PixArt-α)", "QwenImagePipeline (Qwen-Image)")
+             "PixArtAlphaPipeline (PixArt-α)", "QwenImagePipeline (Qwen-Image)", "Flux2KleinPipeline (Flux.2 [klein])")
 
 
 @contextmanager

@@ -268,6 +268,6 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
             kwargs[k] = False
     generator = torch.Generator("cpu").manual_seed(seed)
     with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay, **encoder) as tc:
-        out = pipe(prompt, generator=generator, num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
+        out = pipe(prompt=prompt, generator=generator, num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
     maps = [tc.heat_maps(i, image=img) for i, img in enumerate(out.images)]
     return maps[0] if isinstance(prompt, str) and num_images_per_prompt == 1 else maps

@@ -1,4 +1,4 @@
-"""Diffusion transformers (SD3, Flux.1, PixArt-Σ, Qwen-Image): the maps against a naive reference, images unchanged, words
+"""Diffusion transformers (SD3, Flux.1, PixArt-Σ, Qwen-Image, Flux.2 [klein]): the maps against a naive reference, images unchanged, words
 aligned as each pipeline tokenizes, guidance as each pipeline batches it."""
 
 import math
@@ -111,6 +111,8 @@ CASES = [  # kind, prompts, call kwargs, CFG batch layout, calls per step
     ("pixart", PROMPTS[:1], dict(guidance_scale=1.0, height=64, width=64), False, 1),
     ("qwen", PROMPTS, dict(height=64, width=96), False, 1),  # two lengths: the text padding is masked
     ("qwen", PROMPTS[:1], dict(true_cfg_scale=4.0, negative_prompt="a photo", height=96, width=64), False, 2),
+    ("flux2", PROMPTS, dict(guidance_scale=4.0, height=64, width=96), False, 2),  # CFG: a separate negative call
+    ("flux2", PROMPTS[:1], dict(guidance_scale=1.0, height=64, width=64), False, 1),
 ]
 
 
@@ -119,11 +121,11 @@ CASES = [  # kind, prompts, call kwargs, CFG batch layout, calls per step
 def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompts, kw, cfg, per_step):
     pipe = dit(kind)
     kw = call_kwargs(kind, **kw)
-    plain = pipe(prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
     with NaiveReference(pipe) as ref:
-        pipe(prompts, generator=torch.Generator().manual_seed(0), **kw)
+        pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw)
     with trace(pipe) as tc:
-        traced = pipe(prompts, generator=torch.Generator().manual_seed(0), **kw).images
+        traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
     assert (plain - traced).abs().max().item() <= 1e-6  # the kernel's own output is used: identical here
     gen = tc.generations[-1]
     assert len(gen.timesteps) == 2
@@ -136,13 +138,13 @@ def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompt
         assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen"])
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen", "flux2"])
 def test_probabilities_are_normalised_over_every_key(dit, kind):
     """Per head, a joint block's text probabilities sum to less than 1 (image keys take the rest); a cross-attention
     block's (PixArt) sum to 1 over the text input, of which the kept tokens are the unpadded part."""
     pipe = dit(kind)
     with trace(pipe, keep_heads=True) as tc:
-        pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), **call_kwargs(kind, guidance_scale=1.0))
+        pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **call_kwargs(kind, guidance_scale=1.0))
     for name, steps in tc.generations[-1].maps.items():
         total = steps[0][0].sum(1)  # [heads, h, w]: Σ over kept text tokens
         assert (total > 0).all() and (total <= 1 + 1e-5).all()
@@ -273,7 +275,7 @@ def test_select_by_block_depth_and_stream_type(dit):
         hm.select(blocks=[5])
 
 
-@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-qwen"])
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-qwen", "tiny-flux2"])
 def test_cli_saves_and_loads_transformer_experiments(model, tmp_path):
     from daamlib import load_experiment
     from daamlib.cli import main
@@ -318,3 +320,18 @@ def test_qwen_words_skip_the_chat_template_the_pipeline_drops(dit):
         assert cols[0] == prefix - drop  # the first prompt token's place in the states
         assert hm.tokens == pipe.tokenizer.convert_ids_to_tokens([ids[c + drop] for c in cols])
         assert "".join(hm.tokens).replace("Ġ", " ") == PROMPTS[0]  # the prompt, no template token kept
+
+
+def test_flux2_klein_words_sit_after_the_chat_templates_user_prefix(dit):
+    """Flux.2 [klein] keeps every token of its chat-templated text (nothing dropped, padded to max_length on the
+    right): the prompt's tokens sit after the template's user prefix."""
+    from daamlib.dit import chat_template
+
+    pipe = dit("flux2")
+    text = chat_template(pipe).replace("{}", PROMPTS[0])
+    ids = pipe.tokenizer(text).input_ids
+    with trace(pipe) as tc:
+        pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **call_kwargs("flux2", guidance_scale=1.0))
+    cols = tc.generations[-1].columns
+    prefix = len(pipe.tokenizer(chat_template(pipe).split("{}")[0]).input_ids)
+    assert cols[0] == prefix and tc.heat_maps(0).tokens == pipe.tokenizer.convert_ids_to_tokens([ids[c] for c in cols])

@@ -1,4 +1,4 @@
-"""Tiny diffusion-transformer pipelines built from configs: SD3, Flux.1, PixArt-Σ, Qwen-Image (and their tokenizers).
+"""Tiny diffusion-transformer pipelines built from configs: SD3, Flux.1, PixArt-Σ, Qwen-Image, Flux.2 [klein].
 
 Sizes follow diffusers' own fast tests (1–2 blocks, hidden size 16–64; a few hundred thousand random
 weights): they prove the plumbing of each family — joint attention with image-first or text-first order,
@@ -9,6 +9,8 @@ Qwen-Image's is a byte-level BPE (``Qwen2TokenizerFast``) trained here with the 
 language model a 2-layer ``Qwen2_5_VLForConditionalGeneration``. The real Qwen tokenizer turns the
 pipeline's system prefix into exactly the 34 tokens the pipeline drops; this small vocabulary needs more,
 so the tiny pipeline drops its own prefix length (``prompt_template_encode_start_idx``), as the real one does.
+Flux.2 [klein] uses the same tokenizer with Qwen3's chat template and a 27-layer (width 16) ``Qwen3ForCausalLM``,
+so the pipeline's default text layers (9, 18, 27) exist.
 
 >>> pipe = tiny_dit_pipeline("flux")            # doctest: +SKIP
 >>> hm = daamlib.generate(pipe, "a cat and a dog", steps=2)   # doctest: +SKIP
@@ -24,7 +26,10 @@ import torch
 
 from .tiny import CORPUS, _text_config, tokenizer_dir
 
-KINDS = ("sd3", "flux", "pixart", "qwen")
+KINDS = ("sd3", "flux", "pixart", "qwen", "flux2")
+QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not "
+              "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")  # Qwen3's template, its chat part
 CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
                  "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
@@ -97,7 +102,8 @@ def _flow_vae(latent_channels: int, seed: int = 0):
 
 def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
     """A tiny ``StableDiffusion3Pipeline`` (``"sd3"``), ``FluxPipeline`` (``"flux"``), ``PixArtSigmaPipeline``
-    (``"pixart"``) or ``QwenImagePipeline`` (``"qwen"``) with random weights; 64×64 images by default."""
+    (``"pixart"``), ``QwenImagePipeline`` (``"qwen"``) or ``Flux2KleinPipeline`` (``"flux2"``) with random weights;
+    64×64 images by default."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5TokenizerFast
 
@@ -160,6 +166,29 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
                                  tokenizer=tok, transformer=transformer)
         pipe.prompt_template_encode_start_idx = len(tok(QWEN_TEMPLATE.split("{}")[0]).input_ids)
         pipe.default_sample_size = 16  # 64×64 by default with this VAE factor of 4 (the real one: 128 × 8 = 1024 px)
+    elif kind == "flux2":
+        from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+        from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+        tok = Qwen2TokenizerFast.from_pretrained(lm_tokenizer_dir())
+        tok.chat_template = QWEN3_CHAT
+        torch.manual_seed(seed)  # 27 layers: the pipeline stacks layers 9, 18 and 27 (3 × 16 = 48 channels)
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(intermediate_size=16, hidden_size=16, num_hidden_layers=27,
+                                                    num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                                    vocab_size=len(tok), max_position_embeddings=512)).eval()
+        torch.manual_seed(seed)
+        transformer = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                              timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+                                              guidance_embeds=False)
+        torch.manual_seed(seed)
+        vae = AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
+                                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                 layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
+                                 use_post_quant_conv=False)
+        pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                                  tokenizer=tok, transformer=transformer)
+        pipe.default_sample_size = 32  # 64×64 by default (the real one: 128 → 1024 px)
     else:
         from diffusers import DDIMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 
