@@ -17,6 +17,10 @@ generation   wall time with and without ``trace`` (interleaved, order alternatin
              into every word's map.
 memory       peak memory (RSS; max_memory_allocated on CUDA) of one generation with and without tracing,
              each in a fresh process, beside the bytes of the maps kept.
+kernel       one joint-attention call at the model's shapes (SD3-medium at 256²: 2 × 24 heads × (256 image + 333
+             text) tokens × 64, K = 49 kept text tokens), alone: plain SDPA against the traced path (the kernel
+             with LSE + recording), median of many calls, interleaved — the per-call cost without a whole
+             generation's run-to-run noise.
 """
 
 from __future__ import annotations
@@ -185,6 +189,44 @@ def bench_memory(model, size, steps, device) -> dict:
             "stored_MB": out["traced"]["stored_bytes"] / 1e6}
 
 
+def bench_kernel(device="cpu", n_img=256, n_txt=333, heads=24, dim=64, kept=49, blocks=24, repeats=40) -> dict:
+    """Plain SDPA against the traced path for one joint-attention call (CFG batch of 2, image first as in SD3)."""
+    import torch.nn.functional as F
+
+    from daamlib.dit import _SDPA, _DitRecorder, _Tap, family_of
+
+    class Stub:  # just enough pipeline for the recorder
+        pass
+
+    pipe = Stub()
+    L = n_img + n_txt
+    q, k, v = (torch.randn(2, heads, L, dim, device=device) for _ in range(3))
+    rec = _DitRecorder(pipe, family_of(type("StableDiffusion3Pipeline", (), {})()), "all", False, None)
+    from daamlib.dit import DitGeneration
+
+    rec.current = DitGeneration(["x"], [None], None, columns=list(range(kept)), grid=(16, 16))
+    rec.rows, rec.n_img, rec.n_txt = [(1, 0)], n_img, n_txt
+    rec.columns_t = torch.arange(kept, device=device)
+    tap = _Tap(rec, None, "block", single=False, cross=False)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    plain, traced = [], []
+    for r in range(repeats):
+        for kind in ((0, 1) if r % 2 == 0 else (1, 0)):
+            sync()
+            t = time.perf_counter()
+            if kind:
+                tap.attend(q, k, v, None, None)
+            else:
+                _SDPA(q, k, v)
+            sync()
+            (traced if kind else plain).append(time.perf_counter() - t)
+        rec.current.maps.clear()
+    p, t = statistics.median(plain), statistics.median(traced)
+    return {"shape": [2, heads, L, dim], "kept_tokens": kept, "plain_ms": 1000 * p, "traced_ms": 1000 * t,
+            "added_ms_per_call": 1000 * (t - p), "ratio": t / p, "blocks": blocks,
+            "added_ms_per_step": 1000 * (t - p) * blocks, "repeats": repeats}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="sd3-medium", help="sd3-medium (built from its config) or a registered name")
@@ -193,7 +235,7 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--sections", default="generation,memory")
+    p.add_argument("--sections", default="generation,memory,kernel")
     p.add_argument("--json", default="benchmarks/results/bench_dit_cpu.json")
     p.add_argument("--memory-child", nargs=4, metavar=("MODEL", "SIZE", "STEPS", "TRACED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -205,14 +247,14 @@ def main(argv=None):
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     sections = args.sections.split(",")
     results = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                           "device": args.device}, "command": " ".join(sys.argv)}
+                           "device": args.device}}
     if "generation" in sections:
         t = time.perf_counter()
         pipe = load(args.model, args.device)
         n = sum(x.numel() for x in pipe.transformer.parameters())
         print(f"built {args.model} ({n / 1e9:.2f} B transformer parameters) in {time.perf_counter() - t:.0f} s", flush=True)
         g = bench_generation(pipe, args.model, args.size, args.steps, args.runs, sync)
-        g["transformer_params"] = n
+        g["transformer_params"], g["command"] = n, " ".join(sys.argv)
         results["generation"] = g
         print(f"{args.model} {args.size}² {args.steps} step(s), {args.runs} runs per arm: plain "
               f"{g['plain_s']['median']:.2f} s ({g['plain_s']['min']:.2f}–{g['plain_s']['max']:.2f}), traced "
@@ -223,10 +265,21 @@ def main(argv=None):
         del pipe
     if "memory" in sections:
         m = bench_memory(args.model, args.size, args.steps, args.device)
+        m["command"] = " ".join(sys.argv)
         results["memory"] = m
         print(f"peak memory: plain {m['plain_peak_MB']:.0f} MB, traced {m['traced_peak_MB']:.0f} MB "
               f"(+{m['extra_MB']:.1f} MB; maps kept {m['stored_MB']:.2f} MB)", flush=True)
+    if "kernel" in sections:
+        k = bench_kernel(args.device)
+        k["command"] = " ".join(sys.argv)
+        results["kernel"] = k
+        print(f"one joint-attention call {k['shape']}: plain {k['plain_ms']:.2f} ms, traced {k['traced_ms']:.2f} ms "
+              f"(+{k['added_ms_per_call']:.2f} ms, ×{k['ratio']:.3f}); × {k['blocks']} blocks = "
+              f"+{k['added_ms_per_step']:.0f} ms per step", flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+    if old.get("machine") == results["machine"]:  # sections run separately on the same machine: keep the others
+        results = {**old, **results}
     Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.json}")
 
