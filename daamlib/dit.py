@@ -91,6 +91,7 @@ FAMILIES = (
         Stream("t5", "tokenizer_3", encoder="text_encoder_3"),
     )),
     Family("flux", ("FluxPipeline",), text_first=True, packed=True, streams=(Stream("t5", "tokenizer_2"),)),
+    Family("chroma", ("ChromaPipeline",), text_first=True, packed=True, streams=(T5,)),
     Family("pixart", ("PixArtSigmaPipeline", "PixArtAlphaPipeline"), text_first=True, packed=False, streams=(T5,)),
     Family("qwen", ("QwenImagePipeline",), text_first=True, packed=True, streams=(
         Stream("lm", "tokenizer", template="prompt_template_encode", drop="prompt_template_encode_start_idx"),
@@ -425,9 +426,11 @@ class _DitRecorder:
         qi = q[:, :, img].index_select(0, b).float()  # [Bc, H, N, D]: only the conditional image rows are copied
         kt = k.index_select(2, cols).index_select(0, b).float()  # [Bc, H, K, D]
         logits = (qi @ kt.transpose(-1, -2)) * s  # [Bc, H, N, K]
-        if mask is not None:
-            m = _float_mask(mask, torch.float32).expand(q.shape[0], q.shape[1], Lq, Lk)
-            logits = logits + m[b][:, :, img].index_select(-1, cols)
+        if mask is not None:  # index only the mask's own axes (it broadcasts): never expand it to [B, H, L, L]
+            m = _float_mask(mask, torch.float32)
+            m = m.index_select(0, b) if m.ndim == 4 and m.shape[0] > 1 else m
+            m = m[..., img, :] if m.ndim >= 2 and m.shape[-2] > 1 else m
+            logits = logits + m.index_select(-1, cols)
         p = torch.exp(logits - lse[b][:, :, img].float().unsqueeze(-1))
         if not self.keep_heads:
             p = p.sum(1)  # [Bc, N, K]
@@ -551,7 +554,8 @@ class DitTrace:
 
 
 SUPPORTED = ("StableDiffusion3Pipeline (SD3, SD3.5)", "FluxPipeline (Flux.1)", "PixArtSigmaPipeline (PixArt-Σ)",
-             "PixArtAlphaPipeline (PixArt-α)", "QwenImagePipeline (Qwen-Image)", "Flux2KleinPipeline (Flux.2 [klein])")
+             "PixArtAlphaPipeline (PixArt-α)", "QwenImagePipeline (Qwen-Image)", "Flux2KleinPipeline (Flux.2 [klein])",
+             "ChromaPipeline (Chroma)")
 
 
 @contextmanager

@@ -42,7 +42,7 @@ SUPPORTED = (
     "StableDiffusionXLPipeline (SDXL)",
     "other diffusers pipelines whose `unet` is a UNet2DConditionModel with cross-attention",
     "StableDiffusion3Pipeline (SD3, SD3.5), FluxPipeline (Flux.1), PixArtSigmaPipeline / PixArtAlphaPipeline, "
-    "QwenImagePipeline, Flux2KleinPipeline (see daamlib.dit)",
+    "QwenImagePipeline, Flux2KleinPipeline, ChromaPipeline (see daamlib.dit)",
 )
 
 

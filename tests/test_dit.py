@@ -113,6 +113,8 @@ CASES = [  # kind, prompts, call kwargs, CFG batch layout, calls per step
     ("qwen", PROMPTS[:1], dict(true_cfg_scale=4.0, negative_prompt="a photo", height=96, width=64), False, 2),
     ("flux2", PROMPTS, dict(guidance_scale=4.0, height=64, width=96), False, 2),  # CFG: a separate negative call
     ("flux2", PROMPTS[:1], dict(guidance_scale=1.0, height=64, width=64), False, 1),
+    ("chroma", PROMPTS, dict(guidance_scale=4.0, height=64, width=96), False, 2),  # T5 mask, separate negative call
+    ("chroma", PROMPTS[:1], dict(guidance_scale=1.0, height=96, width=64), False, 1),
 ]
 
 
@@ -138,7 +140,7 @@ def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompt
         assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen", "flux2"])
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen", "flux2", "chroma"])
 def test_probabilities_are_normalised_over_every_key(dit, kind):
     """Per head, a joint block's text probabilities sum to less than 1 (image keys take the rest); a cross-attention
     block's (PixArt) sum to 1 over the text input, of which the kept tokens are the unpadded part."""
@@ -275,7 +277,7 @@ def test_select_by_block_depth_and_stream_type(dit):
         hm.select(blocks=[5])
 
 
-@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-qwen", "tiny-flux2"])
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-qwen", "tiny-flux2", "tiny-chroma"])
 def test_cli_saves_and_loads_transformer_experiments(model, tmp_path):
     from daamlib import load_experiment
     from daamlib.cli import main

@@ -1,4 +1,4 @@
-"""Tiny diffusion-transformer pipelines built from configs: SD3, Flux.1, PixArt-Σ, Qwen-Image, Flux.2 [klein].
+"""Tiny diffusion-transformer pipelines built from configs: SD3, Flux.1, PixArt-Σ, Qwen-Image, Flux.2 [klein], Chroma.
 
 Sizes follow diffusers' own fast tests (1–2 blocks, hidden size 16–64; a few hundred thousand random
 weights): they prove the plumbing of each family — joint attention with image-first or text-first order,
@@ -26,7 +26,7 @@ import torch
 
 from .tiny import CORPUS, _text_config, tokenizer_dir
 
-KINDS = ("sd3", "flux", "pixart", "qwen", "flux2")
+KINDS = ("sd3", "flux", "pixart", "qwen", "flux2", "chroma")
 QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not "
               "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")  # Qwen3's template, its chat part
@@ -102,7 +102,8 @@ def _flow_vae(latent_channels: int, seed: int = 0):
 
 def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
     """A tiny ``StableDiffusion3Pipeline`` (``"sd3"``), ``FluxPipeline`` (``"flux"``), ``PixArtSigmaPipeline``
-    (``"pixart"``), ``QwenImagePipeline`` (``"qwen"``) or ``Flux2KleinPipeline`` (``"flux2"``) with random weights;
+    (``"pixart"``), ``QwenImagePipeline`` (``"qwen"``), ``Flux2KleinPipeline`` (``"flux2"``) or ``ChromaPipeline``
+    (``"chroma"``) with random weights;
     64×64 images by default."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5TokenizerFast
@@ -141,6 +142,18 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
                             text_encoder=text_encoder, tokenizer=clip, text_encoder_2=_t5(len(t5_tok), 32, seed),
                             tokenizer_2=t5_tok, image_encoder=None, feature_extractor=None)
         pipe.default_sample_size = 32  # 64×64 by default, as the other tiny pipelines (Flux's own default: 128 → 256 px)
+    elif kind == "chroma":
+        from diffusers import ChromaPipeline, ChromaTransformer2DModel
+
+        torch.manual_seed(seed)
+        transformer = ChromaTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                               attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                               axes_dims_rope=[4, 4, 8], approximator_num_channels=8,
+                                               approximator_hidden_dim=32, approximator_layers=1)
+        pipe = ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(1, seed),
+                              text_encoder=_t5(len(t5_tok), 32, seed), tokenizer=t5_tok, transformer=transformer,
+                              image_encoder=None, feature_extractor=None)
+        pipe.default_sample_size = 32  # 64×64 by default (the real one: 128 → 1024 px)
     elif kind == "qwen":
         from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
