@@ -97,18 +97,18 @@ def overlay_png(panels: list[tuple], size: tuple[float, float] = (3.2, 3.2), cma
     return buf.getvalue()
 
 
-STREAM_TYPES = ("joint", "single", "cross")
+STREAM_TYPES = ("double", "single", "cross")
 
 
 def stream_type(layer: str) -> str:
     """A recorded layer's kind from its name: ``"single"`` (Flux's single-stream blocks), ``"cross"``
-    (cross-attention: every UNet layer, PixArt's ``attn2``) or ``"joint"`` (SD3's blocks, Flux's and
-    Qwen-Image's double-stream blocks: text and image in one softmax)."""
+    (cross-attention: every UNet layer, PixArt's ``attn2``) or ``"double"`` (double-stream blocks — SD3's, Flux's,
+    Qwen-Image's: text and image tokens with their own weights, in one softmax)."""
     if "single" in layer:
         return "single"
     if ".attn2." in layer or "attentions." in layer:
         return "cross"
-    return "joint"
+    return "double"
 
 
 class HeatMapsDisplay:
@@ -368,7 +368,7 @@ class HeatMaps:
         first denoising step). ``layers``: names or shell patterns (``"*up_blocks.1*"``).
         ``resolutions``: grid heights (``8``) or (h, w) pairs. ``heads``: head indices, only
         when recorded with ``keep_heads=True``. ``blocks``: positions in :attr:`layers` (the recorded
-        layers in the order they run: a transformer's depth). ``streams``: ``"joint"``, ``"single"`` or
+        layers in the order they run: a transformer's depth). ``streams``: ``"double"``, ``"single"`` or
         ``"cross"`` (:func:`stream_type`). Nothing is regenerated.
         """
         names = list(self.maps)

@@ -212,7 +212,7 @@ def test_keep_heads_select_and_stream_types(dit):
 
     pipe = dit("flux")
     hm = generate(pipe, "a cat and a dog", steps=2, keep_heads=True)
-    assert hm.heads_kept and {stream_type(n) for n in hm.layers} == {"joint", "single"}
+    assert hm.heads_kept and {stream_type(n) for n in hm.layers} == {"double", "single"}
     single = hm.select(layers="single_transformer_blocks.*")
     assert single.layers == ["single_transformer_blocks.0.attn.processor"]
     per_head = [aggregate(hm.select(heads=[i]).maps.values(), hm.size, clamp=False) for i in (0, 1)]
@@ -268,10 +268,10 @@ def test_kernel_is_restored_and_encode_prompt_too(dit):
 def test_select_by_block_depth_and_stream_type(dit):
     hm = generate(dit("flux"), "a cat and a dog", steps=2)
     assert hm.select(streams="single").layers == ["single_transformer_blocks.0.attn.processor"]
-    assert hm.select(streams=["joint"]).layers == ["transformer_blocks.0.attn.processor"]
+    assert hm.select(streams=["double"]).layers == ["transformer_blocks.0.attn.processor"]
     assert hm.select(blocks=[1]).layers == hm.select(streams="single").layers  # depth: the order blocks run in
     assert hm.select(blocks=slice(0, 1)).layers == ["transformer_blocks.0.attn.processor"]
-    with pytest.raises(KeyError, match=r"no layer of stream type \['cross'\]; this model's are: \['joint', 'single'\]"):
+    with pytest.raises(KeyError, match=r"no layer of stream type \['cross'\]; this model's are: \['double', 'single'\]"):
         hm.select(streams="cross")
     with pytest.raises(IndexError, match="blocks \\[5\\] out of range: 2 layers recorded"):
         hm.select(blocks=[5])
