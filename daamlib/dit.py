@@ -272,10 +272,13 @@ class DitGeneration:
 
 
 class _DitRecorder:
-    def __init__(self, pipe, family: Family, encoder: str, keep_heads: bool, store_device):
+    def __init__(self, pipe, family: Family, encoder: str, keep_heads: bool, store_device, store_dtype=None):
+        from .trace import check_store_dtype
+
         self.pipe, self.family, self.encoder = pipe, family, encoder
         self.keep_heads = keep_heads
         self.store_device = None if store_device is None else torch.device(store_device)
+        self.store_dtype = check_store_dtype(store_dtype)
         self.generations: list[DitGeneration] = []
         self.current: DitGeneration | None = None
         self.rows: list[tuple[int, int]] | None = None  # (batch row, image) of the conditional rows in this call
@@ -438,6 +441,8 @@ class _DitRecorder:
         p = p.transpose(-1, -2).reshape(*p.shape[:-2], p.shape[-1], h, w)  # [Bc, (H,) K, h, w]
         order = torch.tensor([j for _, j in rows], device=p.device)
         p = p[torch.argsort(order)]
+        if self.store_dtype is not None:
+            p = p.to(self.store_dtype)
         if self.store_device is not None:
             p = p.to(self.store_device, non_blocking=True)
         self.current.maps.setdefault(tap.name, []).append(p)
@@ -559,7 +564,8 @@ SUPPORTED = ("StableDiffusion3Pipeline (SD3, SD3.5)", "FluxPipeline (Flux.1)", "
 
 
 @contextmanager
-def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder: str = "all") -> Iterator[DitTrace]:
+def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder: str = "all",
+                      store_dtype=None) -> Iterator[DitTrace]:
     """:func:`daamlib.trace` for a diffusion-transformer pipeline (see the module's docs)."""
     family = family_of(pipe)
     transformer = getattr(pipe, "transformer", None)
@@ -583,7 +589,7 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
         raise TraceError("this pipeline's transformer is already being traced through another pipeline that shares "
                          "it; trace one pipeline at a time (leave the other `with trace(...)` block first)")
 
-    rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device)
+    rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device, store_dtype)
     original = {name: m.processor for name, (m, _, _) in modules.items()}
     encode = pipe.encode_prompt
     own_encode = vars(pipe).get("encode_prompt", _MISSING)

@@ -242,7 +242,7 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
              guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
              negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
              keep_heads: bool = False, store_device: str | None = None, store=None, replay=None,
-             encoder: str | None = None, **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
+             encoder: str | None = None, store_dtype=None, **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
     """Generate with ``pipe`` under a trace; return the image's :class:`HeatMaps` (a list for several images).
 
     The seed drives a CPU ``torch.Generator``, so an image is the same on every device
@@ -250,7 +250,8 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
     take the model's own (:func:`sampling_defaults`), else the pipeline's; a height or width given alone is
     paired with the other's default (:func:`resolve_settings`). PixArt generates at the size asked
     (``use_resolution_binning=False``) from the prompt as written (``clean_caption=False``) unless these
-    are passed. ``encoder`` picks a transformer's text stream (:mod:`daamlib.dit`). ``store`` / ``replay`` are
+    are passed. ``encoder`` picks a transformer's text stream (:mod:`daamlib.dit`); ``store_dtype`` keeps the maps
+    in float16 / bfloat16 (see :func:`trace`). ``store`` / ``replay`` are
     :class:`daamlib.replay.AttentionStore` s to fill / to inject (see :func:`trace`).
     Other keywords go to the pipeline.
     """
@@ -267,7 +268,8 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
         if k in accepts and k not in pipe_kwargs:
             kwargs[k] = False
     generator = torch.Generator("cpu").manual_seed(seed)
-    with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay, **encoder) as tc:
+    with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay,
+               store_dtype=store_dtype, **encoder) as tc:
         out = pipe(prompt=prompt, generator=generator, num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
     maps = [tc.heat_maps(i, image=img) for i, img in enumerate(out.images)]
     return maps[0] if isinstance(prompt, str) and num_images_per_prompt == 1 else maps

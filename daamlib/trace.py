@@ -69,14 +69,30 @@ class Generation:
     expected_steps: int | None = None  # UNet calls the scheduler planned (its timesteps), read at the first call
 
 
+STORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_store_dtype(dtype) -> torch.dtype | None:
+    """The dtype recorded maps are kept in (computed in float32 either way), or a ValueError naming the choices."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"store_dtype must be one of {', '.join(str(d).removeprefix('torch.') for d in STORE_DTYPES)}"
+                         f" (or None: float32), got {dtype!r}")
+    return None if dtype == torch.float32 else dtype
+
+
 class _Recorder:
     """Shared state of one trace: the current generation and step, read by every processor."""
 
     def __init__(self, keep_heads: bool, store_device: torch.device | str | None, store=None, replay=None,
-                 scheduler=None):
+                 scheduler=None, store_dtype: torch.dtype | None = None):
         self.scheduler = scheduler  # the pipeline's, for the number of steps a generation plans
         self.keep_heads = keep_heads
         self.store_device = None if store_device is None else torch.device(store_device)
+        self.store_dtype = check_store_dtype(store_dtype)
         self.store, self.replay = store, replay  # AttentionStore to fill / to inject (see replay.py)
         self.generations: list[Generation] = []
         self.current: Generation | None = None
@@ -194,6 +210,8 @@ class RecordingAttnProcessor:
             p = p.sum(1)  # [Bc, N, T]
         h, w = rec.grid(n_queries)
         p = p.transpose(-1, -2).reshape(*p.shape[:-2], T, h, w)  # [Bc, (heads,) T, h, w]
+        if rec.store_dtype is not None:
+            p = p.to(rec.store_dtype)
         if rec.store_device is not None:
             p = p.to(rec.store_device, non_blocking=True)
         rec.current.maps.setdefault(self.name, []).append(p)
@@ -301,7 +319,7 @@ def check_supported(pipe) -> dict:
 
 @contextmanager
 def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | None = None,
-          store=None, replay=None, encoder: str = "all") -> Iterator[Trace]:
+          store=None, replay=None, encoder: str = "all", store_dtype: torch.dtype | None = None) -> Iterator[Trace]:
     """Record cross-attention of ``pipe`` for every call made inside the block.
 
     ``store`` (a :class:`daamlib.replay.AttentionStore`) also keeps the full conditional
@@ -310,7 +328,8 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     The maps recorded during a replay are the injected ones.
 
     ``keep_heads`` keeps each head's map (``[images, heads, tokens, h, w]`` per step and layer)
-    instead of their sum. ``store_device="cpu"`` moves recorded maps off the accelerator as
+    instead of their sum. ``store_dtype=torch.float16`` (or ``bfloat16``) keeps the maps in half the memory;
+    they are computed in float32 and rounded once when stored. ``store_device="cpu"`` moves recorded maps off the accelerator as
     they are made (for long runs on a GPU). Raises :class:`UnsupportedPipelineError` for a
     pipeline without a cross-attention UNet and :class:`TraceError` when already traced.
 
@@ -324,7 +343,8 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
                              f"{type(pipe).__name__} without store= / replay=")
         from .dit import trace_transformer
 
-        with trace_transformer(pipe, keep_heads=keep_heads, store_device=store_device, encoder=encoder) as handle:
+        with trace_transformer(pipe, keep_heads=keep_heads, store_device=store_device, encoder=encoder,
+                               store_dtype=store_dtype) as handle:
             yield handle
         return
     unet = getattr(pipe, "unet", None)
@@ -346,7 +366,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
             "Remove them first (pipe.unet.set_default_attn_processor(), or unload the adapter), or record "
             "your processor's probabilities yourself")
 
-    recorder = _Recorder(keep_heads, store_device, store, replay, getattr(pipe, "scheduler", None))
+    recorder = _Recorder(keep_heads, store_device, store, replay, getattr(pipe, "scheduler", None), store_dtype)
     original = {name: m.processor for name, m in modules.items()}  # only cross-attention is touched
     encode = pipe.encode_prompt
     own_encode = vars(pipe).get("encode_prompt", _MISSING)  # a user's own override, restored exactly

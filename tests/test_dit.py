@@ -337,3 +337,22 @@ def test_flux2_klein_words_sit_after_the_chat_templates_user_prefix(dit):
     cols = tc.generations[-1].columns
     prefix = len(pipe.tokenizer(chat_template(pipe).split("{}")[0]).input_ids)
     assert cols[0] == prefix and tc.heat_maps(0).tokens == pipe.tokenizer.convert_ids_to_tokens([ids[c] for c in cols])
+
+
+@pytest.mark.parametrize("kind", ["sd2", "flux"])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_store_dtype_halves_the_maps_and_keeps_them_close(tiny, dit, tmp_path, kind, dtype, tolerance):
+    from daamlib import load_experiment, save_experiment
+
+    pipe = tiny(kind) if kind == "sd2" else dit(kind)
+    full = generate(pipe, PROMPTS[0], seed=1, steps=2)
+    half = generate(pipe, PROMPTS[0], seed=1, steps=2, store_dtype=dtype)
+    assert {m.dtype for m in half.maps.values()} == {dtype}
+    nbytes = lambda hm: sum(m.numel() * m.element_size() for m in hm.maps.values())  # noqa: E731
+    assert 2 * nbytes(half) == nbytes(full)
+    a, b = full.token_maps(), half.token_maps()
+    assert b.dtype == torch.float32 and (a - b).abs().max() <= tolerance * a.abs().max()  # rounding once, per map
+    hm, _ = load_experiment(save_experiment(tmp_path / "e", half))
+    assert {m.dtype for m in hm.maps.values()} == {dtype} and torch.equal(hm.token_maps(), b)
+    with pytest.raises(ValueError, match="store_dtype must be one of float32, float16, bfloat16"):
+        generate(pipe, PROMPTS[0], steps=1, store_dtype=torch.int8)
