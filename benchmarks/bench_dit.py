@@ -204,7 +204,8 @@ def bench_kernel(device="cpu", n_img=256, n_txt=333, heads=24, dim=64, kept=49, 
     rec = _DitRecorder(pipe, family_of(type("StableDiffusion3Pipeline", (), {})()), "all", False, None)
     from daamlib.dit import DitGeneration
 
-    rec.current = DitGeneration(["x"], [None], None, columns=list(range(kept)), grid=(16, 16))
+    side = int(round(n_img ** 0.5))
+    rec.current = DitGeneration(["x"], [None], None, columns=list(range(kept)), grid=(side, side))
     rec.rows, rec.n_img, rec.n_txt = [(1, 0)], n_img, n_txt
     rec.columns_t = torch.arange(kept, device=device)
     tap = _Tap(rec, None, "block", single=False, cross=False)
