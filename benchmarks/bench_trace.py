@@ -17,12 +17,18 @@ latency      one word's map, all words' maps and an 11-value τ sweep from a fin
 scaling      added work and map latency as prompt length, image size and step count grow.
 batch        8 prompts in one traced call against 8 traced calls: images per minute, and the
              largest difference between each image's maps in the two runs.
+floor        what recording must cost at least, from the real call shapes of the model (captured from one
+             generation): the *floor* = summing the kept conditional probabilities over heads, every call,
+             + one bicubic upsample per resolution; the *explicit-softmax floor* = the floor + what computing
+             the conditional half's QKᵀ, softmax and PV explicitly costs over the fused kernel on that half.
+             With ``generation`` in the same run, the measured added work is printed as a multiple of both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -261,6 +267,74 @@ def bench_scaling(pipe, model, size, sync, runs=3) -> list[dict]:
     return rows
 
 
+class ShapeRecorder:
+    """Wraps a cross-attention processor and notes each call's shapes (batch, heads, queries, keys, head size)."""
+
+    def __init__(self, inner, seen: list):
+        self.inner, self.seen = inner, seen
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        b, n = hidden_states.shape[0], hidden_states.shape[-2] if hidden_states.ndim == 3 else \
+            hidden_states.shape[-1] * hidden_states.shape[-2]
+        d = attn.to_q.out_features // attn.heads
+        self.seen.append((b, attn.heads, n, encoder_hidden_states.shape[1], d))
+        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+
+def call_shapes(pipe, prompt, size, steps) -> tuple[list[tuple], int, list[tuple[int, int]]]:
+    """Every cross-attention call of one plain generation (b, heads, queries, keys, d), the prompt's kept tokens,
+    and the layers' grids."""
+    seen: list = []
+    procs = pipe.unet.attn_processors
+    cross = cross_attention_modules(pipe.unet)
+    pipe.unet.set_attn_processor({k: ShapeRecorder(v, seen) if k in cross else v for k, v in procs.items()})
+    try:
+        pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, height=size, width=size, output_type="pt",
+             generator=torch.Generator().manual_seed(0))
+    finally:
+        pipe.unet.set_attn_processor(dict(procs))
+    kept = len(daamlib.align_words(prompt, pipe.tokenizer).tokens)
+    f = pipe.vae_scale_factor
+    H = W = size // f
+    grids = sorted({next((math.ceil(H / 2**k), math.ceil(W / 2**k)) for k in range(8)
+                         if math.ceil(H / 2**k) * math.ceil(W / 2**k) == n) for (_, _, n, _, _) in seen})
+    return seen, kept, grids
+
+
+def bench_floor(pipe, model, size, steps, prompt, sync, repeats=15) -> dict:
+    """The floor and the explicit-softmax floor of recording, from the real call shapes (see the module docs)."""
+    import torch.nn.functional as F
+
+    from daamlib.kernel import upsample_sum
+
+    seen, K, grids = call_shapes(pipe, prompt, size, steps)
+    dev = pipe.device
+    head_sum = explicit_extra = 0.0
+    by_shape: dict = {}
+    for shape in seen:
+        by_shape[shape] = by_shape.get(shape, 0) + 1
+    rows = []
+    for (b, h, n, t, d), count in sorted(by_shape.items()):
+        bc = b // 2  # the conditional half of classifier-free guidance
+        q, k, v = (torch.randn(bc, h, x, d, device=dev) for x in (n, t, t))
+        probs = torch.rand(bc, h, n, K, device=dev)
+        s = d ** -0.5
+        t_sum = time_it(lambda: probs.sum(1), repeats, sync)
+        t_fused = time_it(lambda: F.scaled_dot_product_attention(q, k, v), repeats, sync)
+        t_explicit = time_it(lambda: ((q @ k.transpose(-1, -2)) * s).softmax(-1) @ v, repeats, sync)
+        head_sum += count * t_sum
+        explicit_extra += count * (t_explicit - t_fused)
+        rows.append({"queries": n, "heads": h, "keys": t, "calls": count, "head_sum_ms": 1e3 * t_sum,
+                     "fused_half_ms": 1e3 * t_fused, "explicit_half_ms": 1e3 * t_explicit})
+    maps = [torch.rand(K, gh, gw, device=dev) for gh, gw in grids]
+    t_up = time_it(lambda: upsample_sum(maps, (size, size)), repeats, sync)
+    floor = head_sum + t_up
+    return {"model": model, "size": size, "steps": steps, "kept_tokens": K, "calls": len(seen),
+            "head_sum_ms": 1e3 * head_sum, "upsample_ms": 1e3 * t_up, "floor_ms": 1e3 * floor,
+            "explicit_minus_fused_ms": 1e3 * explicit_extra, "explicit_floor_ms": 1e3 * (floor + explicit_extra),
+            "shapes": rows}
+
+
 def print_table(title, rows):
     if not rows:
         return
@@ -287,7 +361,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="denoising steps per generation")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1 gives the steadiest figures)")
-    p.add_argument("--sections", default="generation,memory,latency,batch,scaling")
+    p.add_argument("--sections", default="generation,floor,memory,latency,batch,scaling")
     p.add_argument("--json", default="benchmarks/results/bench_trace.json", help="where to write the results")
     p.add_argument("--memory-child", nargs=4, metavar=("MODEL", "SIZE", "STEPS", "TRACED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -302,15 +376,24 @@ def main(argv=None):
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                            "device": args.device}, "args": vars(args)}
-    for section in ("generation", "memory", "batch", "scaling"):
+    for section in ("generation", "memory", "batch", "scaling", "floor"):
         results[section] = []
     for model in models:
         size = DEFAULT_SIZES.get(model, 64)
-        pipe = load(model, args.device) if {"generation", "batch", "scaling"} & set(sections) else None
+        pipe = load(model, args.device) if {"generation", "batch", "scaling", "floor"} & set(sections) else None
         if "generation" in sections:
             r = bench_generation(pipe, model, size, args.steps, args.runs, PROMPT10, sync)
             results["generation"].append(r)
             print_table(f"generation: {model}", [r])
+        if "floor" in sections:
+            fl = bench_floor(pipe, model, size, args.steps, PROMPT10, sync)
+            gen = next((g for g in results["generation"] if g["model"] == model), None)
+            if gen is not None:
+                added = 1e3 * gen["added_total_s"]
+                fl.update(measured_added_ms=added, multiple_of_floor=added / fl["floor_ms"],
+                          multiple_of_explicit_floor=added / fl["explicit_floor_ms"])
+            results["floor"].append(fl)
+            print_table(f"floor: {model}", [{k: v for k, v in fl.items() if k != "shapes"}])
         if "batch" in sections and not model.startswith("sd2"):
             r = bench_batch(pipe, model, size, args.steps, sync=sync)
             results["batch"].append(r)

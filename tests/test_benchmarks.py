@@ -12,7 +12,14 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture
 def bench_path(monkeypatch):
+    """The benchmarks folder importable; torch's thread count put back afterwards (the scripts set it, and
+    later tests compare in-process results bit for bit with one-thread subprocesses)."""
+    import torch
+
     monkeypatch.syspath_prepend(str(BENCH))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_gpu_benchmark_runs_on_the_cpu(bench_path, tmp_path):
@@ -31,7 +38,19 @@ def test_transformer_benchmark_kernel_section_runs(bench_path, tmp_path, monkeyp
     monkeypatch.setattr(sys, "argv", ["bench_dit.py"])
     k = bench_dit.bench_kernel(n_img=16, n_txt=20, heads=2, dim=8, kept=5, blocks=2, repeats=2)
     assert k["shape"] == [2, 2, 36, 8] and k["plain_ms"] > 0 and k["traced_ms"] > 0
-    bench_dit.main(["--model", "tiny-flux", "--size", "64", "--runs", "1", "--sections", "generation",
+    bench_dit.main(["--model", "tiny-flux", "--size", "64", "--runs", "1", "--sections", "generation", "--threads", "1",
                     "--json", str(tmp_path / "dit.json")])
     g = json.loads((tmp_path / "dit.json").read_text())["generation"]
     assert g["model"] == "tiny-flux" and g["stored_MB"] > 0
+
+
+def test_floor_section_uses_the_models_own_call_shapes(bench_path, tmp_path):
+    import bench_trace
+
+    bench_trace.main(["--models", "tiny", "--sections", "generation,floor", "--runs", "1", "--steps", "1",
+                      "--json", str(tmp_path / "trace.json")])
+    fl = json.loads((tmp_path / "trace.json").read_text())["floor"][0]
+    assert fl["calls"] == sum(r["calls"] for r in fl["shapes"]) and fl["calls"] % 1 == 0
+    assert fl["floor_ms"] == pytest.approx(fl["head_sum_ms"] + fl["upsample_ms"])
+    assert fl["explicit_floor_ms"] == pytest.approx(fl["floor_ms"] + fl["explicit_minus_fused_ms"])
+    assert fl["multiple_of_floor"] == pytest.approx(fl["measured_added_ms"] / fl["floor_ms"])
