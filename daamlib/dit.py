@@ -45,6 +45,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .attention import SDPA as _SDPA
+from .attention import attention_with_lse
+from .attention import float_mask as _float_mask
 from .heatmap import stream_type  # noqa: F401 (part of this module's API)
 from .trace import _MISSING, TraceError, UnsupportedPipelineError, _signature
 from .words import Alignment, Word, _WORD
@@ -201,46 +204,9 @@ def build_alignment(prompt: str, parts: list[tuple[str, StreamTokens, int]], axi
 
 
 # -- the kernel with LSE ----------------------------------------------------------------------------------
-_SDPA = F.scaled_dot_product_attention  # the original, whatever the trace swaps in
 _LOCAL = threading.local()
 _PATCH_LOCK = threading.Lock()
 _patched = 0
-
-
-def _float_mask(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
-    if mask is None or mask.dtype != torch.bool:
-        return None if mask is None else mask.to(dtype)
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-
-
-def attention_with_lse(q, k, v, mask=None, scale=None, chunk: int = 1024):
-    """``(SDPA output, log-sum-exp over keys)`` for ``[B, H, L, D]`` inputs: one fused kernel where there is one
-    (the output then equals SDPA's), else SDPA plus a chunked LSE pass (memory ∝ chunk × keys)."""
-    fmask = _float_mask(mask, q.dtype)
-    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        try:
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
-                                                                               attn_mask=fmask, scale=scale)
-            return out, lse
-        except RuntimeError:
-            pass
-    elif q.device.type == "cuda" and fmask is None:
-        try:
-            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
-                                                                            scale=scale)[:2]
-            return out, lse[..., : q.shape[-2]]
-        except RuntimeError:
-            pass
-    out = _SDPA(q, k, v, attn_mask=mask, scale=scale)
-    s = scale if scale is not None else q.shape[-1] ** -0.5
-    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
-    kt = k.float().transpose(-1, -2) * s
-    for a in range(0, q.shape[-2], chunk):
-        scores = q[..., a:a + chunk, :].float() @ kt
-        if fmask is not None:
-            scores = scores + fmask[..., a:a + chunk, :].float() if fmask.shape[-2] > 1 else scores + fmask.float()
-        lse[..., a:a + chunk] = scores.logsumexp(-1)
-    return out, lse
 
 
 def _tapped_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

@@ -30,6 +30,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from .attention import attention_with_lse, float_mask
 from .words import Alignment, align_words
 
 # processors whose arithmetic is diffusers' plain attention: trace may replace them (same image, to rounding)
@@ -147,6 +148,7 @@ class RecordingAttnProcessor:
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
         input_ndim = hidden_states.ndim
+        b = c = h = w = None
         if input_ndim == 4:
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
@@ -174,13 +176,27 @@ class RecordingAttnProcessor:
         if gen.guidance and B % 2:
             raise TraceError(f"classifier-free guidance expects an even UNet batch, got {B}")
         b0 = B // 2 if gen.guidance else 0  # first conditional row; the unconditional half is never recorded
+        rec, K = self.recorder, gen.n_tokens or T_in
+        if rec.store is None and rec.replay is None:
+            # the whole batch through the fused kernel, which also returns log-sum-exp: the output is the model's
+            # own (bit-identical on a CPU), and only the kept tokens' probabilities are computed, for the
+            # conditional rows: exp(q·k_j·s − LSE), normalised over every key as the model's softmax is
+            s = d ** -0.5  # what AttnProcessor2_0's SDPA call uses
+            out, lse = attention_with_lse(q, k, v, attention_mask)
+            logits = q[b0:].float() @ (k[b0:, :, :K].float() * s).transpose(-1, -2)  # [Bc, heads, N, K]
+            if attention_mask is not None:
+                logits = logits + float_mask(attention_mask, torch.float32)[b0:, ..., :K]
+            self._record(torch.exp(logits - lse[b0:].unsqueeze(-1)), N)
+            out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
+            return self._finish(attn, out, residual, input_ndim, b, c, h, w)
         # conditional rows: probabilities materialised (in float32) and used for the output too, so the
         # only work added to plain attention is the head sum and the copy of the kept token columns
+        # with a store or replay the full probabilities are needed: materialised (in float32) and used for the output
         scores = q[b0:].float() @ (k[b0:].float() * attn.scale).transpose(-1, -2)  # [Bc, heads, N, T_in]; k is the small one
         if attention_mask is not None:
             scores = scores + attention_mask[b0:].float()
         full = scores.softmax(-1)  # normalised over every key, padding included, as in the model
-        rec, step = self.recorder, len(gen.timesteps) - 1
+        step = len(gen.timesteps) - 1
         if rec.store is not None:
             rec.store.put(step, self.name, full.to(q.dtype))
             rec.store.n_tokens = gen.n_tokens
@@ -192,10 +208,13 @@ class RecordingAttnProcessor:
         if b0:  # unconditional rows: the fused kernel, called exactly as AttnProcessor2_0 calls it
             mask = None if attention_mask is None else attention_mask[:b0]
             out[:b0] = F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=mask, dropout_p=0.0, is_causal=False)
-        probs = full[..., : gen.n_tokens or T_in].float()  # [Bc, heads, N, T]: the kept tokens only
-        self._record(probs, N)
-
+        self._record(full[..., :K].float(), N)  # [Bc, heads, N, K]: the kept tokens only
         out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
+        return self._finish(attn, out, residual, input_ndim, b, c, h, w)
+
+    @staticmethod
+    def _finish(attn, out, residual, input_ndim, b=None, c=None, h=None, w=None):
+        """The rest of AttnProcessor2_0: output projection, 4-D shape, residual, rescale."""
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(b, c, h, w)

@@ -1,0 +1,75 @@
+"""Attention with its log-sum-exp: the model's own output from a fused kernel, and LSE to recover probabilities.
+
+``attention_with_lse(q, k, v)`` returns SDPA's output and, per query, ``LSE = log Σ_keys exp(q·k·scale + mask)``,
+from which any probability is ``exp(q·k_j·scale + mask_j − LSE)``: the recorders compute it for the kept text
+tokens only, so the full ``[queries, keys]`` matrix is never materialised. Where a fused kernel returns LSE
+(CPU: ``aten._scaled_dot_product_flash_attention_for_cpu``, the kernel SDPA itself runs there, so the output is
+bit-identical; CUDA: the memory-efficient kernel with ``compute_log_sumexp``) it is used, after a one-time check
+per device and dtype that its LSE matches an explicit one on a few queries; otherwise SDPA plus a chunked pass.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+SDPA = F.scaled_dot_product_attention  # the original, whatever a trace swaps in
+_CHECKED: dict[tuple, bool] = {}  # (device type, dtype) -> the fused kernel's LSE checked good
+
+
+def float_mask(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
+    """An SDPA mask as an additive float mask (a boolean mask's False → −inf)."""
+    if mask is None or mask.dtype != torch.bool:
+        return None if mask is None else mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def _explicit_lse(q, k, fmask, scale, chunk: int = 1024) -> torch.Tensor:
+    s = scale if scale is not None else q.shape[-1] ** -0.5
+    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+    kt = k.float().transpose(-1, -2) * s
+    for a in range(0, q.shape[-2], chunk):
+        scores = q[..., a:a + chunk, :].float() @ kt
+        if fmask is not None:
+            scores = scores + (fmask[..., a:a + chunk, :] if fmask.shape[-2] > 1 else fmask).float()
+        lse[..., a:a + chunk] = scores.logsumexp(-1)
+    return lse
+
+
+def _fused(q, k, v, fmask, scale):
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=fmask,
+                                                                          scale=scale)
+    if q.device.type == "cuda" and fmask is None:
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
+                                                                          scale=scale)[:2]
+        return out, lse[..., : q.shape[-2]]
+    return None
+
+
+def attention_with_lse(q, k, v, mask=None, scale=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(SDPA output, LSE over keys)`` for ``[B, H, L, D]`` inputs (LSE ``[B, H, L]``, float32)."""
+    fmask = float_mask(mask, q.dtype)
+    key = (q.device.type, q.dtype, fmask is None)
+    if _CHECKED.get(key, True):
+        try:
+            fused = _fused(q, k, v, fmask, scale)
+        except RuntimeError:
+            fused = None
+        if fused is not None:
+            out, lse = fused
+            if key not in _CHECKED:  # once: the kernel's LSE must be the natural log-sum-exp of these scores
+                n = min(8, q.shape[-2])
+                ref = _explicit_lse(q[..., :n, :], k, None if fmask is None else fmask[..., :n, :]
+                                    if fmask.shape[-2] > 1 else fmask, scale)
+                ok = torch.allclose(lse[..., :n].float(), ref, rtol=1e-2, atol=1e-2)
+                _CHECKED[key] = ok
+                if not ok:
+                    warnings.warn(f"the fused attention kernel's log-sum-exp on {q.device.type} ({q.dtype}) does not "
+                                  "match an explicit one; recording falls back to SDPA plus an explicit pass (slower, "
+                                  "same maps)", stacklevel=3)
+            if _CHECKED[key]:
+                return out, lse.float()
+    return SDPA(q, k, v, attn_mask=mask, scale=scale), _explicit_lse(q, k, fmask, scale)
