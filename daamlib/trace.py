@@ -11,10 +11,13 @@ self-attention on its fast path, and restores the original processors in ``final
 Processors are global state of the pipeline: one trace at a time per pipeline.
 
 What is recorded, per UNet call (a *step*) and cross-attention layer: ``softmax(QKᵀ/√d)``
-of the conditional half of the batch only (the unconditional half of classifier-free
-guidance goes through the original fast kernel), summed over heads (or kept with
+of the conditional half of the batch only, summed over heads (or kept with
 ``keep_heads=True``), for the prompt's tokens only (start, words, first end token), as a
-float32 ``[images, tokens, h, w]`` map at the layer's own resolution.
+float32 ``[images, tokens, h, w]`` map at the layer's own resolution. The whole batch goes through
+the fused attention kernel, which also returns each query's log-sum-exp
+(:mod:`daamlib.attention`); the kept probabilities are ``exp(q·k_j/√d − LSE)``, so the model's output
+is its own and nothing ``[queries × keys]``-sized is made. With a ``store`` or ``replay`` the full
+conditional probabilities are materialised instead (they are what is stored or injected).
 """
 
 from __future__ import annotations
@@ -131,11 +134,12 @@ class _Recorder:
 class RecordingAttnProcessor:
     """Attention that also records the conditional cross-attention probabilities.
 
-    The unconditional rows of classifier-free guidance go through the fused
-    ``scaled_dot_product_attention`` exactly as in diffusers' ``AttnProcessor2_0``. The
-    conditional rows compute ``softmax(QKᵀ·scale)`` explicitly in float32 — the same
-    arithmetic, materialised — use it for the output, and record its kept token columns.
-    Images match untraced ones to float rounding (≤ 1e-5; the tests check it).
+    Without a store or replay: the whole batch through the fused kernel with log-sum-exp
+    (:func:`daamlib.attention.attention_with_lse`), and ``exp(q·k_j/√d − LSE)`` for the conditional
+    rows' kept tokens — the output is the model's own. With one: the unconditional rows through the
+    fused ``scaled_dot_product_attention`` as in diffusers' ``AttnProcessor2_0``, the conditional rows'
+    ``softmax(QKᵀ·scale)`` materialised in float32 and used for the output (images match untraced ones
+    to float rounding, ≤ 1e-5; the tests check both).
     """
 
     def __init__(self, recorder: _Recorder, name: str):

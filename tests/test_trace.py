@@ -342,3 +342,17 @@ def test_sdxl_prompt_2_that_differs_is_flagged(tiny):
     with trace(pipe):
         with pytest.warns(UserWarning, match="prompt_2 differs from prompt"):
             pipe("a cat", prompt_2="a dog", num_inference_steps=1, output_type="pt")
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sd2", "sdxl"])
+def test_traced_images_are_bit_identical_on_a_cpu(tiny, kind):
+    """Without a store or replay, the recorder runs the model's own fused kernel for the whole batch (and reads the
+    probabilities from its log-sum-exp): the traced image is the untraced one, bit for bit, CFG on and off."""
+    from daamlib import trace
+
+    pipe = tiny(kind)
+    for guidance in (1.0, 7.5):
+        plain = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], guidance_scale=guidance)
+        with trace(pipe):
+            traced = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], guidance_scale=guidance)
+        assert torch.equal(plain, traced)
