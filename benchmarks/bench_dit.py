@@ -191,8 +191,6 @@ def bench_memory(model, size, steps, device) -> dict:
 
 def bench_kernel(device="cpu", n_img=256, n_txt=333, heads=24, dim=64, kept=49, blocks=24, repeats=40) -> dict:
     """Plain SDPA against the traced path for one joint-attention call (CFG batch of 2, image first as in SD3)."""
-    import torch.nn.functional as F
-
     from daamlib.dit import _SDPA, _DitRecorder, _Tap, family_of
 
     class Stub:  # just enough pipeline for the recorder

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import META, ExperimentError, read_meta
-from .items import SETTINGS, Item, ItemError, read_items  # noqa: F401 (ItemError and Item are part of this API)
+from .items import Item, ItemError, read_items  # noqa: F401 (ItemError and Item are part of this API)
 
 ITEMS, MANIFEST, LOG, LOCKS = "items", "manifest", "log", ".locks"
 
