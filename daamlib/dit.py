@@ -49,7 +49,7 @@ from .attention import SDPA as _SDPA
 from .attention import attention_with_lse
 from .attention import float_mask as _float_mask
 from .heatmap import stream_type  # noqa: F401 (part of this module's API)
-from .trace import _MISSING, TraceError, UnsupportedPipelineError, _signature
+from .trace import Trace, TraceError, UnsupportedPipelineError, _signature, check_not_traced, installed
 from .words import Alignment, Word, _WORD
 
 
@@ -476,52 +476,27 @@ def attention_modules(transformer) -> dict[str, object]:
     return found
 
 
-class DitTrace:
-    """The handle :func:`trace` yields for a transformer pipeline (same interface as :class:`daamlib.trace.Trace`)."""
+class DitTrace(Trace):
+    """The handle :func:`trace` yields for a transformer pipeline: :class:`daamlib.trace.Trace`'s, with the token
+    axis, image size and alignment a transformer's recording has."""
 
-    def __init__(self, pipe, recorder: _DitRecorder, layers: list[str]):
-        self.pipe = pipe
-        self._rec = recorder
-        self._layers = layers
+    _NOTHING_RECORDED = ("the pipeline was called but no image-to-text attention was recorded: the generation was "
+                         "interrupted before its first step, or it was called with prompt_embeds only")
 
-    @property
-    def generations(self) -> list[DitGeneration]:
-        return self._rec.generations
-
-    @property
-    def layers(self) -> list[str]:
-        return list(self._layers)
-
-    def heat_maps(self, index: int = 0, image=None, generation: int = -1):
-        from .heatmap import HeatMaps
-
-        if not self._rec.generations:
-            raise TraceError("no generation was recorded yet: call the pipeline inside `with trace(pipe)` first")
-        gen = self._rec.generations[generation]
-        if not gen.maps:
-            raise TraceError("the pipeline was called but no image-to-text attention was recorded: the generation was "
-                             "interrupted before its first step, or it was called with prompt_embeds only")
-        n_images = next(iter(gen.maps.values()))[0].shape[0]
-        if not -n_images <= index < n_images:
-            raise IndexError(f"image index {index} out of range: this generation made {n_images} image(s)")
-        index %= n_images
+    def _alignment(self, gen, index: int, n_images: int):
         per_prompt = max(1, n_images // max(1, len(gen.prompts)))
-        alignment = gen.alignments[min(index // per_prompt, len(gen.alignments) - 1)] if gen.alignments else None
-        if alignment is None:
-            raise TraceError("the pipeline was called with prompt_embeds, so the prompt's words are unknown; "
-                             "pass `prompt=` to the pipeline instead")
-        maps = {name: torch.stack([m[index] for m in steps]) for name, steps in gen.maps.items()}
+        return gen.alignments[min(index // per_prompt, len(gen.alignments) - 1)] if gen.alignments else None
+
+    def _maps(self, gen, index: int, alignment) -> dict:
+        return {name: torch.stack([m[index] for m in steps]) for name, steps in gen.maps.items()}
+
+    def _size(self, gen) -> tuple[int, int]:
         f = pixels_per_token(self.pipe)
-        size = (gen.grid[0] * f, gen.grid[1] * f)
-        hm = HeatMaps(alignment, maps, size=size, image=image, timesteps=gen.timesteps)
-        if hm.image is not None and hm.image.shape[:2] != size:  # e.g. PixArt's resolution binning resized it
+        return gen.grid[0] * f, gen.grid[1] * f
+
+    def _fit_image(self, hm) -> None:
+        if hm.image is not None and hm.image.shape[:2] != hm.size:  # e.g. PixArt's resolution binning resized it
             hm.size = tuple(hm.image.shape[:2])
-        hm.steps_expected = gen.expected_steps
-        if gen.expected_steps and len(gen.timesteps) < gen.expected_steps:
-            warnings.warn(f"the generation was interrupted: its maps sum {len(gen.timesteps)} of the "
-                          f"{gen.expected_steps} steps it planned (HeatMaps.steps_completed); generate again to "
-                          "complete them", stacklevel=2)
-        return hm
 
 
 SUPPORTED = ("StableDiffusion3Pipeline (SD3, SD3.5)", "FluxPipeline (Flux.1)", "PixArtSigmaPipeline (PixArt-Σ)",
@@ -549,16 +524,10 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
     modules = attention_modules(transformer)
     if not modules:
         raise UnsupportedPipelineError(f"{type(transformer).__name__} has no attention between image and text tokens")
-    if getattr(pipe, "_daam_trace", None) is not None:
-        raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
-    if getattr(transformer, "_daam_traced", False):
-        raise TraceError("this pipeline's transformer is already being traced through another pipeline that shares "
-                         "it; trace one pipeline at a time (leave the other `with trace(...)` block first)")
+    check_not_traced(pipe, transformer, "transformer")
 
     rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device, store_dtype)
-    original = {name: m.processor for name, (m, _, _) in modules.items()}
     encode = pipe.encode_prompt
-    own_encode = vars(pipe).get("encode_prompt", _MISSING)
     signature = _signature(type(pipe).encode_prompt)
 
     def encode_and_note(*args, **kwargs):
@@ -568,25 +537,15 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
         rec.on_encode(dict(bound.arguments), result)
         return result
 
-    hook = transformer.register_forward_pre_hook(lambda mod, args, kwargs: rec.on_transformer_call(args, kwargs),
-                                                 with_kwargs=True)
-    handle = DitTrace(pipe, rec, list(modules))
-    pipe._daam_trace = handle
-    transformer._daam_traced = True
+    def tap(name, original):
+        _, single, cross = modules[name]
+        return _tap_class(original)(rec, original, name, single, cross)
+
     _patch_kernel(True)
     try:
-        for name, (m, single, cross) in modules.items():
-            m.set_processor(_tap_class(original[name])(rec, original[name], name, single, cross))
-        pipe.encode_prompt = encode_and_note
-        yield handle
+        with installed(pipe, transformer, DitTrace(pipe, rec, list(modules)),
+                       {name: m for name, (m, _, _) in modules.items()}, tap, encode_and_note,
+                       rec.on_transformer_call) as handle:
+            yield handle
     finally:
         _patch_kernel(False)
-        hook.remove()
-        for name, (m, _, _) in modules.items():
-            m.set_processor(original[name])
-        vars(pipe).pop("_daam_trace", None)
-        vars(transformer).pop("_daam_traced", None)
-        if own_encode is _MISSING:
-            vars(pipe).pop("encode_prompt", None)
-        else:
-            pipe.encode_prompt = own_encode

@@ -277,28 +277,43 @@ class Trace:
             raise TraceError("no generation was recorded yet: call the pipeline inside `with trace(pipe)` first")
         gen = self._rec.generations[generation]
         if not gen.maps:
-            raise TraceError("the pipeline was called but no cross-attention ran: the generation was interrupted "
-                             "before its first step, or another pipeline sharing this UNet was called instead")
+            raise TraceError(self._NOTHING_RECORDED)
         n_images = next(iter(gen.maps.values()))[0].shape[0]
         if not -n_images <= index < n_images:
             raise IndexError(f"image index {index} out of range: this generation made {n_images} image(s)")
         index %= n_images
-        alignment = gen.alignments[index // gen.images_per_prompt] if len(gen.alignments) > 1 else gen.alignments[0]
+        alignment = self._alignment(gen, index, n_images)
         if alignment is None:
             raise TraceError(
                 "the pipeline was called with prompt_embeds, so the prompt's words are unknown; "
                 "pass `prompt=` to the pipeline instead"
             )
-        T = len(alignment.tokens)
-        maps = {name: torch.stack([m[index] for m in steps])[..., :T, :, :] for name, steps in gen.maps.items()}
-        size = _image_size(self.pipe, gen.latent_size)
-        hm = HeatMaps(alignment, maps, size=size, image=image, timesteps=list(gen.timesteps))
+        hm = HeatMaps(alignment, self._maps(gen, index, alignment), size=self._size(gen), image=image,
+                      timesteps=list(gen.timesteps))
+        self._fit_image(hm)
         hm.steps_expected = gen.expected_steps
         if gen.expected_steps and len(gen.timesteps) < gen.expected_steps:
             warnings.warn(f"the generation was interrupted: its maps sum {len(gen.timesteps)} of the "
                           f"{gen.expected_steps} steps it planned (HeatMaps.steps_completed); generate again to "
                           "complete them", stacklevel=2)
         return hm
+
+    # -- what differs between a UNet's trace and a transformer's (daamlib.dit.DitTrace overrides these) -----------
+    _NOTHING_RECORDED = ("the pipeline was called but no cross-attention ran: the generation was interrupted "
+                         "before its first step, or another pipeline sharing this UNet was called instead")
+
+    def _alignment(self, gen, index: int, n_images: int):
+        return gen.alignments[index // gen.images_per_prompt] if len(gen.alignments) > 1 else gen.alignments[0]
+
+    def _maps(self, gen, index: int, alignment) -> dict:
+        T = len(alignment.tokens)
+        return {name: torch.stack([m[index] for m in steps])[..., :T, :, :] for name, steps in gen.maps.items()}
+
+    def _size(self, gen) -> tuple[int, int]:
+        return _image_size(self.pipe, gen.latent_size)
+
+    def _fit_image(self, hm) -> None:
+        """Adjust the maps' size to the image given, where a pipeline resizes its output (none for UNets)."""
 
 
 def _image_size(pipe, latent_size):
@@ -319,6 +334,44 @@ def _prompt_list(prompt) -> list:
     if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
         return list(prompt)
     raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}: {prompt!r}")
+
+
+def check_not_traced(pipe, denoiser, what: str) -> None:
+    """Refuse a second trace of ``pipe``, or of its denoiser (``what``: "UNet", "transformer") through another
+    pipeline that shares it."""
+    if getattr(pipe, "_daam_trace", None) is not None:
+        raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
+    if getattr(denoiser, "_daam_traced", False):
+        raise TraceError(f"this pipeline's {what} is already being traced through another pipeline that shares it; "
+                         "trace one pipeline at a time (leave the other `with trace(...)` block first)")
+
+
+@contextmanager
+def installed(pipe, denoiser, handle, modules: dict, processor_for, encode_prompt, on_call):
+    """Install a trace and put everything back on exit, whatever happens inside: each module of ``modules``
+    (name → attention module) gets ``processor_for(name, original_processor)``, ``pipe.encode_prompt`` becomes
+    ``encode_prompt`` (a user's own override is restored exactly), and ``on_call(args, kwargs)`` runs before
+    every call of ``denoiser``."""
+    original = {name: m.processor for name, m in modules.items()}
+    own_encode = vars(pipe).get("encode_prompt", _MISSING)
+    hook = denoiser.register_forward_pre_hook(lambda module, args, kwargs: on_call(args, kwargs), with_kwargs=True)
+    pipe._daam_trace = handle
+    denoiser._daam_traced = True
+    try:
+        for name, m in modules.items():
+            m.set_processor(processor_for(name, original[name]))
+        pipe.encode_prompt = encode_prompt
+        yield handle
+    finally:
+        hook.remove()
+        for name, m in modules.items():
+            m.set_processor(original[name])
+        vars(pipe).pop("_daam_trace", None)
+        vars(denoiser).pop("_daam_traced", None)
+        if own_encode is _MISSING:
+            vars(pipe).pop("encode_prompt", None)
+        else:
+            pipe.encode_prompt = own_encode
 
 
 def check_supported(pipe) -> dict:
@@ -375,11 +428,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     if encoder != "all":
         raise ValueError(f"encoder={encoder!r} applies to transformer pipelines; a UNet's maps use the prompt's "
                          "tokens of its (first) text encoder: leave encoder unset")
-    if getattr(pipe, "_daam_trace", None) is not None:
-        raise TraceError("this pipeline is already being traced; leave the outer `with trace(pipe)` block first")
-    if getattr(unet, "_daam_traced", False):
-        raise TraceError("this pipeline's UNet is already being traced through another pipeline that shares it; "
-                         "trace one pipeline at a time (leave the other `with trace(...)` block first)")
+    check_not_traced(pipe, unet, "UNet")
     custom = sorted({type(m.processor).__name__ for m in modules.values()
                      if type(m.processor).__name__ not in REPLACEABLE_PROCESSORS})
     if custom:
@@ -390,9 +439,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
             "your processor's probabilities yourself")
 
     recorder = _Recorder(keep_heads, store_device, store, replay, getattr(pipe, "scheduler", None), store_dtype)
-    original = {name: m.processor for name, m in modules.items()}  # only cross-attention is touched
     encode = pipe.encode_prompt
-    own_encode = vars(pipe).get("encode_prompt", _MISSING)  # a user's own override, restored exactly
     signature = _signature(type(pipe).encode_prompt)
 
     def encode_and_note(*args, **kwargs):
@@ -420,27 +467,10 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
         recorder.begin(prompts, alignments, int(a.get("num_images_per_prompt") or 1), bool(a.get("do_classifier_free_guidance")))
         return encode(*args, **kwargs)
 
-    hook = unet.register_forward_pre_hook(
-        lambda module, args, kwargs: recorder.on_unet_call(
-            args[0] if args else kwargs["sample"], args[1] if len(args) > 1 else kwargs["timestep"]
-        ),
-        with_kwargs=True,
-    )
-    handle = Trace(pipe, recorder, list(modules))
-    pipe._daam_trace = handle
-    unet._daam_traced = True
-    try:
-        for name, m in modules.items():
-            m.set_processor(RecordingAttnProcessor(recorder, name))
-        pipe.encode_prompt = encode_and_note
+    def on_unet_call(args, kwargs):
+        recorder.on_unet_call(args[0] if args else kwargs["sample"], args[1] if len(args) > 1 else kwargs["timestep"])
+
+    # only cross-attention is touched
+    with installed(pipe, unet, Trace(pipe, recorder, list(modules)), modules,
+                   lambda name, _: RecordingAttnProcessor(recorder, name), encode_and_note, on_unet_call) as handle:
         yield handle
-    finally:
-        hook.remove()
-        for name, m in modules.items():
-            m.set_processor(original[name])
-        vars(pipe).pop("_daam_trace", None)
-        vars(unet).pop("_daam_traced", None)
-        if own_encode is _MISSING:
-            vars(pipe).pop("encode_prompt", None)
-        else:
-            pipe.encode_prompt = own_encode
