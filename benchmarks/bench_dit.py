@@ -40,6 +40,9 @@ import torch
 import daamlib
 from daamlib.dit import attention_modules
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_trace import Timed  # noqa: E402 (the same timing wrapper as the UNet benchmark)
+
 PROMPT10 = "a giraffe and a zebra standing in a field of grass"  # 10 words
 
 
@@ -84,21 +87,6 @@ def load(model: str, device: str):
     pipe = sd3_medium() if model == "sd3-medium" else daamlib.load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-class Timed:
-    """Wraps an attention processor and adds the seconds spent in it to a shared counter."""
-
-    def __init__(self, inner, counter: list, sync):
-        self.inner, self.counter, self.sync = inner, counter, sync
-
-    def __call__(self, attn, *args, **kwargs):
-        self.sync()
-        t = time.perf_counter()
-        out = self.inner(attn, *args, **kwargs)
-        self.sync()
-        self.counter[0] += time.perf_counter() - t
-        return out
 
 
 def timed(inner, counter, sync) -> Timed:
