@@ -99,7 +99,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-layers", type=int, default=0)
     p.add_argument("--unet-channels", default="32,64,128")
     p.add_argument("--unet-heads", type=int, default=4)
+    p.add_argument("--clip", default=None, metavar="DIR",
+                   help="condition on the frozen penultimate layer of this ShapeWorld-CLIP folder (its tokenizer "
+                        "too) instead of training a text encoder with the UNet, as Stable Diffusion does")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="a fresh run starts from this exported model's UNet and VAE instead of random weights")
     args = p.parse_args(argv)
+    for flag, d, need in (("--clip", args.clip, "clip_config.json"), ("--init-from", args.init_from, "unet/config.json")):
+        if d is not None and not (Path(d) / need).exists():
+            p.error(f"{flag} {d}: no {need} there; give the folder written by "
+                    + ("`python -m daamlib.shapeworld.clip train`" if flag == "--clip" else "this trainer's export"))
     if args.cooldown_minutes > 0 and (args.max_minutes is None or args.cooldown_minutes > args.max_minutes):
         p.error("--cooldown-minutes needs --max-minutes at least as long (the cool-down is the run's last minutes)")
     return args
@@ -132,9 +141,10 @@ def train_vae(args, cfg: ModelConfig, world: ShapeWorld, run: Path, export: Path
     vae_dir = run / "vae"
     if (vae_dir / "config.json").exists():
         return AutoencoderKL.from_pretrained(vae_dir)
-    if (export / "vae" / "config.json").exists():
-        log(f"using the exported VAE from {export / 'vae'}")
-        return AutoencoderKL.from_pretrained(export / "vae")
+    for folder in (export, Path(args.init_from) if args.init_from else None):
+        if folder is not None and (folder / "vae" / "config.json").exists():
+            log(f"using the exported VAE from {folder / 'vae'}")
+            return AutoencoderKL.from_pretrained(folder / "vae")
     torch.manual_seed(args.seed)
     vae = build_vae(cfg)
     with torch.no_grad():  # start with a small posterior std (e^-3 ≈ 0.05): at the default (~0.7) the
@@ -412,7 +422,9 @@ def main(argv=None) -> None:
 
     from transformers import CLIPTokenizer
 
-    if (run / "tokenizer" / "vocab.json").exists():
+    if args.clip:  # the CLIP's own tokenizer (its vocabulary has the shape families' names too)
+        tokenizer = CLIPTokenizer.from_pretrained(Path(args.clip) / "tokenizer")
+    elif (run / "tokenizer" / "vocab.json").exists():
         tokenizer = CLIPTokenizer.from_pretrained(run / "tokenizer")
     elif (export / "tokenizer" / "tokenizer_config.json").exists():  # transformers 5 saves tokenizer.json only
         tokenizer = CLIPTokenizer.from_pretrained(export / "tokenizer")
@@ -420,12 +432,27 @@ def main(argv=None) -> None:
         tokenizer = build_tokenizer(run / "tokenizer", cfg)
 
     torch.manual_seed(args.seed)
-    text = build_text_encoder(cfg, tokenizer)
+    if args.clip:
+        from .clip import load as load_clip, penultimate_text_encoder
+
+        text = penultimate_text_encoder(load_clip(args.clip)[0].text).requires_grad_(False)
+        cfg.text_layers = text.config.num_hidden_layers
+        cfg.extra = {"text_encoder": f"frozen ShapeWorld-CLIP ({args.clip}), layer {cfg.text_layers} of "
+                                     f"{cfg.text_layers + 1} (penultimate) + final layer norm"}
+    else:
+        text = build_text_encoder(cfg, tokenizer)
     unet = build_unet(cfg)
+    if args.init_from and not (run / "ckpt.pt").exists() and not (export / "training_state.json").exists():
+        from diffusers import UNet2DConditionModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(Path(args.init_from) / "unet").state_dict())
+        log(f"UNet initialised from {args.init_from}")
+    if args.init_from:
+        cfg.extra["init_from"] = f"UNet and VAE initialised from {args.init_from} at step 0"
     ema_text, ema_unet = copy.deepcopy(text).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
     for m in (vae, text, unet, ema_text, ema_unet):
         m.to(device)
-    params = list(unet.parameters()) + list(text.parameters())
+    params = list(unet.parameters()) + ([] if args.clip else list(text.parameters()))
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     log(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder "
         f"{sum(p.numel() for p in text.parameters()) / 1e6:.3f}M, VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M")
@@ -453,8 +480,9 @@ def main(argv=None) -> None:
         et = CLIPTextModel.from_pretrained(export / "text_encoder")
         for m in (unet, ema_unet):
             m.load_state_dict(eu.state_dict())
-        for m in (text, ema_text):
-            m.load_state_dict(et.state_dict())
+        if not args.clip:
+            for m in (text, ema_text):
+                m.load_state_dict(et.state_dict())
         step, counter = st["step"], st["scene_counter"]
         wall_by_device = st.get("wall_seconds_by_device", {"cpu": st["wall_seconds"]})
         prev_batch = st["batch"]
@@ -521,7 +549,7 @@ def main(argv=None) -> None:
             log(f"sampling failed: {e!r}")
         log(f"exported step {step} to {export} ({time.time() - t:.0f}s)")
 
-    unet.train(), text.train()
+    unet.train(), text.train(args.clip is None)
     t_ck = t_ex = time.time()
     t_last, losses = time.time(), []
     t_mark = time.time()  # wall time counts everything in the loop: steps, pool refreshes, exports
@@ -550,7 +578,8 @@ def main(argv=None) -> None:
         noise = torch.randn_like(z0)
         t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,)).to(device)
         zt = sched.add_noise(z0, noise, t)
-        cond = text(ids).last_hidden_state  # [B, L, D]
+        with torch.set_grad_enabled(args.clip is None):  # a frozen CLIP needs no graph
+            cond = text(ids).last_hidden_state  # [B, L, D]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         if args.min_snr_gamma > 0:
@@ -565,7 +594,8 @@ def main(argv=None) -> None:
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         ema_update(ema_unet, unet, decay)
-        ema_update(ema_text, text, decay)
+        if not args.clip:
+            ema_update(ema_text, text, decay)
         step += 1
         now = time.time()
         wall_by_device[device.type] = wall_by_device.get(device.type, 0.0) + now - t_mark
