@@ -78,6 +78,11 @@ def test_toy_clip_trains_resumes_and_conditions_a_unet(tmp_path):
     train.main(["--run-dir", str(tmp_path / "r1"), "--export-dir", str(first), *TOY, "--steps", "2"])
     train.main(["--run-dir", str(tmp_path / "r2"), "--export-dir", str(second), *TOY, "--steps", "2",
                 "--clip", str(out), "--init-from", str(first)])
+    (second / "clip").mkdir()
+    (second / "clip" / "kept.txt").write_text("x")
+    train.main(["--run-dir", str(tmp_path / "r2"), "--export-dir", str(second), *TOY, "--steps", "3",
+                "--clip", str(out), "--init-from", str(first)])  # resumes; a re-export keeps folders it did not write
+    assert (second / "clip" / "kept.txt").read_text() == "x"
     pipe = StableDiffusionPipeline.from_pretrained(second)
     want = clip.penultimate_text_encoder(model.text)
     assert pipe.text_encoder.config.num_hidden_layers == 1  # frozen: exactly the CLIP's layer 1

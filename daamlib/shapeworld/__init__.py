@@ -21,27 +21,36 @@ from pathlib import Path
 from .world import ONTOLOGY, SHAPES, Scene, ShapeWorld  # noqa: F401
 
 NAME = "shapeworld"
+CLIP_NAME = "shapeworld-clip"  # the same world; the UNet conditioned on a frozen ShapeWorld-CLIP (contextual states)
+_ENV = {NAME: "DAAM_SHAPEWORLD_MODEL", CLIP_NAME: "DAAM_SHAPEWORLD_CLIP_MODEL"}
 
 
-def model_dir() -> Path:
-    """The embedded model's folder: ``$DAAM_SHAPEWORLD_MODEL``, else ``data/models/shapeworld`` of this checkout."""
-    env = os.environ.get("DAAM_SHAPEWORLD_MODEL")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "models" / NAME
+def model_dir(name: str = NAME) -> Path:
+    """A model's folder: ``$DAAM_SHAPEWORLD_MODEL`` (``$DAAM_SHAPEWORLD_CLIP_MODEL`` for ``shapeworld-clip``),
+    else ``data/models/<name>`` of this checkout."""
+    env = os.environ.get(_ENV[name])
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "models" / name
 
 
 def register_models() -> None:
-    """The ``daamlib.models`` entry point: the embedded model, the default whenever its folder is present."""
+    """The ``daamlib.models`` entry point: the embedded model (the default whenever its folder is present)
+    and its contextual sibling ``shapeworld-clip``."""
     from .. import models
 
     models.register(NAME, lambda: str(model_dir()),
                     description=f"the embedded ShapeWorld model, expected at {model_dir()} (a checkout's "
                                 "data/models/shapeworld, or set DAAM_SHAPEWORLD_MODEL to its folder)",
                     priority=10, available=lambda: (model_dir() / "model_index.json").is_file())
+    models.register(CLIP_NAME, lambda: str(model_dir(CLIP_NAME)),
+                    description=f"ShapeWorld with a frozen contextual text encoder (ShapeWorld-CLIP), expected at "
+                                f"{model_dir(CLIP_NAME)} (or set DAAM_SHAPEWORLD_CLIP_MODEL to its folder)",
+                    priority=5, available=lambda: (model_dir(CLIP_NAME) / "model_index.json").is_file())
 
 
 def register_studies() -> None:
-    """The ``daamlib.studies`` entry point: ShapeWorld's prompts and ground truth for the model ``shapeworld``."""
+    """The ``daamlib.studies`` entry point: ShapeWorld's prompts and ground truth for both ShapeWorld models."""
     from ..studies import data
     from .studies import ShapeWorldStudies
 
-    data.register(NAME, ShapeWorldStudies)
+    for name in (NAME, CLIP_NAME):
+        data.register(name, ShapeWorldStudies)

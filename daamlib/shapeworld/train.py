@@ -374,6 +374,8 @@ def export_folder(export: Path, vae, text, tokenizer, unet, cfg, state: dict, ru
             if f.is_file() and (f.suffix in (".md", ".png") or f.name.endswith(".json") and f.name != "model_index.json"
                                 and f.name != "training_state.json") and not (tmp / f.name).exists():
                 shutil.copy(f, tmp / f.name)
+            elif f.is_dir() and not (tmp / f.name).exists():  # e.g. the ShapeWorld-CLIP that conditions it (clip/)
+                shutil.copytree(f, tmp / f.name)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(export, old)
     os.replace(tmp, export)
