@@ -175,6 +175,20 @@ def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None) -> 
     return StreamTokens([labels[i] for i in keep], [i - drop + shift for i in keep], spans, dropped)
 
 
+def token_count(pipe, prompt: str, encoder: str = "all") -> int:
+    """Text tokens a trace keeps for ``prompt`` alone (the token axis of its maps, its store and its replay),
+    from the tokenizers only: nothing runs."""
+    family = family_of(pipe)
+    n = 0
+    for s in family.streams:
+        if (encoder != "all" and s.name != encoder) or (s.encoder is not None and getattr(pipe, s.encoder, None) is None):
+            continue
+        ml = s.max_length if isinstance(s.max_length, int) else getattr(pipe, s.max_length, None) if s.max_length else None
+        pos = stream_tokens(pipe, s, prompt, None if ml is None else int(ml)).positions
+        n += max(pos) - min(pos) + 1 if pos else 0
+    return n
+
+
 def build_alignment(prompt: str, parts: list[tuple[str, StreamTokens, int]], axis: list[int],
                     max_length: int) -> Alignment:
     """An :class:`Alignment` whose token axis is ``axis`` (positions in the transformer's text input) and whose
@@ -238,10 +252,12 @@ class DitGeneration:
 
 
 class _DitRecorder:
-    def __init__(self, pipe, family: Family, encoder: str, keep_heads: bool, store_device, store_dtype=None):
+    def __init__(self, pipe, family: Family, encoder: str, keep_heads: bool, store_device, store_dtype=None,
+                 store=None, replay=None):
         from .trace import check_store_dtype
 
         self.pipe, self.family, self.encoder = pipe, family, encoder
+        self.store, self.replay = store, replay  # daamlib.replay.AttentionStore to fill / to inject
         self.keep_heads = keep_heads
         self.store_device = None if store_device is None else torch.device(store_device)
         self.store_dtype = check_store_dtype(store_dtype)
@@ -400,7 +416,9 @@ class _DitRecorder:
             m = m.index_select(0, b) if m.ndim == 4 and m.shape[0] > 1 else m
             m = m[..., img, :] if m.ndim >= 2 and m.shape[-2] > 1 else m
             logits = logits + m.index_select(-1, cols)
-        p = torch.exp(logits - lse[b][:, :, img].float().unsqueeze(-1))
+        p = torch.exp(logits - lse[b][:, :, img].float().unsqueeze(-1))  # [Bc, H, N, K]
+        if self.store is not None or self.replay is not None:
+            p = self._store_or_replay(tap.name, p, out, v, b, img, cols)
         if not self.keep_heads:
             p = p.sum(1)  # [Bc, N, K]
         h, w = self.current.grid
@@ -413,6 +431,38 @@ class _DitRecorder:
             p = p.to(self.store_device, non_blocking=True)
         self.current.maps.setdefault(tap.name, []).append(p)
         return out
+
+
+    def _store_or_replay(self, name: str, p, out, v, b, img, cols):
+        """Keep ``p`` (``[conditional rows, heads, image tokens, kept text tokens]``) in the store, or put the
+        stored one in its place: the image rows' output is rebuilt from the seed's image→text probabilities and
+        the variant's own image→rest ones, rescaled to the mass the seed left over (each row still sums to 1)."""
+        step = len(self.current.timesteps) - 1
+        if self.store is not None:
+            self.store.put(step, name, p)
+            self.store.n_tokens = p.shape[-1]
+        if self.replay is None or not self.replay.covers(step):
+            return p
+        self.replay.check_tokens(p.shape[-1])
+        seed = self.replay.get(step, name, p)
+        vt = v.index_select(2, cols).index_select(0, b).float()  # [Bc, H, K, D]
+        o = out[:, :, img].index_select(0, b).float()  # [Bc, H, N, D]
+        out[:, :, img].index_copy_(0, b, replayed_output(o, p, seed, vt).to(out.dtype))  # in place, the kernel's output
+        return seed
+
+
+def replayed_output(out: torch.Tensor, own: torch.Tensor, seed: torch.Tensor, v_txt: torch.Tensor) -> torch.Tensor:
+    """Attention output of image queries whose probabilities over the kept text keys are replaced.
+
+    ``out`` [..., N, D] is the model's own output, ``own`` / ``seed`` [..., N, K] its own and the seed's
+    probabilities over the K kept text keys, ``v_txt`` [..., K, D] their values. The row becomes the seed's
+    mass on those keys and the model's own distribution over every other key, scaled to the mass left
+    (``1 − Σ seed``), so it still sums to 1: prompt-to-prompt's cross-attention injection, for joint attention.
+    """
+    free = 1 - own.sum(-1, keepdim=True)  # the model's own mass on every other key (image tokens, unkept text)
+    left = 1 - seed.sum(-1, keepdim=True)
+    rest = torch.where(free > 1e-6, (out - own @ v_txt) * (left / free.clamp_min(1e-6)), torch.zeros_like(out))
+    return rest + seed @ v_txt
 
 
 class _Tap:
@@ -506,7 +556,7 @@ SUPPORTED = ("StableDiffusion3Pipeline (SD3, SD3.5)", "FluxPipeline (Flux.1)", "
 
 @contextmanager
 def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder: str = "all",
-                      store_dtype=None) -> Iterator[DitTrace]:
+                      store_dtype=None, store=None, replay=None) -> Iterator[DitTrace]:
     """:func:`daamlib.trace` for a diffusion-transformer pipeline (see the module's docs)."""
     family = family_of(pipe)
     transformer = getattr(pipe, "transformer", None)
@@ -526,7 +576,7 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
         raise UnsupportedPipelineError(f"{type(transformer).__name__} has no attention between image and text tokens")
     check_not_traced(pipe, transformer, "transformer")
 
-    rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device, store_dtype)
+    rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device, store_dtype, store, replay)
     encode = pipe.encode_prompt
     signature = _signature(type(pipe).encode_prompt)
 

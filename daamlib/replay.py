@@ -29,10 +29,31 @@ class ReplayError(RuntimeError):
     """A replay does not match the generation it is injected into."""
 
 
+def token_count(pipe, prompt: str, encoder: str = "all") -> int:
+    """The number of token columns a trace of ``pipe`` keeps for ``prompt``: a replay needs the same number in the
+    seed and the variant. From the tokenizer(s) only; nothing runs."""
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+        from .dit import token_count as transformer_count
+
+        return transformer_count(pipe, prompt, encoder)
+    from .words import align_words
+
+    return len(align_words(prompt, getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2")).tokens)
+
+
+def check_same_tokens(pipe, prompts: Iterable[str]) -> None:
+    """Refuse, before anything is generated, prompts that cannot be replayed onto each other (different token counts)."""
+    counts = {p: token_count(pipe, p) for p in prompts}
+    if len(set(counts.values())) > 1:
+        raise ReplayError("these prompts would be replayed onto each other but tokenize to different lengths for "
+                          f"{type(pipe).__name__}: " + "; ".join(f"{p!r}: {n}" for p, n in counts.items())
+                          + ". Choose words of the same token count (a colour that is one token in this tokenizer)")
+
+
 class AttentionStore:
     """Full conditional cross-attention probabilities ``[images, heads, queries, keys]`` per (step, layer).
 
-    ``steps`` limits which steps are *replayed* (positions 0, 1, … of the denoising loop; all
+    ``steps`` limits which steps are kept and *replayed* (positions 0, 1, … of the denoising loop; all
     when None): prompt-to-prompt replays the early steps, which fix the layout, and lets the
     last ones refine detail freely.
     """
@@ -51,6 +72,8 @@ class AttentionStore:
         return sum(p.numel() * p.element_size() for p in self.probs.values())
 
     def put(self, step: int, layer: str, probs: torch.Tensor) -> None:
+        if not self.covers(step):  # never replayed: not kept
+            return
         self.probs[step, layer] = probs.detach() if self.device is None else probs.detach().to(self.device)
 
     def covers(self, step: int) -> bool:

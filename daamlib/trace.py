@@ -414,13 +414,10 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     ``"t5"``, ``"lm"``).
     """
     if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
-        if store is not None or replay is not None:
-            raise TraceError("attention store and replay (daamlib.replay) support UNet pipelines only; trace "
-                             f"{type(pipe).__name__} without store= / replay=")
         from .dit import trace_transformer
 
         with trace_transformer(pipe, keep_heads=keep_heads, store_device=store_device, encoder=encoder,
-                               store_dtype=store_dtype) as handle:
+                               store_dtype=store_dtype, store=store, replay=replay) as handle:
             yield handle
         return
     unet = getattr(pipe, "unet", None)

@@ -356,3 +356,67 @@ def test_store_dtype_halves_the_maps_and_keeps_them_close(tiny, dit, tmp_path, k
     assert {m.dtype for m in hm.maps.values()} == {dtype} and torch.equal(hm.token_maps(), b)
     with pytest.raises(ValueError, match="store_dtype must be one of float32, float16, bfloat16"):
         generate(pipe, PROMPTS[0], steps=1, store_dtype=torch.int8)
+
+
+@pytest.mark.parametrize("kept", [3, 5], ids=["joint-3-of-5-text-keys", "cross-every-key"])
+def test_replayed_output_equals_a_materialised_row_swap(kept):
+    """Replay on a transformer: image rows take the seed's probabilities on the kept text keys and their own on
+    every other key, rescaled to the mass left. Checked against the full matrix, built and multiplied in float64."""
+    from daamlib.dit import replayed_output
+
+    g = torch.Generator().manual_seed(0)
+    n_img, n_txt, d = 6, 5, 4
+    n_keys = n_txt + (n_img if kept == 3 else 0)  # joint: text and image keys; cross: the text keys only
+    q = torch.randn(2, n_img, d, generator=g, dtype=torch.float64)
+    k = torch.randn(2, n_keys, d, generator=g, dtype=torch.float64)
+    v = torch.randn(2, n_keys, d, generator=g, dtype=torch.float64)
+    own = (q @ k.transpose(-1, -2)).softmax(-1)  # [2, N, L]
+    seed = torch.randn(2, n_img, n_keys, generator=g, dtype=torch.float64).softmax(-1)
+    cols = torch.arange(kept)
+    want = own.clone()
+    free, left = 1 - own[..., cols].sum(-1, keepdim=True), 1 - seed[..., cols].sum(-1, keepdim=True)
+    others = torch.ones(n_keys, dtype=torch.bool)
+    others[cols] = False
+    want[..., others] = own[..., others] * left / free if kept < n_keys else 0
+    want[..., cols] = seed[..., cols]
+    assert torch.allclose(want.sum(-1), torch.ones(2, n_img, dtype=torch.float64))
+    got = replayed_output(own @ v, own[..., cols], seed[..., cols], v[:, cols])
+    assert (got - want @ v).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen"])
+def test_replay_holds_the_seed_attention_on_transformers(dit, kind):
+    from daamlib.replay import AttentionStore, ReplayError
+
+    pipe = dit(kind)
+    kw = call_kwargs(kind, height=64, width=64, guidance_scale=4.0 if kind != "qwen" else 1.0)
+    run = lambda prompt, **t: generate(pipe, prompt, seed=0, steps=2, **{k: v for k, v in kw.items()  # noqa: E731
+                                        if k in ("height", "width", "guidance_scale")}, **t)
+    store = AttentionStore()
+    seed = run("a red cat on a mat", store=store)
+    assert len(store) == 2 * len(seed.layers) and store.n_tokens == seed.token_maps().shape[0]
+    again = run("a red cat on a mat", replay=store)  # its own attention injected: the same image
+    assert (again.image.astype(float) - seed.image.astype(float)).__abs__().max() <= 1
+    for word in ("blue", "green", "pink", "small", "big", "old"):  # one of as many tokens as "red" in this tokenizer
+        try:
+            swapped = run(f"a {word} cat on a mat", replay=store)
+            break
+        except ReplayError:
+            continue
+    plain = run(f"a {word} cat on a mat")
+    assert torch.allclose(swapped.token_maps(), seed.token_maps(), atol=1e-5)  # the maps are the injected ones
+    assert not torch.allclose(plain.token_maps(), seed.token_maps(), atol=1e-3)
+    assert (plain.image != swapped.image).any()
+    with pytest.raises(ReplayError, match="tokens"):
+        run("a dark blue and very red cat on a mat", replay=store)
+
+
+def test_adjectives_of_another_token_count_are_refused_before_generating(dit, tmp_path, monkeypatch):
+    from daamlib.replay import ReplayError, token_count
+    from daamlib.studies.adjectives import AdjectiveRun
+
+    pipe = dit("flux")
+    assert token_count(pipe, "a red dog") == 9 and token_count(pipe, "a blue dog") == 10  # the tiny T5 splits "blue"
+    monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: pytest.fail("generated"))
+    with pytest.raises(ReplayError, match="'a red dog': 9; 'a blue dog': 10"):
+        AdjectiveRun(pipe, ["a {adj} dog"], {"red": [200, 30, 30], "blue": [30, 30, 200]}, tmp_path, None, "daam")

@@ -47,6 +47,10 @@ def test_partial_replay_only_covers_the_chosen_steps(tiny):
     with trace(pipe, replay=early):
         b = run(pipe, "a yellow circle", num_inference_steps=3)
     assert (a - b).abs().max() > 1e-5
+    kept = AttentionStore(steps=[0])
+    with trace(pipe, store=kept):
+        run(pipe, "a red circle", num_inference_steps=3)
+    assert {s for s, _ in kept.probs} == {0} and len(kept) == len(full) // 3  # the other steps are not kept
 
 
 def test_replay_into_a_prompt_of_another_token_length_is_refused(tiny):

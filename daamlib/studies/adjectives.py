@@ -150,12 +150,10 @@ class AdjectiveRun:
         from ..pipeline import resolve_sampling, weights_fingerprint
 
         check_inputs(templates, adjectives, mask_source, truth)
-        if getattr(pipe, "unet", None) is None:
-            from ..trace import TraceError
+        from ..replay import check_same_tokens
 
-            raise TraceError(f"§5.2 holds each seed's layout fixed by attention replay (daamlib.replay), which works on "
-                             f"UNet pipelines only; {type(pipe).__name__} is a transformer: run this notebook with a "
-                             "Stable Diffusion 1.x/2.x/XL model or the embedded one")
+        for template in templates:  # each seed's attention is replayed onto its variants: same token count
+            check_same_tokens(pipe, [template.format(adj=adj) for adj in adjectives])
         self.pipe, self.templates, self.adjectives, self.truth = pipe, list(templates), dict(adjectives), truth
         self.mask_source, self.seed, self.gallery, self.grow = mask_source, seed, gallery, grow
         self.steps, self.guidance = resolve_sampling(pipe, steps, guidance).values()
