@@ -1,4 +1,4 @@
-"""Capture for diffusion transformers (SD3/3.5, Flux.1, PixArt-Σ, Qwen-Image): image→text attention, exactly.
+"""Capture for diffusion transformers (SD3/3.5, Flux.1, Flux.2, PixArt-Σ, Qwen-Image, Chroma): image→text attention, exactly.
 
 What a map is here. In a transformer, text and image tokens meet in three ways: *joint* attention
 (SD3 and the double-stream blocks of Flux and Qwen-Image: text and image tokens concatenated into one
@@ -28,7 +28,8 @@ calls for Flux's ``true_cfg_scale`` and Qwen-Image).
 
 Words and tokens. Each family declares its text *streams* in the order they sit in the transformer's
 text input (SD3: CLIP's 77 then T5's ``max_sequence_length``; Flux.1 and PixArt: T5; Qwen-Image: the
-language model's tokens after its chat template, whose 34-token system prefix the pipeline drops). The
+language model's tokens after its chat template, whose 34-token system prefix the pipeline drops; Flux.2:
+the chat-templated text, system message and all, left-padded, every position kept). The
 prompt is tokenized exactly as the pipeline tokenizes it (template, special tokens, truncation), and a
 word owns the tokens whose characters fall inside it. ``encoder=`` chooses the stream(s) whose tokens
 are kept: ``"t5"``, ``"clip"``, ``"lm"`` or ``"all"`` (the default: every stream the model attends).
@@ -59,7 +60,7 @@ class Stream:
     """One text encoder's tokens in the transformer's text input, and how the pipeline tokenizes for it."""
 
     name: str  # "clip", "t5", "lm"
-    tokenizer: str  # the pipeline's attribute
+    tokenizer: str  # the pipeline's attribute (dotted: "tokenizer.tokenizer" is a processor's tokenizer)
     template: object = "{}"  # the text the pipeline gives the tokenizer, the prompt at {}: a string, the pipeline's
     # attribute holding one, or a function of the pipeline that returns one (a chat template)
     drop: int | str = 0  # leading tokens the pipeline drops from the encoder's states (or the attribute holding it)
@@ -67,6 +68,7 @@ class Stream:
     length: str | None = None  # its segment's length in the text input: an attribute (SD3's CLIP part); None: the rest
     encoder: str | None = None  # the text encoder attribute: None when that encoder is absent means zeros
     pads: bool = False  # the pipeline pads to max_length (left padding then shifts every position)
+    special_tokens: bool = True  # the tokenizer adds its special tokens (False: the template already has them)
 
 
 def chat_template(pipe) -> str:
@@ -75,6 +77,18 @@ def chat_template(pipe) -> str:
     mark = "\ue000prompt\ue001"  # private-use characters: never in a prompt
     text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
                                               add_generation_prompt=True, enable_thinking=False)
+    return text.replace(mark, "{}")
+
+
+def mistral_chat_template(pipe) -> str:
+    """The text Flux.2 [dev] gives its processor: the system message and the prompt in the processor's chat
+    template (``Flux2Pipeline._get_mistral_3_small_prompt_embeds``); it starts with ``<s>``, so the processor adds
+    no special token."""
+    from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+    mark = "\ue000prompt\ue001"
+    text = pipe.tokenizer.apply_chat_template(format_input([mark], system_message=pipe.system_message)[0],
+                                              tokenize=False, add_generation_prompt=False)
     return text.replace(mark, "{}")
 
 
@@ -101,6 +115,9 @@ FAMILIES = (
     )),
     Family("flux2", ("Flux2KleinPipeline",), text_first=True, packed=True, streams=(
         Stream("lm", "tokenizer", template=chat_template, pads=True),
+    )),
+    Family("flux2-dev", ("Flux2Pipeline",), text_first=True, packed=True, streams=(
+        Stream("lm", "tokenizer.tokenizer", template=mistral_chat_template, pads=True, special_tokens=False),
     )),
 )
 ENCODERS = ("all", "clip", "t5", "lm")
@@ -141,7 +158,9 @@ class StreamTokens:
 
 
 def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None) -> StreamTokens:
-    tok = getattr(pipe, stream.tokenizer)
+    tok = pipe
+    for part in stream.tokenizer.split("."):
+        tok = getattr(tok, part)
     if not getattr(tok, "is_fast", False):
         raise TypeError(f"{type(pipe).__name__}.{stream.tokenizer} ({type(tok).__name__}) gives no character "
                         "offsets; load the pipeline with a fast tokenizer")
@@ -151,7 +170,8 @@ def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None) -> 
     at = template.index("{}")
     text = template[:at] + prompt + template[at + 2:]
     limit = None if max_length is None else max_length + drop
-    enc = tok(text, return_offsets_mapping=True, truncation=limit is not None, max_length=limit)
+    enc = tok(text, return_offsets_mapping=True, truncation=limit is not None, max_length=limit,
+              add_special_tokens=stream.special_tokens)
     offsets = enc["offset_mapping"]
     ids = enc["input_ids"]
     labels = tok.convert_ids_to_tokens(ids)
@@ -550,7 +570,8 @@ class DitTrace(Trace):
 
 
 SUPPORTED = ("StableDiffusion3Pipeline (SD3, SD3.5)", "FluxPipeline (Flux.1)", "PixArtSigmaPipeline (PixArt-Σ)",
-             "PixArtAlphaPipeline (PixArt-α)", "QwenImagePipeline (Qwen-Image)", "Flux2KleinPipeline (Flux.2 [klein])",
+             "PixArtAlphaPipeline (PixArt-α)", "QwenImagePipeline (Qwen-Image)", "Flux2Pipeline (Flux.2 [dev])",
+             "Flux2KleinPipeline (Flux.2 [klein])",
              "ChromaPipeline (Chroma)")
 
 

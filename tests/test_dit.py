@@ -30,8 +30,8 @@ def dit():
 def call_kwargs(kind, **kw):
     kw.setdefault("num_inference_steps", 2)
     kw.setdefault("output_type", "pt")
-    if kind != "sd3":
-        kw.setdefault("max_sequence_length", 24)
+    if kind != "sd3":  # Flux.2 [dev]'s system message takes 36 tokens of the tiny tokenizer
+        kw.setdefault("max_sequence_length", 64 if kind == "flux2-dev" else 24)
     if kind == "pixart":
         kw.update(use_resolution_binning=False, clean_caption=False)
     return kw
@@ -113,6 +113,8 @@ CASES = [  # kind, prompts, call kwargs, CFG batch layout, calls per step
     ("qwen", PROMPTS[:1], dict(true_cfg_scale=4.0, negative_prompt="a photo", height=96, width=64), False, 2),
     ("flux2", PROMPTS, dict(guidance_scale=4.0, height=64, width=96), False, 2),  # CFG: a separate negative call
     ("flux2", PROMPTS[:1], dict(guidance_scale=1.0, height=64, width=64), False, 1),
+    ("flux2-dev", PROMPTS, dict(guidance_scale=4.0, height=64, width=96), False, 1),  # guidance-distilled: one branch
+    ("flux2-dev", PROMPTS[:1], dict(guidance_scale=1.0, height=96, width=64), False, 1),
     ("chroma", PROMPTS, dict(guidance_scale=4.0, height=64, width=96), False, 2),  # T5 mask, separate negative call
     ("chroma", PROMPTS[:1], dict(guidance_scale=1.0, height=96, width=64), False, 1),
 ]
@@ -140,7 +142,7 @@ def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompt
         assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen", "flux2", "chroma"])
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen", "flux2", "flux2-dev", "chroma"])
 def test_probabilities_are_normalised_over_every_key(dit, kind):
     """Per head, a joint block's text probabilities sum to less than 1 (image keys take the rest); a cross-attention
     block's (PixArt) sum to 1 over the text input, of which the kept tokens are the unpadded part."""
@@ -277,7 +279,8 @@ def test_select_by_block_depth_and_stream_type(dit):
         hm.select(blocks=[5])
 
 
-@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-qwen", "tiny-flux2", "tiny-chroma"])
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-qwen", "tiny-flux2", "tiny-flux2-dev",
+                                   "tiny-chroma"])
 def test_cli_saves_and_loads_transformer_experiments(model, tmp_path):
     from daamlib import load_experiment
     from daamlib.cli import main
@@ -337,6 +340,30 @@ def test_flux2_klein_words_sit_after_the_chat_templates_user_prefix(dit):
     cols = tc.generations[-1].columns
     prefix = len(pipe.tokenizer(chat_template(pipe).split("{}")[0]).input_ids)
     assert cols[0] == prefix and tc.heat_maps(0).tokens == pipe.tokenizer.convert_ids_to_tokens([ids[c] for c in cols])
+
+
+def test_flux2_dev_words_sit_after_the_system_message_in_left_padded_input(dit):
+    """Flux.2 [dev] renders the system message and the prompt with its processor's chat template (which starts with
+    <s>, so no special token is added), pads on the left to max_sequence_length and keeps every position: the
+    prompt's tokens sit at the end, before [/INST], wherever the padding puts them."""
+    from daamlib.dit import mistral_chat_template
+
+    pipe = dit("flux2-dev")
+    tok = pipe.tokenizer.tokenizer
+    for prompt in PROMPTS:
+        from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+        ids = pipe.tokenizer.apply_chat_template(format_input([prompt], system_message=pipe.system_message),
+                                                 tokenize=True, return_dict=True, padding="max_length",
+                                                 truncation=True, max_length=64)["input_ids"][0]
+        assert tok.convert_ids_to_tokens(ids[:1]) == ["<pad>"] and ids.count(tok.bos_token_id) == 1
+        with trace(pipe) as tc:
+            pipe(prompt=prompt, generator=torch.Generator().manual_seed(0), **call_kwargs("flux2-dev", num_inference_steps=1))
+        cols = tc.generations[-1].columns
+        assert tc.heat_maps(0).tokens == tok.convert_ids_to_tokens([ids[c] for c in cols])
+        assert tok.convert_ids_to_tokens(ids[cols[-1] + 1:]) == ["[/INST]"]
+        assert "".join(tc.heat_maps(0).tokens).replace("Ġ", " ") == prompt
+    assert mistral_chat_template(pipe).startswith("<s>[SYSTEM_PROMPT]")
 
 
 @pytest.mark.parametrize("kind", ["sd2", "flux"])

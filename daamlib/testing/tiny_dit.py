@@ -10,7 +10,10 @@ language model a 2-layer ``Qwen2_5_VLForConditionalGeneration``. The real Qwen t
 pipeline's system prefix into exactly the 34 tokens the pipeline drops; this small vocabulary needs more,
 so the tiny pipeline drops its own prefix length (``prompt_template_encode_start_idx``), as the real one does.
 Flux.2 [klein] uses the same tokenizer with Qwen3's chat template and a 27-layer (width 16) ``Qwen3ForCausalLM``,
-so the pipeline's default text layers (9, 18, 27) exist.
+so the pipeline's default text layers (9, 18, 27) exist. Flux.2 [dev] (``Flux2Pipeline``) gets a text-only stand-in for
+``PixtralProcessor`` (:func:`text_processor`) around a byte-level BPE with Mistral's control tokens (``<s>``, ``[SYSTEM_PROMPT]``, ``[INST]``, ``[IMG]`` …, left
+padding) and a chat template in Mistral Small 3.1's format, and a 30-layer (width 16)
+``Mistral3ForConditionalGeneration`` with a one-layer Pixtral vision tower, so layers (10, 20, 30) exist.
 
 >>> pipe = tiny_dit_pipeline("flux")            # doctest: +SKIP
 >>> hm = daamlib.generate(pipe, "a cat and a dog", steps=2)   # doctest: +SKIP
@@ -26,7 +29,7 @@ import torch
 
 from .tiny import CORPUS, _text_config, tokenizer_dir
 
-KINDS = ("sd3", "flux", "pixart", "qwen", "flux2", "chroma")
+KINDS = ("sd3", "flux", "pixart", "qwen", "flux2", "flux2-dev", "chroma")
 QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not "
               "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")  # Qwen3's template, its chat part
@@ -57,6 +60,58 @@ def t5_tokenizer_dir(vocab_size: int = 160) -> Path:
                            unk_token="<unk>", extra_ids=0, model_max_length=512)
     fast.save_pretrained(out)
     return out
+
+
+MISTRAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]",
+                  "[IMG_BREAK]", "[IMG_END]"]
+MISTRAL_CHAT = ("{{ bos_token }}{% for m in messages %}{% set text = m['content'] if m['content'] is string else "
+                "m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
+                "{% if m['role'] == 'system' %}[SYSTEM_PROMPT]{{ text }}[/SYSTEM_PROMPT]{% elif m['role'] == 'user' %}"
+                "[INST]{{ text }}[/INST]{% else %}{{ text }}{{ eos_token }}{% endif %}{% endfor %}")  # Mistral Small 3.1's shape
+
+
+@lru_cache(maxsize=None)
+def mistral_tokenizer_dir(vocab_size: int = 500) -> Path:
+    """A cached folder with a byte-level BPE trained on CORPUS and Flux.2's system message, with Mistral's control
+    tokens, ``<s>`` prepended, left padding and :data:`MISTRAL_CHAT`."""
+    from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=MISTRAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 3 + [SYSTEM_MESSAGE] * 3, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    out = Path(tempfile.mkdtemp(prefix="daam-tiny-mistral-"))
+    tok.save(str(out / "tokenizer.json"))
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"), bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>", padding_side="left", model_max_length=512,
+                                   chat_template=MISTRAL_CHAT)
+    fast.save_pretrained(out)
+    return out
+
+
+def text_processor(tokenizer):
+    """A processor with a tokenizer only, standing in for Flux.2 [dev]'s ``PixtralProcessor`` (which needs
+    torchvision, absent here). Its ``apply_chat_template`` is transformers' own ``ProcessorMixin`` method, so the
+    template is rendered and tokenized exactly as the real processor does for text (no ``<s>`` added twice)."""
+    from transformers.processing_utils import ProcessorMixin
+
+    class MistralTextProcessor(ProcessorMixin):
+        def __init__(self, tokenizer=None, chat_template=None):
+            super().__init__(tokenizer, chat_template=chat_template)
+
+        def __call__(self, text=None, images=None, videos=None, **kwargs):
+            if images is not None or videos is not None:
+                raise ValueError("this stand-in processor takes text only")
+            keep = ("padding", "truncation", "max_length", "return_tensors", "add_special_tokens")
+            return self.tokenizer(text, **{k: v for k, v in kwargs.items() if k in keep})
+
+    return MistralTextProcessor(tokenizer, chat_template=tokenizer.chat_template)
 
 
 @lru_cache(maxsize=None)
@@ -179,6 +234,32 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
                                  tokenizer=tok, transformer=transformer)
         pipe.prompt_template_encode_start_idx = len(tok(QWEN_TEMPLATE.split("{}")[0]).input_ids)
         pipe.default_sample_size = 16  # 64×64 by default with this VAE factor of 4 (the real one: 128 × 8 = 1024 px)
+    elif kind == "flux2-dev":
+        from diffusers import AutoencoderKLFlux2, Flux2Pipeline, Flux2Transformer2DModel
+        from transformers import (Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig,
+                                  PreTrainedTokenizerFast)
+
+        processor = text_processor(PreTrainedTokenizerFast.from_pretrained(mistral_tokenizer_dir()))
+        torch.manual_seed(seed)  # 30 layers: the pipeline stacks hidden states 10, 20 and 30 (3 × 16 = 48 channels)
+        text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+            text_config=MistralConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=30, num_attention_heads=2,
+                                      num_key_value_heads=2, head_dim=8, vocab_size=len(processor.tokenizer),
+                                      max_position_embeddings=1024),
+            vision_config=PixtralVisionConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                                              num_attention_heads=2, head_dim=8, patch_size=4, image_size=32),
+            spatial_merge_size=1, image_token_index=processor.tokenizer.convert_tokens_to_ids("[IMG]"))).eval()
+        torch.manual_seed(seed)
+        transformer = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                              timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4])
+        torch.manual_seed(seed)
+        vae = AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
+                                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                 layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
+                                 use_post_quant_conv=False)
+        pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                             tokenizer=processor, transformer=transformer)
+        pipe.default_sample_size = 32  # 64×64 by default (the real one: 128 → 1024 px)
     elif kind == "flux2":
         from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
         from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3ForCausalLM
