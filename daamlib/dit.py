@@ -62,16 +62,18 @@ class Stream:
     name: str  # "clip", "t5", "lm"
     tokenizer: str  # the pipeline's attribute (dotted: "tokenizer.tokenizer" is a processor's tokenizer)
     template: object = "{}"  # the text the pipeline gives the tokenizer, the prompt at {}: a string, the pipeline's
-    # attribute holding one, or a function of the pipeline that returns one (a chat template)
-    drop: int | str = 0  # leading tokens the pipeline drops from the encoder's states (or the attribute holding it)
+    # attribute holding one, or a function of (pipe, encode_prompt's arguments) that returns one (a chat template)
+    drop: object = 0  # leading tokens the pipeline drops from the encoder's states: a number, the attribute holding
+    # it, or a function of (pipe, encode_prompt's arguments)
     max_length: str | int = "max_sequence_length"  # encode_prompt's argument (or a fixed number)
     length: str | None = None  # its segment's length in the text input: an attribute (SD3's CLIP part); None: the rest
     encoder: str | None = None  # the text encoder attribute: None when that encoder is absent means zeros
     pads: bool = False  # the pipeline pads to max_length (left padding then shifts every position)
     special_tokens: bool = True  # the tokenizer adds its special tokens (False: the template already has them)
+    lower: bool = False  # the pipeline lower-cases and strips the prompt first (PixArt, Sana: _text_preprocessing)
 
 
-def chat_template(pipe) -> str:
+def chat_template(pipe, args: dict | None = None) -> str:
     """The text Flux.2 [klein] gives its tokenizer: the user's message in the tokenizer's own chat template, with
     the generation prompt and thinking off (``Flux2KleinPipeline._get_qwen3_prompt_embeds``)."""
     mark = "\ue000prompt\ue001"  # private-use characters: never in a prompt
@@ -80,7 +82,7 @@ def chat_template(pipe) -> str:
     return text.replace(mark, "{}")
 
 
-def mistral_chat_template(pipe) -> str:
+def mistral_chat_template(pipe, args: dict | None = None) -> str:
     """The text Flux.2 [dev] gives its processor: the system message and the prompt in the processor's chat
     template (``Flux2Pipeline._get_mistral_3_small_prompt_embeds``); it starts with ``<s>``, so the processor adds
     no special token."""
@@ -90,6 +92,20 @@ def mistral_chat_template(pipe) -> str:
     text = pipe.tokenizer.apply_chat_template(format_input([mark], system_message=pipe.system_message)[0],
                                               tokenize=False, add_generation_prompt=False)
     return text.replace(mark, "{}")
+
+
+def sana_template(pipe, args: dict | None = None) -> str:
+    """Sana's text: its complex human instruction (``complex_human_instruction``, joined by newlines) right before
+    the prompt, or the prompt alone when there is none (``SanaPipeline._get_gemma_prompt_embeds``)."""
+    chi = (args or {}).get("complex_human_instruction")
+    return ("\n".join(chi) + "{}") if chi else "{}"
+
+
+def sana_drop(pipe, args: dict | None = None) -> int:
+    """Sana keeps the start token and the last ``max_sequence_length − 1`` positions of the instruction + prompt
+    sequence (``select_index``): the instruction's tokens but its last are dropped."""
+    chi = (args or {}).get("complex_human_instruction")
+    return len(pipe.tokenizer.encode("\n".join(chi))) - 2 if chi else 0
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,11 @@ FAMILIES = (
     )),
     Family("flux", ("FluxPipeline",), text_first=True, packed=True, streams=(Stream("t5", "tokenizer_2"),)),
     Family("chroma", ("ChromaPipeline",), text_first=True, packed=True, streams=(T5,)),
-    Family("pixart", ("PixArtSigmaPipeline", "PixArtAlphaPipeline"), text_first=True, packed=False, streams=(T5,)),
+    Family("pixart", ("PixArtSigmaPipeline", "PixArtAlphaPipeline"), text_first=True, packed=False,
+           streams=(Stream("t5", "tokenizer", lower=True),)),
+    Family("sana", ("SanaPipeline",), text_first=True, packed=False, streams=(
+        Stream("lm", "tokenizer", template=sana_template, drop=sana_drop, pads=True, lower=True),
+    )),
     Family("qwen", ("QwenImagePipeline",), text_first=True, packed=True, streams=(
         Stream("lm", "tokenizer", template="prompt_template_encode", drop="prompt_template_encode_start_idx"),
     )),
@@ -157,17 +177,21 @@ class StreamTokens:
     dropped_from: int | None  # first prompt character past the truncation, if any
 
 
-def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None) -> StreamTokens:
+def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None, args: dict | None = None) -> StreamTokens:
     tok = pipe
     for part in stream.tokenizer.split("."):
         tok = getattr(tok, part)
     if not getattr(tok, "is_fast", False):
         raise TypeError(f"{type(pipe).__name__}.{stream.tokenizer} ({type(tok).__name__}) gives no character "
                         "offsets; load the pipeline with a fast tokenizer")
-    template = (stream.template(pipe) if callable(stream.template)
+    template = (stream.template(pipe, args) if callable(stream.template)
                 else _attr(pipe, stream.template) if stream.template != "{}" else "{}")
-    drop = int(_attr(pipe, stream.drop) or 0)
+    drop = int((stream.drop(pipe, args) if callable(stream.drop) else _attr(pipe, stream.drop)) or 0)
     at = template.index("{}")
+    moved = 0  # characters of the prompt before the text the tokenizer sees (stripped leading spaces)
+    if stream.lower and len(prompt.strip().lower()) == len(prompt.strip()):
+        moved = len(prompt) - len(prompt.lstrip())
+        prompt = prompt.strip().lower()
     text = template[:at] + prompt + template[at + 2:]
     limit = None if max_length is None else max_length + drop
     enc = tok(text, return_offsets_mapping=True, truncation=limit is not None, max_length=limit,
@@ -189,9 +213,9 @@ def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None) -> 
     spans = []
     for i in keep:
         a, b = offsets[i]
-        spans.append((max(a, at) - at, min(b, end) - at) if b > a and a < end and b > at else None)
+        spans.append((max(a, at) - at + moved, min(b, end) - at + moved) if b > a and a < end and b > at else None)
     covered = max((offsets[i][1] for i in inside), default=at)
-    dropped = None if covered >= end or not text[covered:end].strip() else covered - at
+    dropped = None if covered >= end or not text[covered:end].strip() else covered - at + moved
     return StreamTokens([labels[i] for i in keep], [i - drop + shift for i in keep], spans, dropped)
 
 
@@ -204,7 +228,7 @@ def token_count(pipe, prompt: str, encoder: str = "all") -> int:
         if (encoder != "all" and s.name != encoder) or (s.encoder is not None and getattr(pipe, s.encoder, None) is None):
             continue
         ml = s.max_length if isinstance(s.max_length, int) else getattr(pipe, s.max_length, None) if s.max_length else None
-        pos = stream_tokens(pipe, s, prompt, None if ml is None else int(ml)).positions
+        pos = stream_tokens(pipe, s, prompt, None if ml is None else int(ml), {}).positions
         n += max(pos) - min(pos) + 1 if pos else 0
     return n
 
@@ -328,7 +352,7 @@ class _DitRecorder:
             for i in chosen:
                 s = streams[i]
                 ml = s.max_length if isinstance(s.max_length, int) else args.get(s.max_length, getattr(pipe, s.max_length, None))
-                st = stream_tokens(pipe, s, p, None if ml is None else int(ml))
+                st = stream_tokens(pipe, s, p, None if ml is None else int(ml), args)
                 st.positions = [q for q in st.positions if q < lengths[i]]
                 st.labels, st.spans = st.labels[: len(st.positions)], st.spans[: len(st.positions)]
                 parts.append((s.name, st, starts[i]))
@@ -570,7 +594,7 @@ class DitTrace(Trace):
 
 
 SUPPORTED = ("StableDiffusion3Pipeline (SD3, SD3.5)", "FluxPipeline (Flux.1)", "PixArtSigmaPipeline (PixArt-Σ)",
-             "PixArtAlphaPipeline (PixArt-α)", "QwenImagePipeline (Qwen-Image)", "Flux2Pipeline (Flux.2 [dev])",
+             "PixArtAlphaPipeline (PixArt-α)", "SanaPipeline (Sana)", "QwenImagePipeline (Qwen-Image)", "Flux2Pipeline (Flux.2 [dev])",
              "Flux2KleinPipeline (Flux.2 [klein])",
              "ChromaPipeline (Chroma)")
 

@@ -32,7 +32,7 @@ def call_kwargs(kind, **kw):
     kw.setdefault("output_type", "pt")
     if kind != "sd3":  # Flux.2 [dev]'s system message takes 36 tokens of the tiny tokenizer
         kw.setdefault("max_sequence_length", 64 if kind == "flux2-dev" else 24)
-    if kind == "pixart":
+    if kind in ("pixart", "sana"):
         kw.update(use_resolution_binning=False, clean_caption=False)
     return kw
 
@@ -109,6 +109,8 @@ CASES = [  # kind, prompts, call kwargs, CFG batch layout, calls per step
     ("flux", PROMPTS[:1], dict(true_cfg_scale=4.0, negative_prompt="a photo", height=64, width=64), False, 2),
     ("pixart", PROMPTS, dict(guidance_scale=4.5, height=96, width=64), True, 1),
     ("pixart", PROMPTS[:1], dict(guidance_scale=1.0, height=64, width=64), False, 1),
+    ("sana", PROMPTS, dict(guidance_scale=4.5, height=64, width=96), True, 1),  # instruction prefix, padding masked
+    ("sana", PROMPTS[:1], dict(guidance_scale=1.0, height=96, width=64, complex_human_instruction=None), False, 1),
     ("qwen", PROMPTS, dict(height=64, width=96), False, 1),  # two lengths: the text padding is masked
     ("qwen", PROMPTS[:1], dict(true_cfg_scale=4.0, negative_prompt="a photo", height=96, width=64), False, 2),
     ("flux2", PROMPTS, dict(guidance_scale=4.0, height=64, width=96), False, 2),  # CFG: a separate negative call
@@ -142,7 +144,7 @@ def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompt
         assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen", "flux2", "flux2-dev", "chroma"])
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma"])
 def test_probabilities_are_normalised_over_every_key(dit, kind):
     """Per head, a joint block's text probabilities sum to less than 1 (image keys take the rest); a cross-attention
     block's (PixArt) sum to 1 over the text input, of which the kept tokens are the unpadded part."""
@@ -279,8 +281,8 @@ def test_select_by_block_depth_and_stream_type(dit):
         hm.select(blocks=[5])
 
 
-@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-qwen", "tiny-flux2", "tiny-flux2-dev",
-                                   "tiny-chroma"])
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-qwen", "tiny-flux2",
+                                   "tiny-flux2-dev", "tiny-chroma"])
 def test_cli_saves_and_loads_transformer_experiments(model, tmp_path):
     from daamlib import load_experiment
     from daamlib.cli import main
@@ -447,3 +449,38 @@ def test_adjectives_of_another_token_count_are_refused_before_generating(dit, tm
     monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: pytest.fail("generated"))
     with pytest.raises(ReplayError, match="'a red dog': 9; 'a blue dog': 10"):
         AdjectiveRun(pipe, ["a {adj} dog"], {"red": [200, 30, 30], "blue": [30, 30, 200]}, tmp_path, None, "daam")
+
+
+@pytest.mark.parametrize("chi", [True, False], ids=["instruction", "no-instruction"])
+def test_sana_words_follow_its_instruction_prefix_and_select_index(dit, chi):
+    """SanaPipeline lower-cases and strips the prompt, puts its complex human instruction right before it, pads on
+    the right, then keeps the start token and the last max_sequence_length − 1 positions (select_index). The kept
+    columns must hold exactly the prompt's tokens of that sequence; the words keep the prompt's own characters."""
+    import inspect
+
+    pipe = dit("sana")
+    prompt, M = "  A Red cat and a blue dog", 24
+    default = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
+    instruction = "\n".join(default) if chi else ""
+    n_chi = len(pipe.tokenizer.encode(instruction)) if chi else 0
+    ids = pipe.tokenizer(instruction + prompt.lower().strip(), padding="max_length", truncation=True,
+                         max_length=n_chi + M - 2 if chi else M).input_ids
+    kept = [ids[i] for i in [0] + list(range(-M + 1, 0))]  # select_index
+    with trace(pipe) as tc:
+        pipe(prompt=prompt, generator=torch.Generator().manual_seed(0),
+             **call_kwargs("sana", num_inference_steps=1, guidance_scale=1.0, max_sequence_length=M,
+                           **({} if chi else {"complex_human_instruction": None})))
+    hm, cols = tc.heat_maps(0), tc.generations[-1].columns
+    assert list(hm.tokens) == pipe.tokenizer.convert_ids_to_tokens([kept[c] for c in cols])
+    assert list(hm.words) == prompt.split()  # the prompt as written: "A", "Red", ...
+
+
+def test_pixart_aligns_the_lowercased_stripped_prompt_it_encodes(dit):
+    pipe = dit("pixart")
+    prompt = "  A Red cat"
+    ids = pipe.tokenizer(prompt.lower().strip(), padding="max_length", max_length=24, truncation=True).input_ids
+    with trace(pipe) as tc:
+        pipe(prompt=prompt, generator=torch.Generator().manual_seed(0), **call_kwargs("pixart", num_inference_steps=1))
+    hm, cols = tc.heat_maps(0), tc.generations[-1].columns
+    assert list(hm.tokens) == pipe.tokenizer.convert_ids_to_tokens([ids[c] for c in cols])
+    assert list(hm.words) == ["A", "Red", "cat"]

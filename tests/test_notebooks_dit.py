@@ -47,7 +47,7 @@ def run(name, tmp_path, **params):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-qwen", "tiny-flux2", "tiny-flux2-dev",
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-qwen", "tiny-flux2", "tiny-flux2-dev",
                                    "tiny-chroma"])
 def test_quickstart_on_each_transformer_family(model, tmp_path):
     results = run("00_quickstart", tmp_path, MODEL_ID=model)

@@ -14,6 +14,8 @@ so the pipeline's default text layers (9, 18, 27) exist. Flux.2 [dev] (``Flux2Pi
 ``PixtralProcessor`` (:func:`text_processor`) around a byte-level BPE with Mistral's control tokens (``<s>``, ``[SYSTEM_PROMPT]``, ``[INST]``, ``[IMG]`` …, left
 padding) and a chat template in Mistral Small 3.1's format, and a 30-layer (width 16)
 ``Mistral3ForConditionalGeneration`` with a one-layer Pixtral vision tower, so layers (10, 20, 30) exist.
+Sana gets a byte-level BPE that prepends ``<bos>`` (as Gemma's), trained with its complex human instruction, a
+one-layer ``Gemma2Model`` and a two-block DC-AE.
 
 >>> pipe = tiny_dit_pipeline("flux")            # doctest: +SKIP
 >>> hm = daamlib.generate(pipe, "a cat and a dog", steps=2)   # doctest: +SKIP
@@ -29,7 +31,7 @@ import torch
 
 from .tiny import CORPUS, _text_config, tokenizer_dir
 
-KINDS = ("sd3", "flux", "pixart", "qwen", "flux2", "flux2-dev", "chroma")
+KINDS = ("sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma")
 QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not "
               "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")  # Qwen3's template, its chat part
@@ -112,6 +114,32 @@ def text_processor(tokenizer):
             return self.tokenizer(text, **{k: v for k, v in kwargs.items() if k in keep})
 
     return MistralTextProcessor(tokenizer, chat_template=tokenizer.chat_template)
+
+
+@lru_cache(maxsize=None)
+def gemma_tokenizer_dir(vocab_size: int = 500) -> Path:
+    """A cached folder with a byte-level BPE that prepends ``<bos>`` (Gemma's habit), trained on CORPUS and Sana's
+    default complex human instruction."""
+    import inspect
+
+    from diffusers import SanaPipeline
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    chi = "\n".join(inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 3 + [chi] * 3, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                       special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+    out = Path(tempfile.mkdtemp(prefix="daam-tiny-gemma-"))
+    tok.save(str(out / "tokenizer.json"))
+    PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"), bos_token="<bos>", eos_token="<eos>",
+                            unk_token="<unk>", pad_token="<pad>", model_max_length=2048).save_pretrained(out)
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -234,6 +262,31 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
                                  tokenizer=tok, transformer=transformer)
         pipe.prompt_template_encode_start_idx = len(tok(QWEN_TEMPLATE.split("{}")[0]).input_ids)
         pipe.default_sample_size = 16  # 64×64 by default with this VAE factor of 4 (the real one: 128 × 8 = 1024 px)
+    elif kind == "sana":
+        from diffusers import AutoencoderDC, SanaPipeline, SanaTransformer2DModel
+        from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(gemma_tokenizer_dir())
+        torch.manual_seed(seed)
+        text_encoder = Gemma2Model(Gemma2Config(head_dim=8, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                                num_hidden_layers=1, num_key_value_heads=2, vocab_size=len(tok),
+                                                max_position_embeddings=1024, attn_implementation="eager")).eval()
+        torch.manual_seed(seed)
+        transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=2,
+                                             num_attention_heads=2, attention_head_dim=4, num_cross_attention_heads=2,
+                                             cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=16,
+                                             sample_size=32).eval()
+        torch.manual_seed(seed)
+        vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
+                            encoder_block_types=("ResBlock", "EfficientViTBlock"),
+                            decoder_block_types=("ResBlock", "EfficientViTBlock"),
+                            encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                            encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+                            encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1],
+                            downsample_block_type="conv", upsample_block_type="interpolate",
+                            decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
+        pipe = SanaPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                            scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
     elif kind == "flux2-dev":
         from diffusers import AutoencoderKLFlux2, Flux2Pipeline, Flux2Transformer2DModel
         from transformers import (Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig,
