@@ -198,6 +198,11 @@ def test_shipped_model_quality_small_n(tmp_path):
     # the baselines that matter, and the annotator's ceiling on the same captions' true scenes
     assert s["miou_foreground"] > s["miou_whole"] and 0 <= s["miou_other"] < s["miou_daam"], s
     assert s["annotator_ceiling"]["rendered_both_found_pct"] >= s["annotator_ceiling"]["both_found_pct"] >= 50, s
+    assert 0 < s["eot_share"] < 0.5 and s["eot_share_ci"][0] <= s["eot_share"] <= s["eot_share_ci"][1], s
+    from daamlib.shapeworld.quality import compare_table
+
+    table = compare_table({"a": s, "b": s}).splitlines()
+    assert table[0] == "| | a | b |" and any(line.startswith("| end-of-text share") for line in table)
 
 
 def test_caption_roles_equal_the_rendered_scenes_roles():

@@ -14,7 +14,11 @@ with the shipped scheduler:
   annotator's own ceiling (:func:`annotator_ceiling`: on the same captions' true scenes after a VAE
   round trip it finds both objects in 85.5% (95% CI 80.6–90.4) at the shipped weights);
 * **adjectives**: for colour words, the share of the map's mass on the word's own object
-  against the other object.
+  against the other object;
+* **end-of-text share**: the end-of-text token's share of the map mass of all recorded tokens (start to end;
+  padding is not recorded), a sign of a caption packed into that token by a contextual encoder.
+
+``--compare A.json B.json`` prints two runs' summaries side by side as a Markdown table.
 
 Nothing here feeds back into training (the rules of issue 3): the test split is only read.
 Sampling settings (steps, guidance) are chosen with ``--split val`` (validation captions), never
@@ -89,6 +93,8 @@ def score(hm, caption: str, annotator, threshold: float = 0.4) -> dict:
 
     row = {"caption": caption, "nouns": len(targets), "both_correct": len(targets) == 2 and all(found),
            "daam_iou": [], **{f"{b}_iou": [] for b in BASELINES}, "colour_own": [], "colour_other": []}
+    mass = hm.token_maps().sum(dim=(1, 2))  # [tokens]
+    row["eot_share"] = float(mass[-1] / mass.sum()) if hm.tokens[-1] == "<|endoftext|>" else float("nan")
     whole = torch.ones(hm.size, dtype=torch.bool)
     foreground = torch.from_numpy(~ann.background_mask)
     clusters = colour_clusters(hm.image)
@@ -143,6 +149,10 @@ def summarize(rows: list[dict]) -> dict:
         "colour_mass_other": float(other.mean()) if len(other) else float("nan"),
         "colour_own_beats_other_pct": 100 * float((own > other).mean()) if len(own) else float("nan"),
     }
+    eot = [r["eot_share"] for r in rows if "eot_share" in r and r["eot_share"] == r["eot_share"]]
+    if eot:
+        e = mean_ci(eot)
+        out["eot_share"], out["eot_share_ci"] = e.mean, [e.low, e.high]
     out["miou_margin_over_whole"] = out["miou_daam"] - out["miou_whole"]
     out["bars"] = {
         "both objects right ≥ 60%": out["both_correct_pct"] >= BARS["both_correct_pct"],
@@ -180,8 +190,37 @@ def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out
     return summary
 
 
+def compare_table(summaries: dict[str, dict]) -> str:
+    """Markdown: one row per bar, baseline and diagnostic, one column per run (name → quality.json summary)."""
+    def cell(s, key, scale=1.0, digits=1):
+        v, ci = s.get(key), s.get(key + "_ci")
+        if v is None or v != v:
+            return "—"
+        text = f"{v * scale:.{digits}f}"
+        return text + (f" ({ci[0] * scale:.{digits}f}–{ci[1] * scale:.{digits}f})" if ci else "")
+
+    rows = [("both objects right, % (95% CI)", "both_correct_pct", 1, 1),
+            ("DAAM-0.4 noun mIoU", "miou_daam", 1, 1), ("whole image mIoU", "miou_whole", 1, 1),
+            ("text-free foreground mIoU", "miou_foreground", 1, 1), ("k-means colour clusters mIoU", "miou_clusters", 1, 1),
+            ("other noun's DAAM-0.4 mask mIoU", "miou_other", 1, 1),
+            ("colour-word mass on own object", "colour_mass_own", 1, 3),
+            ("colour-word mass on the other object", "colour_mass_other", 1, 3),
+            ("colour own > other, %", "colour_own_beats_other_pct", 1, 0),
+            ("end-of-text share of map mass", "eot_share", 1, 3)]
+    names = list(summaries)
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines.append("| prompts / nouns scored | " + " | ".join(f"{s['prompts']} / {s['nouns_scored']}" for s in summaries.values()) + " |")
+    for label, key, scale, digits in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(s, key, scale, digits) for s in summaries.values()) + " |")
+    ceil = [s.get("annotator_ceiling", {}) for s in summaries.values()]
+    lines.append("| annotator ceiling (VAE round trip), % | " + " | ".join(
+        f"{c['both_found_pct']:.1f} ({c['ci'][0]:.1f}–{c['ci'][1]:.1f})" if c else "—" for c in ceil) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compare", nargs="+", metavar="QUALITY_JSON", help="print these runs side by side and exit")
     p.add_argument("--model", default="shapeworld")
     p.add_argument("--n", type=int, default=200, help="two-object prompts")
     p.add_argument("--split", default="test", choices=["test", "val"],
@@ -191,6 +230,13 @@ def main(argv=None) -> int:
     p.add_argument("--threshold", type=float, default=0.4)
     p.add_argument("--out", default="out/quality")
     args = p.parse_args(argv)
+    if args.compare:
+        runs = {}
+        for f in args.compare:
+            s = json.loads(Path(f).read_text())
+            runs[f"{s['model']} ({Path(f).parent.name})" if s["model"] in (r.split(" (")[0] for r in runs) else s["model"]] = s
+        print(compare_table(runs))
+        return 0
     torch.set_num_threads(1)
     s = evaluate(args.model, args.n, args.out, args.steps, args.guidance, args.threshold, split=args.split)
     for k, v in s.items():
