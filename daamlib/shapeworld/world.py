@@ -35,7 +35,12 @@ from PIL import Image, ImageDraw
 SIZE = 64  # image side, pixels
 SS = 4  # supersampling factor for anti-aliased shape edges
 
-# hypernym → shapes (cohyponyms share a hypernym)
+# hypernym → shapes (cohyponyms share a hypernym). What the images themselves carry: the *round* shapes share a
+# curved outline (circle, ellipse, semicircle, ring), the *polygons* straight edges and convex corners (square,
+# triangle, pentagon, hexagon), the *pointed* ones sharp tips (star, diamond, arrow); the *symbols* (heart, cross,
+# crescent) share nothing visual, only the name. Captions never say the family: ShapeWorld-CLIP
+# (daamlib.shapeworld.clip) learns it from training captions that name it (``a red polygon``), made from these
+# scenes, so no scene changes. Changing this order would change every scene (SHAPES is drawn from it).
 ONTOLOGY: dict[str, tuple[str, ...]] = {
     "polygon": ("square", "triangle", "pentagon", "hexagon"),
     "round": ("circle", "ellipse", "semicircle", "ring"),
