@@ -265,12 +265,16 @@ def word_similarity(model: ShapeWorldClip, tokenizer, layer: int = -2) -> dict:
     hs = model.text(input_ids=ids, output_hidden_states=True).hidden_states[layer][:, 2]  # [shape, D] the noun
     hs = F.normalize(hs - hs.mean(0), dim=-1)  # centred: the shared "a ... noun" component removed
     sim = hs @ hs.T
-    same, other = [], []
+    same, other, by_family = [], [], {}
     for i in range(len(SHAPES)):
         for j in range(i + 1, len(SHAPES)):
-            (same if HYPERNYM[SHAPES[i]] == HYPERNYM[SHAPES[j]] else other).append(float(sim[i, j]))
+            family = HYPERNYM[SHAPES[i]] if HYPERNYM[SHAPES[i]] == HYPERNYM[SHAPES[j]] else None
+            (same if family else other).append(float(sim[i, j]))
+            if family:
+                by_family.setdefault(family, []).append(float(sim[i, j]))
     return {"layer": layer, "cohyponym_mean_cos": float(np.mean(same)), "n_cohyponym_pairs": len(same),
-            "other_mean_cos": float(np.mean(other)), "n_other_pairs": len(other)}
+            "other_mean_cos": float(np.mean(other)), "n_other_pairs": len(other),
+            "cohyponym_mean_cos_by_family": {f: round(float(np.mean(v)), 4) for f, v in by_family.items()}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,6 +440,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     model, tok = load(args.out)
     rep = evaluate_model(model, tok, args)
+    path = Path(args.out) / "report.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**old, **rep}, indent=1) + "\n")  # the training section stays
     print(json.dumps(rep, indent=1))
 
 
