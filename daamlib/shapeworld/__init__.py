@@ -8,6 +8,7 @@ and ground truth the paper's studies take from it.
 - :mod:`~daamlib.shapeworld.annotator` — ``Annotator.load().annotate(image, caption)``.
 - :mod:`~daamlib.shapeworld.studies` — per-study prompts and the annotator as ground truth.
 - :mod:`~daamlib.shapeworld.model` — configs and builders; :mod:`~daamlib.shapeworld.train` — the trainer.
+- :mod:`~daamlib.shapeworld.clip` — ShapeWorld-CLIP, the frozen contextual text encoder of ``shapeworld-clip``.
 - :mod:`~daamlib.shapeworld.probe` — per-token object/background attention ratios (training monitor).
 - :mod:`~daamlib.shapeworld.quality` — the model's quality bars; :mod:`~daamlib.shapeworld.report` — its card's figures.
 
