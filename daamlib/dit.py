@@ -1,4 +1,4 @@
-"""Capture for diffusion transformers (SD3/3.5, Flux.1, Flux.2, PixArt-Σ, Qwen-Image, Chroma): image→text attention, exactly.
+"""Capture for diffusion transformers (SD3/3.5, Flux.1, Flux.2, PixArt-Σ, Sana, Qwen-Image, Z-Image, Chroma): image→text attention, exactly.
 
 What a map is here. In a transformer, text and image tokens meet in three ways: *joint* attention
 (SD3 and the double-stream blocks of Flux and Qwen-Image: text and image tokens concatenated into one
@@ -94,6 +94,15 @@ def mistral_chat_template(pipe, args: dict | None = None) -> str:
     return text.replace(mark, "{}")
 
 
+def zimage_template(pipe, args: dict | None = None) -> str:
+    """Z-Image's text: the user's message in the tokenizer's chat template, generation prompt on, thinking on
+    (``ZImagePipeline._encode_prompt``); padding is removed from the states, so positions are the text's own."""
+    mark = "\ue000prompt\ue001"
+    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                              add_generation_prompt=True, enable_thinking=True)
+    return text.replace(mark, "{}")
+
+
 def sana_template(pipe, args: dict | None = None) -> str:
     """Sana's text: its complex human instruction (``complex_human_instruction``, joined by newlines) right before
     the prompt, or the prompt alone when there is none (``SanaPipeline._get_gemma_prompt_embeds``)."""
@@ -115,6 +124,8 @@ class Family:
     text_first: bool  # joint sequences are [text, image] (Flux, Qwen) or [image, text] (SD3)
     streams: tuple[Stream, ...]
     packed: bool  # latents packed 2×2 into one token by the pipeline (Flux, Qwen): pixels per token = VAE × 2
+    unified: int = 0  # Z-Image: per image one [image, text] sequence, each part padded to a multiple of this
+    blocks: str | None = None  # only attention modules under this prefix see image and text together
 
 
 T5 = Stream("t5", "tokenizer")
@@ -136,6 +147,9 @@ FAMILIES = (
     Family("flux2", ("Flux2KleinPipeline",), text_first=True, packed=True, streams=(
         Stream("lm", "tokenizer", template=chat_template, pads=True),
     )),
+    Family("zimage", ("ZImagePipeline",), text_first=False, packed=False, unified=32, blocks="layers.", streams=(
+        Stream("lm", "tokenizer", template=zimage_template),
+    )),
     Family("flux2-dev", ("Flux2Pipeline",), text_first=True, packed=True, streams=(
         Stream("lm", "tokenizer.tokenizer", template=mistral_chat_template, pads=True, special_tokens=False),
     )),
@@ -156,7 +170,8 @@ def pixels_per_token(pipe) -> int:
     """Image pixels per side of one image token: the VAE factor × the patch size (× 2 for packed latents)."""
     fam = family_of(pipe)
     vae = int(getattr(pipe, "vae_scale_factor", 8) or 8)
-    patch = getattr(pipe.transformer.config, "patch_size", None) or 1
+    cfg = pipe.transformer.config
+    patch = getattr(cfg, "patch_size", None) or (getattr(cfg, "all_patch_size", None) or [1])[0]  # Z-Image: its first
     patch = int(patch if isinstance(patch, int) else patch[0])
     return vae * (2 if fam is not None and fam.packed else patch)
 
@@ -319,7 +334,13 @@ class _DitRecorder:
         prompt = args.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else [None]
         cond = result[0] if isinstance(result, tuple) else result
-        self.current = DitGeneration(prompts, [], cond.detach() if torch.is_tensor(cond) else None)
+        if isinstance(cond, list) and cond and all(torch.is_tensor(c) for c in cond):  # Z-Image: one tensor per prompt
+            cond = [c.detach() for c in cond]
+        elif torch.is_tensor(cond):
+            cond = cond.detach()
+        else:
+            cond = None
+        self.current = DitGeneration(prompts, [], cond)
         self.generations.append(self.current)
         self._align(args)
 
@@ -328,7 +349,7 @@ class _DitRecorder:
         if any(p is None for p in g.prompts) or g.cond is None:
             g.alignments = [None] * len(g.prompts)
             return
-        n_txt = g.cond.shape[1]
+        n_txt = max(len(c) for c in g.cond) if isinstance(g.cond, list) else g.cond.shape[1]
         streams, starts, lengths = [], [], []
         offset = 0
         for i, s in enumerate(self.family.streams):
@@ -380,17 +401,23 @@ class _DitRecorder:
     # the transformer's forward: which rows are conditional, the grid, the step
     def on_transformer_call(self, args, kwargs) -> None:
         g = self.current
-        ctx = kwargs.get("encoder_hidden_states")
-        hidden = args[0] if args else kwargs.get("hidden_states")
+        if self.family.unified:  # Z-Image: forward(x: list, t, cap_feats: list, ...)
+            ctx = kwargs.get("cap_feats", args[2] if len(args) > 2 else None)
+            hidden = args[0] if args else kwargs.get("x")
+        else:
+            ctx = kwargs.get("encoder_hidden_states")
+            hidden = args[0] if args else kwargs.get("hidden_states")
         if g is None or ctx is None or hidden is None:
             self.rows = None
             return
         self.rows = self._match_rows(ctx, g.cond)
         if not self.rows:
             return  # an unconditional call (true CFG's negative branch): not recorded
-        self.n_txt = ctx.shape[1]
+        self.n_txt = max(len(c) for c in ctx) if isinstance(ctx, list) else ctx.shape[1]
         grid = self._grid(hidden, kwargs)
         self.n_img = grid[0] * grid[1]
+        if isinstance(hidden, list):
+            hidden = hidden[0]
         g.grid = grid
         if g.columns is None:
             g.columns = list(range(self.n_txt))
@@ -402,22 +429,31 @@ class _DitRecorder:
         g.timesteps.append(t.flatten()[0].item() if torch.is_tensor(t) else float(t if t is not None else len(g.timesteps)))
 
     @staticmethod
-    def _match_rows(ctx: torch.Tensor, cond: torch.Tensor | None) -> list[tuple[int, int]]:
+    def _match_rows(ctx, cond) -> list[tuple[int, int]]:
+        """(batch row, image) of the rows whose text input is one of ``encode_prompt``'s conditional outputs
+        (tensors ``[B, L, D]``, or lists of ``[L_i, D]`` for Z-Image)."""
         if cond is None:
-            return [(b, b) for b in range(ctx.shape[0])]
-        ref = cond.to(ctx.device, ctx.dtype)
-        if ref.shape[1:] != ctx.shape[1:]:
-            return []
+            return [(b, b) for b in range(len(ctx))]
+        if isinstance(cond, list) or isinstance(ctx, list):
+            ref = [c.to(ctx[0].device, ctx[0].dtype) for c in cond]
+        else:
+            ref = cond.to(ctx.device, ctx.dtype)
+            if ref.shape[1:] != ctx.shape[1:]:
+                return []
         used, rows = set(), []
-        for b in range(ctx.shape[0]):
-            j = next((j for j in range(ref.shape[0]) if j not in used and torch.equal(ref[j], ctx[b])), None)
+        for b in range(len(ctx)):
+            j = next((j for j in range(len(ref)) if j not in used and ref[j].shape == ctx[b].shape
+                      and torch.equal(ref[j], ctx[b])), None)
             if j is not None:
                 used.add(j)
                 rows.append((b, j))
         return rows
 
-    def _grid(self, hidden: torch.Tensor, kwargs) -> tuple[int, int]:
+    def _grid(self, hidden, kwargs) -> tuple[int, int]:
         cfg = self.pipe.transformer.config
+        if isinstance(hidden, list):  # Z-Image: [C, frames, H, W] latents per image, patchified inside
+            p = int(kwargs.get("patch_size", 2))
+            return hidden[0].shape[-2] // p, hidden[0].shape[-1] // p
         if hidden.ndim == 4:  # [B, C, H, W] latents, patchified inside (SD3, PixArt)
             p = cfg.patch_size
             return hidden.shape[-2] // p, hidden.shape[-1] // p
@@ -439,7 +475,12 @@ class _DitRecorder:
         n_img, n_txt = self.n_img, self.n_txt
         if not rows or self.current is None:
             return _SDPA(q, k, v, attn_mask=mask, scale=scale)
-        if Lk == n_img + n_txt and Lq == Lk:  # joint attention: one softmax over text and image
+        u = self.family.unified
+        if u and Lq == Lk and tap.single:  # Z-Image's main blocks: per image [image, text], parts padded to u
+            img, txt0, kind = slice(0, n_img), n_img + (-n_img) % u, "single"
+        elif u:
+            return _SDPA(q, k, v, attn_mask=mask, scale=scale)
+        elif Lk == n_img + n_txt and Lq == Lk:  # joint attention: one softmax over text and image
             img = slice(n_txt, Lk) if self.family.text_first else slice(0, n_img)
             txt0 = 0 if self.family.text_first else n_img
             kind = "single" if tap.single else "joint"
@@ -555,12 +596,17 @@ def _tap_class(inner) -> type:
     return type(f"Traced{type(inner).__name__}", (_Tap,), {"__call__": __call__})
 
 
-def attention_modules(transformer) -> dict[str, object]:
+def attention_modules(transformer, family: Family | None = None) -> dict[str, object]:
     """The transformer's attention modules that can see text: joint (an added text projection, or a
-    single-stream block) or cross-attention, by dotted processor path in run order."""
+    single-stream block) or cross-attention, by dotted processor path in run order. A family with ``blocks``
+    (Z-Image) names where they are: every attention module under that prefix, as single-stream."""
     found = {}
     for name, m in transformer.named_modules():
         if not hasattr(type(m), "set_processor") or not hasattr(m, "processor"):
+            continue
+        if family is not None and family.blocks is not None:
+            if name.startswith(family.blocks):
+                found[f"{name}.processor"] = (m, True, False)
             continue
         joint = getattr(m, "added_kv_proj_dim", None) is not None or getattr(m, "add_k_proj", None) is not None
         single = "single" in name
@@ -595,7 +641,7 @@ class DitTrace(Trace):
 
 SUPPORTED = ("StableDiffusion3Pipeline (SD3, SD3.5)", "FluxPipeline (Flux.1)", "PixArtSigmaPipeline (PixArt-Σ)",
              "PixArtAlphaPipeline (PixArt-α)", "SanaPipeline (Sana)", "QwenImagePipeline (Qwen-Image)", "Flux2Pipeline (Flux.2 [dev])",
-             "Flux2KleinPipeline (Flux.2 [klein])",
+             "Flux2KleinPipeline (Flux.2 [klein])", "ZImagePipeline (Z-Image)",
              "ChromaPipeline (Chroma)")
 
 
@@ -616,7 +662,7 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
     if encoder != "all" and encoder not in names:
         raise ValueError(f"encoder={encoder!r}: {type(pipe).__name__}'s text input holds the streams {names}; "
                          f"choose one of {names + ['all']}")
-    modules = attention_modules(transformer)
+    modules = attention_modules(transformer, family)
     if not modules:
         raise UnsupportedPipelineError(f"{type(transformer).__name__} has no attention between image and text tokens")
     check_not_traced(pipe, transformer, "transformer")
@@ -628,8 +674,10 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
     def encode_and_note(*args, **kwargs):
         bound = signature.bind(pipe, *args, **kwargs)
         bound.apply_defaults()
+        # a copy of list arguments: ZImagePipeline rewrites the prompt list in place with its chat template
+        noted = {k: list(v) if isinstance(v, list) else v for k, v in bound.arguments.items()}
         result = encode(*args, **kwargs)
-        rec.on_encode(dict(bound.arguments), result)
+        rec.on_encode(noted, result)
         return result
 
     def tap(name, original):

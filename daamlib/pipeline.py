@@ -94,7 +94,9 @@ def default_size(pipe) -> tuple[int, int]:
     sample = getattr(pipe, "default_sample_size", None)
     if sample is None:
         denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        sample = denoiser.config.sample_size
+        sample = getattr(denoiser.config, "sample_size", None)
+    if sample is None:  # ZImagePipeline: `height or 1024` in its code, no sample size anywhere
+        return 1024, 1024
     h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
     f = int(getattr(pipe, "vae_scale_factor", 8) or 8)
     return int(h) * f, int(w) * f
@@ -270,6 +272,8 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
     generator = torch.Generator("cpu").manual_seed(seed)
     with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay,
                store_dtype=store_dtype, **encoder) as tc:
-        out = pipe(prompt=prompt, generator=generator, num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
+        # a copy of a prompt list: some pipelines (ZImagePipeline) rewrite it in place with their chat template
+        out = pipe(prompt=list(prompt) if isinstance(prompt, list) else prompt, generator=generator,
+                   num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
     maps = [tc.heat_maps(i, image=img) for i, img in enumerate(out.images)]
     return maps[0] if isinstance(prompt, str) and num_images_per_prompt == 1 else maps

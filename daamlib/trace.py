@@ -384,7 +384,7 @@ def check_supported(pipe) -> dict:
         if family_of(pipe) is None:
             raise UnsupportedPipelineError(f"{type(pipe).__name__} is not a supported transformer pipeline; "
                                            "supported: " + "; ".join(SUPPORTED))
-        return {name: m for name, (m, _, _) in attention_modules(pipe.transformer).items()}
+        return {name: m for name, (m, _, _) in attention_modules(pipe.transformer, family_of(pipe)).items()}
     modules = cross_attention_modules(unet) if isinstance(unet, torch.nn.Module) else {}
     if not modules:
         raise UnsupportedPipelineError(

@@ -4,6 +4,7 @@ resumes, and the UNet trainer conditioned on a frozen CLIP."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,24 @@ def test_trainer_refuses_a_folder_that_is_not_a_clip(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--init-from", str(tmp_path)])
     assert "no unet/config.json there" in capsys.readouterr().err
+
+
+CLIP_MODEL = Path(__file__).resolve().parents[1] / "data" / "models" / "shapeworld-clip"
+
+
+@pytest.mark.skipif(not (CLIP_MODEL / "model_index.json").exists(), reason="no exported shapeworld-clip model")
+def test_shipped_contextual_model_is_conditioned_on_its_clip_and_traces():
+    """data/models/shapeworld-clip: within the size budget, its text encoder is exactly the penultimate layer of
+    the CLIP shipped beside it, it loads by name, and its maps cover every word of a caption."""
+    import daamlib
+
+    size = sum(f.stat().st_size for f in CLIP_MODEL.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20, f"{size / 2**20:.1f} MB"
+    pipe = daamlib.load_pipeline("shapeworld-clip")
+    model, tok = clip.load(CLIP_MODEL / "clip")
+    want = clip.penultimate_text_encoder(model.text).state_dict()
+    assert pipe.text_encoder.config.num_hidden_layers == model.text.config.num_hidden_layers - 1 >= 4
+    assert all(torch.equal(pipe.text_encoder.state_dict()[k], v) for k, v in want.items())
+    assert pipe.tokenizer.get_vocab() == tok.get_vocab()
+    hm = daamlib.generate(pipe, "a red circle above a blue square on grass", steps=3)
+    assert list(hm.words) == "a red circle above a blue square on grass".split() and hm.size == (64, 64)

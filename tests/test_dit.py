@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from daamlib import TraceError, UnsupportedPipelineError, generate, trace
 from daamlib.kernel import aggregate
 
-PROMPTS = ["a red cat and a blue dog", "two birds flying over the sea at sunset"]
+PROMPTS = ("a red cat and a blue dog", "two birds flying over the sea at sunset")  # a tuple: never rewritten
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,10 @@ def call_kwargs(kind, **kw):
     kw.setdefault("num_inference_steps", 2)
     kw.setdefault("output_type", "pt")
     if kind != "sd3":  # Flux.2 [dev]'s system message takes 36 tokens of the tiny tokenizer
-        kw.setdefault("max_sequence_length", 64 if kind == "flux2-dev" else 24)
+        kw.setdefault("max_sequence_length", {"flux2-dev": 64, "zimage": 40}.get(kind, 24))
+    if kind == "zimage":  # ZImagePipeline defaults to 1024² whatever the model; the tiny RoPE covers 64 px
+        kw.setdefault("height", 64)
+        kw.setdefault("width", 64)
     if kind in ("pixart", "sana"):
         kw.update(use_resolution_binning=False, clean_caption=False)
     return kw
@@ -63,7 +66,7 @@ class NaiveReference:
         def pre(module, args, kwargs):
             self.inside = True
             self.calls.append([])
-            self.context = kwargs["encoder_hidden_states"].shape[1]
+            self.context = kwargs["encoder_hidden_states"].shape[1] if "encoder_hidden_states" in kwargs else None
 
         def post(module, args, kwargs, out):
             self.inside = False
@@ -88,6 +91,16 @@ class NaiveReference:
                 B, H, Lq, Lk = p.shape
                 row = (B // 2 if cfg else 0) + image_index
                 T = Lk - n_img if Lq == Lk else Lk
+                if kind == "zimage":  # per image [image, text], each padded to a multiple of 32
+                    start = n_img + (-n_img) % 32
+                    if Lk <= start:  # the image-only and text-only refiner blocks
+                        continue
+                    probs = p[row, :, :n_img][..., [start + c for c in columns]]
+                    for head in probs:
+                        m = head.T.reshape(len(columns), h, w).float()[None]
+                        up = F.interpolate(m, size=size, mode="bicubic", align_corners=False)[0].double()
+                        total = up if total is None else total + up
+                    continue
                 if Lq == Lk and Lk == n_img:  # image self-attention
                     continue
                 if Lq == Lk:  # joint
@@ -119,6 +132,8 @@ CASES = [  # kind, prompts, call kwargs, CFG batch layout, calls per step
     ("flux2-dev", PROMPTS[:1], dict(guidance_scale=1.0, height=96, width=64), False, 1),
     ("chroma", PROMPTS, dict(guidance_scale=4.0, height=64, width=96), False, 2),  # T5 mask, separate negative call
     ("chroma", PROMPTS[:1], dict(guidance_scale=1.0, height=96, width=64), False, 1),
+    ("zimage", PROMPTS, dict(guidance_scale=3.0, height=64, width=96), False, 1),  # CFG: [cond…, uncond…] lists
+    ("zimage", PROMPTS[:1], dict(guidance_scale=0.0, height=96, width=64), False, 1),
 ]
 
 
@@ -127,11 +142,12 @@ CASES = [  # kind, prompts, call kwargs, CFG batch layout, calls per step
 def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompts, kw, cfg, per_step):
     pipe = dit(kind)
     kw = call_kwargs(kind, **kw)
-    plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    # list(prompts): ZImagePipeline rewrites a prompt list in place
+    plain = pipe(prompt=list(prompts), generator=torch.Generator().manual_seed(0), **kw).images
     with NaiveReference(pipe) as ref:
-        pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw)
+        pipe(prompt=list(prompts), generator=torch.Generator().manual_seed(0), **kw)
     with trace(pipe) as tc:
-        traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+        traced = pipe(prompt=list(prompts), generator=torch.Generator().manual_seed(0), **kw).images
     assert (plain - traced).abs().max().item() <= 1e-6  # the kernel's own output is used: identical here
     gen = tc.generations[-1]
     assert len(gen.timesteps) == 2
@@ -144,7 +160,7 @@ def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompt
         assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma"])
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma", "zimage"])
 def test_probabilities_are_normalised_over_every_key(dit, kind):
     """Per head, a joint block's text probabilities sum to less than 1 (image keys take the rest); a cross-attention
     block's (PixArt) sum to 1 over the text input, of which the kept tokens are the unpadded part."""
@@ -282,7 +298,7 @@ def test_select_by_block_depth_and_stream_type(dit):
 
 
 @pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-qwen", "tiny-flux2",
-                                   "tiny-flux2-dev", "tiny-chroma"])
+                                   "tiny-flux2-dev", "tiny-chroma", "tiny-zimage"])
 def test_cli_saves_and_loads_transformer_experiments(model, tmp_path):
     from daamlib import load_experiment
     from daamlib.cli import main
@@ -413,7 +429,7 @@ def test_replayed_output_equals_a_materialised_row_swap(kept):
     assert (got - want @ v).abs().max().item() < 1e-12
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen"])
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "qwen", "zimage"])
 def test_replay_holds_the_seed_attention_on_transformers(dit, kind):
     from daamlib.replay import AttentionStore, ReplayError
 
@@ -484,3 +500,24 @@ def test_pixart_aligns_the_lowercased_stripped_prompt_it_encodes(dit):
     hm, cols = tc.heat_maps(0), tc.generations[-1].columns
     assert list(hm.tokens) == pipe.tokenizer.convert_ids_to_tokens([ids[c] for c in cols])
     assert list(hm.words) == ["A", "Red", "cat"]
+
+
+def test_zimage_words_are_the_chat_templated_prompts_unpadded_tokens(dit):
+    """ZImagePipeline keeps only the unpadded tokens of the chat-templated text (thinking on), per prompt a list;
+    its main blocks see one [image, text] sequence per image, each part padded to a multiple of 32."""
+    from daamlib.dit import zimage_template
+
+    pipe = dit("zimage")
+    with trace(pipe) as tc:
+        pipe(prompt=list(PROMPTS), generator=torch.Generator().manual_seed(0),
+             **call_kwargs("zimage", num_inference_steps=1, guidance_scale=0.0))
+    cols = tc.generations[-1].columns
+    assert [tc.heat_maps(i).prompt for i in range(2)] == list(PROMPTS)  # not the pipeline's rewritten list
+    for i, prompt in enumerate(PROMPTS):
+        ids = pipe.tokenizer(zimage_template(pipe).replace("{}", prompt)).input_ids
+        hm = tc.heat_maps(i)
+        own = [c for c, t in zip(cols, hm.tokens) if t != "<pad>"]  # the other prompt's places are labelled <pad>
+        assert [t for t in hm.tokens if t != "<pad>"] == pipe.tokenizer.convert_ids_to_tokens([ids[c] for c in own])
+        assert own[0] == len(pipe.tokenizer(zimage_template(pipe).split("{}")[0]).input_ids)
+        assert list(hm.words) == prompt.split()
+    assert sorted(tc.generations[-1].maps) == ["layers.0.attention.processor", "layers.1.attention.processor"]

@@ -48,7 +48,7 @@ def run(name, tmp_path, **params):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-qwen", "tiny-flux2", "tiny-flux2-dev",
-                                   "tiny-chroma"])
+                                   "tiny-chroma", "tiny-zimage"])
 def test_quickstart_on_each_transformer_family(model, tmp_path):
     results = run("00_quickstart", tmp_path, MODEL_ID=model)
     assert results["prompt"] == "a red circle above a blue square on grass"

@@ -3,11 +3,11 @@
 vocabularies they tokenize with (:mod:`~daamlib.testing.vocab`).
 
 They are registered as the models ``tiny-sd1``, ``tiny-sd2``, ``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux`` and
-``tiny-pixart``, ``tiny-sana``, ``tiny-qwen``, ``tiny-flux2``, ``tiny-flux2-dev``, ``tiny-chroma`` (:mod:`daamlib.models`).
+``tiny-pixart``, ``tiny-sana``, ``tiny-qwen``, ``tiny-flux2``, ``tiny-flux2-dev``, ``tiny-chroma``, ``tiny-zimage`` (:mod:`daamlib.models`).
 """
 
 KINDS = {"tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
-DIT_KINDS = {"tiny-sd3": "sd3", "tiny-flux": "flux", "tiny-pixart": "pixart", "tiny-sana": "sana", "tiny-qwen": "qwen", "tiny-flux2": "flux2", "tiny-flux2-dev": "flux2-dev", "tiny-chroma": "chroma"}
+DIT_KINDS = {"tiny-sd3": "sd3", "tiny-flux": "flux", "tiny-pixart": "pixart", "tiny-sana": "sana", "tiny-qwen": "qwen", "tiny-flux2": "flux2", "tiny-flux2-dev": "flux2-dev", "tiny-chroma": "chroma", "tiny-zimage": "zimage"}
 
 
 def register_models() -> None:

@@ -31,7 +31,7 @@ import torch
 
 from .tiny import CORPUS, _text_config, tokenizer_dir
 
-KINDS = ("sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma")
+KINDS = ("sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma", "zimage")
 QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not "
               "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")  # Qwen3's template, its chat part
@@ -262,6 +262,28 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
                                  tokenizer=tok, transformer=transformer)
         pipe.prompt_template_encode_start_idx = len(tok(QWEN_TEMPLATE.split("{}")[0]).input_ids)
         pipe.default_sample_size = 16  # 64×64 by default with this VAE factor of 4 (the real one: 128 × 8 = 1024 px)
+    elif kind == "zimage":
+        from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
+        from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3Model
+
+        tok = Qwen2TokenizerFast.from_pretrained(lm_tokenizer_dir())
+        tok.chat_template = QWEN3_CHAT
+        torch.manual_seed(seed)  # the pipeline takes the second-to-last hidden states: 2 layers
+        text_encoder = Qwen3Model(Qwen3Config(hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                                              num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                              vocab_size=len(tok), max_position_embeddings=512)).eval()
+        torch.manual_seed(seed)
+        transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32,
+                                               n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5,
+                                               qk_norm=True, cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0,
+                                               axes_dims=[8, 4, 4], axes_lens=[256, 32, 32]).eval()
+        with torch.no_grad():  # created with torch.empty (diffusers' own test fixes them the same way)
+            transformer.x_pad_token.fill_(1.0)
+            transformer.cap_pad_token.fill_(1.0)
+        vae = _flow_vae(4, seed)
+        pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                              tokenizer=tok, transformer=transformer)
+        pipe.default_sample_size = 32  # for daamlib's default size: 64×64 (the pipeline itself defaults to 1024)
     elif kind == "sana":
         from diffusers import AutoencoderDC, SanaPipeline, SanaTransformer2DModel
         from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
