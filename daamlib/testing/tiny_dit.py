@@ -263,7 +263,7 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
         pipe.prompt_template_encode_start_idx = len(tok(QWEN_TEMPLATE.split("{}")[0]).input_ids)
         pipe.default_sample_size = 16  # 64×64 by default with this VAE factor of 4 (the real one: 128 × 8 = 1024 px)
     elif kind == "zimage":
-        from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
+        from diffusers import ZImagePipeline, ZImageTransformer2DModel
         from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3Model
 
         tok = Qwen2TokenizerFast.from_pretrained(lm_tokenizer_dir())
