@@ -193,7 +193,7 @@ def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out
 def compare_table(summaries: dict[str, dict]) -> str:
     """Markdown: one row per bar, baseline and diagnostic, one column per run (name → quality.json summary)."""
     def cell(s, key, scale=1.0, digits=1):
-        v, ci = s.get(key), s.get(key + "_ci")
+        v, ci = s.get(key), s.get(key + "_ci") or s.get(key.removesuffix("_pct") + "_ci")
         if v is None or v != v:
             return "—"
         text = f"{v * scale:.{digits}f}"
