@@ -73,13 +73,22 @@ class Stream:
     lower: bool = False  # the pipeline lower-cases and strips the prompt first (PixArt, Sana: _text_preprocessing)
 
 
+def _around_prompt(render) -> str:
+    """A template with ``{}`` where the prompt goes: ``render(text)`` places a marker text, which is then replaced."""
+    mark = "\ue000prompt\ue001"  # private-use characters: never in a prompt
+    return render(mark).replace(mark, "{}")
+
+
 def chat_template(pipe, args: dict | None = None) -> str:
     """The text Flux.2 [klein] gives its tokenizer: the user's message in the tokenizer's own chat template, with
     the generation prompt and thinking off (``Flux2KleinPipeline._get_qwen3_prompt_embeds``)."""
-    mark = "\ue000prompt\ue001"  # private-use characters: never in a prompt
-    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
-                                              add_generation_prompt=True, enable_thinking=False)
-    return text.replace(mark, "{}")
+    return _user_message(pipe, thinking=False)
+
+
+def _user_message(pipe, thinking: bool) -> str:
+    """The prompt as the user's message in the tokenizer's chat template, generation prompt on."""
+    return _around_prompt(lambda mark: pipe.tokenizer.apply_chat_template(
+        [{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True, enable_thinking=thinking))
 
 
 def mistral_chat_template(pipe, args: dict | None = None) -> str:
@@ -88,19 +97,14 @@ def mistral_chat_template(pipe, args: dict | None = None) -> str:
     no special token."""
     from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 
-    mark = "\ue000prompt\ue001"
-    text = pipe.tokenizer.apply_chat_template(format_input([mark], system_message=pipe.system_message)[0],
-                                              tokenize=False, add_generation_prompt=False)
-    return text.replace(mark, "{}")
+    return _around_prompt(lambda mark: pipe.tokenizer.apply_chat_template(
+        format_input([mark], system_message=pipe.system_message)[0], tokenize=False, add_generation_prompt=False))
 
 
 def zimage_template(pipe, args: dict | None = None) -> str:
     """Z-Image's text: the user's message in the tokenizer's chat template, generation prompt on, thinking on
     (``ZImagePipeline._encode_prompt``); padding is removed from the states, so positions are the text's own."""
-    mark = "\ue000prompt\ue001"
-    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
-                                              add_generation_prompt=True, enable_thinking=True)
-    return text.replace(mark, "{}")
+    return _user_message(pipe, thinking=True)
 
 
 def sana_template(pipe, args: dict | None = None) -> str:
@@ -234,17 +238,27 @@ def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None, arg
     return StreamTokens([labels[i] for i in keep], [i - drop + shift for i in keep], spans, dropped)
 
 
+def _kept(pipe, stream: Stream, encoder: str) -> bool:
+    """Does ``encoder=`` keep this stream's tokens (and is its text encoder loaded)?"""
+    return ((encoder == "all" or stream.name == encoder)
+            and (stream.encoder is None or getattr(pipe, stream.encoder, None) is not None))
+
+
+def _max_length(pipe, stream: Stream, args: dict) -> int | None:
+    """The stream's token limit: a fixed number, or encode_prompt's argument (else the pipeline's attribute)."""
+    ml = stream.max_length if isinstance(stream.max_length, int) else args.get(stream.max_length,
+                                                                               getattr(pipe, stream.max_length, None))
+    return None if ml is None else int(ml)
+
+
 def token_count(pipe, prompt: str, encoder: str = "all") -> int:
     """Text tokens a trace keeps for ``prompt`` alone (the token axis of its maps, its store and its replay),
     from the tokenizers only: nothing runs."""
-    family = family_of(pipe)
     n = 0
-    for s in family.streams:
-        if (encoder != "all" and s.name != encoder) or (s.encoder is not None and getattr(pipe, s.encoder, None) is None):
-            continue
-        ml = s.max_length if isinstance(s.max_length, int) else getattr(pipe, s.max_length, None) if s.max_length else None
-        pos = stream_tokens(pipe, s, prompt, None if ml is None else int(ml), {}).positions
-        n += max(pos) - min(pos) + 1 if pos else 0
+    for s in family_of(pipe).streams:
+        if _kept(pipe, s, encoder):
+            pos = stream_tokens(pipe, s, prompt, _max_length(pipe, s, {}), {}).positions
+            n += max(pos) - min(pos) + 1 if pos else 0
     return n
 
 
@@ -360,9 +374,7 @@ class _DitRecorder:
             starts.append(offset)
             lengths.append(length)
             offset += length
-        chosen = [i for i, s in enumerate(streams)
-                  if (self.encoder == "all" or s.name == self.encoder)
-                  and (s.encoder is None or getattr(pipe, s.encoder, None) is not None)]
+        chosen = [i for i, s in enumerate(streams) if _kept(pipe, s, self.encoder)]
         if not chosen:
             names = [s.name for s in streams]
             raise ValueError(f"encoder={self.encoder!r}: {type(pipe).__name__} has no such text encoder loaded "
@@ -372,8 +384,7 @@ class _DitRecorder:
             parts = []
             for i in chosen:
                 s = streams[i]
-                ml = s.max_length if isinstance(s.max_length, int) else args.get(s.max_length, getattr(pipe, s.max_length, None))
-                st = stream_tokens(pipe, s, p, None if ml is None else int(ml), args)
+                st = stream_tokens(pipe, s, p, _max_length(pipe, s, args), args)
                 st.positions = [q for q in st.positions if q < lengths[i]]
                 st.labels, st.spans = st.labels[: len(st.positions)], st.spans[: len(st.positions)]
                 parts.append((s.name, st, starts[i]))

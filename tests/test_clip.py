@@ -63,13 +63,13 @@ def test_toy_clip_trains_resumes_and_conditions_a_unet(tmp_path):
     toy = ["--run-dir", str(run), "--out", str(out), "--batch", "8", "--pool", "32", "--refresh", "8",
            "--refresh-every", "2", "--text-layers", "2", "--n-eval", "64", "--warmup", "2"]
     clip.main(["train", *toy, "--steps", "3"])
-    assert torch.load(run / "ckpt.pt", weights_only=False)["step"] == 3
+    assert torch.load(run / "ckpt.pt", weights_only=True)["step"] == 3
     report = json.loads((out / "report.json").read_text())
     r = report["retrieval_test"]
     assert r["n"] == 64 and r["group"] == 32 and r["chance"] == 1 / 32
     assert 0 <= r["caption_to_image"]["top1"] <= 1 and report["training"]["step"] == 3
     clip.main(["train", *toy, "--steps", "5"])  # resumes from the checkpoint
-    s = torch.load(run / "ckpt.pt", weights_only=False)
+    s = torch.load(run / "ckpt.pt", weights_only=True)
     assert s["step"] == 5 and s["counter"] == clip.CLIP_INDEX_OFFSET + 32 + 2 * 8  # refreshes at steps 2 and 4
     model, tok = clip.load(out)
     assert model.text.config.num_hidden_layers == 2

@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -178,8 +179,6 @@ def save(model: ShapeWorldClip, tokenizer, out: Path, report: dict | None = None
     from safetensors.torch import save_file
 
     tmp = out.parent / (out.name + ".tmp")
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tokenizer.save_pretrained(tmp / "tokenizer")
@@ -329,7 +328,7 @@ def train(args) -> None:
     rng = np.random.default_rng(args.seed)
     ck = run / "ckpt.pt"
     if ck.exists():
-        s = torch.load(ck, weights_only=False, map_location="cpu")  # our own file: includes numpy's RNG state
+        s = torch.load(ck, weights_only=True, map_location="cpu")  # tensors and plain containers (numpy's RNG state is ints)
         model.load_state_dict(s["model"]), opt.load_state_dict(s["opt"])
         torch.set_rng_state(s["torch_rng"])
         rng.bit_generator.state = s["np_rng"]
@@ -408,8 +407,6 @@ def train(args) -> None:
     checkpoint()
     flog.close()
     model.eval()
-    import shutil
-
     shutil.copy(log_csv, run / "training_log.csv")
     report = evaluate_model(model, tok, args)
     report["training"] = {"step": step, "steps_planned": args.steps, "wall_seconds": round(wall, 1),

@@ -72,28 +72,35 @@ MISTRAL_CHAT = ("{{ bos_token }}{% for m in messages %}{% set text = m['content'
                 "[INST]{{ text }}[/INST]{% else %}{{ text }}{{ eos_token }}{% endif %}{% endfor %}")  # Mistral Small 3.1's shape
 
 
+def _byte_bpe(name: str, vocab_size: int, special_tokens: list[str], extra: str, bos: str | None = None) -> Path:
+    """A new folder holding ``tokenizer.json``: a byte-level BPE trained on CORPUS and ``extra`` (a template's text,
+    so it takes few tokens), with ``special_tokens`` first; ``bos`` is prepended to every text when given."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 3 + [extra] * 3, trainer)
+    tok.post_processor = (processors.ByteLevel(trim_offsets=False) if bos is None else processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]))
+    out = Path(tempfile.mkdtemp(prefix=f"daam-tiny-{name}-"))
+    tok.save(str(out / "tokenizer.json"))
+    return out
+
+
 @lru_cache(maxsize=None)
 def mistral_tokenizer_dir(vocab_size: int = 500) -> Path:
     """A cached folder with a byte-level BPE trained on CORPUS and Flux.2's system message, with Mistral's control
     tokens, ``<s>`` prepended, left padding and :data:`MISTRAL_CHAT`."""
     from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=MISTRAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 3 + [SYSTEM_MESSAGE] * 3, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    out = Path(tempfile.mkdtemp(prefix="daam-tiny-mistral-"))
-    tok.save(str(out / "tokenizer.json"))
-    fast = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"), bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>", padding_side="left", model_max_length=512,
-                                   chat_template=MISTRAL_CHAT)
-    fast.save_pretrained(out)
+    out = _byte_bpe("mistral", vocab_size, MISTRAL_TOKENS, SYSTEM_MESSAGE, bos="<s>")
+    PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"), bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>", pad_token="<pad>", padding_side="left", model_max_length=512,
+                            chat_template=MISTRAL_CHAT).save_pretrained(out)
     return out
 
 
@@ -123,20 +130,10 @@ def gemma_tokenizer_dir(vocab_size: int = 500) -> Path:
     import inspect
 
     from diffusers import SanaPipeline
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     chi = "\n".join(inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 3 + [chi] * 3, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
-                                                       special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
-    out = Path(tempfile.mkdtemp(prefix="daam-tiny-gemma-"))
-    tok.save(str(out / "tokenizer.json"))
+    out = _byte_bpe("gemma", vocab_size, ["<pad>", "<eos>", "<bos>", "<unk>"], chi, bos="<bos>")
     PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"), bos_token="<bos>", eos_token="<eos>",
                             unk_token="<unk>", pad_token="<pad>", model_max_length=2048).save_pretrained(out)
     return out
@@ -145,21 +142,11 @@ def gemma_tokenizer_dir(vocab_size: int = 500) -> Path:
 @lru_cache(maxsize=None)
 def lm_tokenizer_dir(vocab_size: int = 400) -> Path:
     """A cached folder with a byte-level BPE tokenizer (as Qwen's), trained on CORPUS and the chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import Qwen2TokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 3 + [QWEN_TEMPLATE.replace("{}", "")] * 3, trainer)
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    out = Path(tempfile.mkdtemp(prefix="daam-tiny-lm-"))
-    tok.save(str(out / "tokenizer.json"))
-    fast = Qwen2TokenizerFast(tokenizer_file=str(out / "tokenizer.json"), eos_token="<|im_end|>",
-                              pad_token="<|endoftext|>", unk_token=None, bos_token=None)
-    fast.save_pretrained(out)
+    out = _byte_bpe("lm", vocab_size, CHAT_TOKENS, QWEN_TEMPLATE.replace("{}", ""))
+    Qwen2TokenizerFast(tokenizer_file=str(out / "tokenizer.json"), eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                       unk_token=None, bos_token=None).save_pretrained(out)
     return out
 
 
@@ -171,6 +158,23 @@ def _t5(vocab_size: int, d_model: int = 32, seed: int = 0):
                    relative_attention_num_buckets=8, feed_forward_proj="relu", pad_token_id=0, eos_token_id=1,
                    decoder_start_token_id=0)
     return T5EncoderModel(cfg).eval()
+
+
+def _flux2_parts(seed: int, guidance_embeds: bool):
+    """Flux.2's tiny transformer (one double- and one single-stream block, text width 3 × 16 = 48) and VAE."""
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                          timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+                                          guidance_embeds=guidance_embeds)
+    torch.manual_seed(seed)
+    vae = AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
+                             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                             layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
+                             use_post_quant_conv=False)
+    return transformer, vae
 
 
 def _flow_vae(latent_channels: int, seed: int = 0):
@@ -310,7 +314,7 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
         pipe = SanaPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer,
                             scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
     elif kind == "flux2-dev":
-        from diffusers import AutoencoderKLFlux2, Flux2Pipeline, Flux2Transformer2DModel
+        from diffusers import Flux2Pipeline
         from transformers import (Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig,
                                   PreTrainedTokenizerFast)
 
@@ -323,20 +327,12 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
             vision_config=PixtralVisionConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1,
                                               num_attention_heads=2, head_dim=8, patch_size=4, image_size=32),
             spatial_merge_size=1, image_token_index=processor.tokenizer.convert_tokens_to_ids("[IMG]"))).eval()
-        torch.manual_seed(seed)
-        transformer = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
-                                              timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4])
-        torch.manual_seed(seed)
-        vae = AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
-                                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                                 layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
-                                 use_post_quant_conv=False)
+        transformer, vae = _flux2_parts(seed, guidance_embeds=True)  # [dev] is guidance-distilled
         pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                              tokenizer=processor, transformer=transformer)
         pipe.default_sample_size = 32  # 64×64 by default (the real one: 128 → 1024 px)
     elif kind == "flux2":
-        from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+        from diffusers import Flux2KleinPipeline
         from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
         tok = Qwen2TokenizerFast.from_pretrained(lm_tokenizer_dir())
@@ -345,16 +341,7 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
         text_encoder = Qwen3ForCausalLM(Qwen3Config(intermediate_size=16, hidden_size=16, num_hidden_layers=27,
                                                     num_attention_heads=2, num_key_value_heads=2, head_dim=8,
                                                     vocab_size=len(tok), max_position_embeddings=512)).eval()
-        torch.manual_seed(seed)
-        transformer = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
-                                              timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
-                                              guidance_embeds=False)
-        torch.manual_seed(seed)
-        vae = AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
-                                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                                 layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
-                                 use_post_quant_conv=False)
+        transformer, vae = _flux2_parts(seed, guidance_embeds=False)
         pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                                   tokenizer=tok, transformer=transformer)
         pipe.default_sample_size = 32  # 64×64 by default (the real one: 128 → 1024 px)
