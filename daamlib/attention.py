@@ -2,7 +2,7 @@
 
 ``attention_with_lse(q, k, v)`` returns SDPA's output and, per query, ``LSE = log Σ_keys exp(q·k·scale + mask)``,
 from which any probability is ``exp(q·k_j·scale + mask_j − LSE)``: the recorders compute it for the kept text
-tokens only, so the full ``[queries, keys]`` matrix is never materialised. Where a fused kernel returns LSE
+tokens only (:func:`kept_probabilities`), so the full ``[queries, keys]`` matrix is never materialised. Where a fused kernel returns LSE
 (CPU: ``aten._scaled_dot_product_flash_attention_for_cpu``, the kernel SDPA itself runs there, so the output is
 bit-identical; CUDA: the memory-efficient kernel with ``compute_log_sumexp``) it is used, after a one-time check
 per device and dtype that its LSE matches an explicit one on a few queries; otherwise SDPA plus a chunked pass.
@@ -73,3 +73,26 @@ def attention_with_lse(q, k, v, mask=None, scale=None) -> tuple[torch.Tensor, to
             if _CHECKED[key]:
                 return out, lse.float()
     return SDPA(q, k, v, attn_mask=mask, scale=scale), _explicit_lse(q, k, fmask, scale)
+
+
+def kept_probabilities(q, k, lse, scale: float, rows=None, mask=None) -> torch.Tensor:
+    """``exp(k_j·q·scale + mask − LSE)``: the attention probabilities of the kept keys ``k`` ``[B, H, K, D]``
+    from queries ``q`` ``[B, H, N, D]`` with their log-sum-exp over *every* key ``lse`` ``[B, H, N]``, for the
+    batch ``rows`` (all by default). Returns ``[rows, H, K, N]`` float32, key-major: each kept token's row of
+    queries is its map, in the layout maps are stored in, so no transpose follows.
+
+    One ``baddbmm`` per row computes ``scale·k·qᵀ − LSE`` into the output, then ``exp_`` in place. The key-major
+    ``K × N`` product is also the faster one: on SD 2-base's largest layer (5 heads × 1,024 queries, 15 kept
+    tokens, one CPU thread) 0.16 ms against 0.38 ms for the query-major ``N × K`` product. ``q`` and ``k`` may be strided views (heads split off the hidden axis):
+    the GEMM reads them in place. ``mask`` (additive, float) must already be key-major: it broadcasts to
+    ``[rows, H, K, N]``.
+    """
+    rows = range(q.shape[0]) if rows is None else rows
+    B, H, N, K = len(rows), q.shape[1], q.shape[2], k.shape[2]
+    out = torch.empty(B, H, K, N, dtype=torch.float32, device=q.device)
+    for i, r in enumerate(rows):
+        torch.baddbmm(lse[r].float().unsqueeze(-2), k[r].float(), q[r].float().transpose(-1, -2), beta=-1,
+                      alpha=scale, out=out[i])
+    if mask is not None:
+        out += mask
+    return out.exp_()

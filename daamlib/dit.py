@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import SDPA as _SDPA
-from .attention import attention_with_lse
+from .attention import attention_with_lse, kept_probabilities
 from .attention import float_mask as _float_mask
 from .heatmap import stream_type  # noqa: F401 (part of this module's API)
 from .trace import Trace, TraceError, UnsupportedPipelineError, _signature, check_not_traced, installed
@@ -504,21 +504,20 @@ class _DitRecorder:
         b = torch.tensor([r for r, _ in rows], device=q.device)
         s = scale if scale is not None else q.shape[-1] ** -0.5
         cols = self.columns_t + txt0
-        qi = q[:, :, img].index_select(0, b).float()  # [Bc, H, N, D]: only the conditional image rows are copied
-        kt = k.index_select(2, cols).index_select(0, b).float()  # [Bc, H, K, D]
-        logits = (qi @ kt.transpose(-1, -2)) * s  # [Bc, H, N, K]
+        m = None
         if mask is not None:  # index only the mask's own axes (it broadcasts): never expand it to [B, H, L, L]
             m = _float_mask(mask, torch.float32)
             m = m.index_select(0, b) if m.ndim == 4 and m.shape[0] > 1 else m
             m = m[..., img, :] if m.ndim >= 2 and m.shape[-2] > 1 else m
-            logits = logits + m.index_select(-1, cols)
-        p = torch.exp(logits - lse[b][:, :, img].float().unsqueeze(-1))  # [Bc, H, N, K]
+            m = m.index_select(-1, cols).transpose(-1, -2)  # key-major, as kept_probabilities wants it
+        # [Bc, H, K, N]: the conditional image rows are read in place, only the kept keys are gathered
+        p = kept_probabilities(q[:, :, img], k.index_select(2, cols), lse[:, :, img], s, [r for r, _ in rows], m)
         if self.store is not None or self.replay is not None:
-            p = self._store_or_replay(tap.name, p, out, v, b, img, cols)
+            p = self._store_or_replay(tap.name, p.transpose(-1, -2), out, v, b, img, cols).transpose(-1, -2)
         if not self.keep_heads:
-            p = p.sum(1)  # [Bc, N, K]
+            p = p.sum(1)  # [Bc, K, N]
         h, w = self.current.grid
-        p = p.transpose(-1, -2).reshape(*p.shape[:-2], p.shape[-1], h, w)  # [Bc, (H,) K, h, w]
+        p = p.reshape(*p.shape[:-1], h, w)  # [Bc, (H,) K, h, w]
         order = torch.tensor([j for _, j in rows], device=p.device)
         p = p[torch.argsort(order)]
         if self.store_dtype is not None:

@@ -15,9 +15,10 @@ of the conditional half of the batch only, summed over heads (or kept with
 ``keep_heads=True``), for the prompt's tokens only (start, words, first end token), as a
 float32 ``[images, tokens, h, w]`` map at the layer's own resolution. The whole batch goes through
 the fused attention kernel, which also returns each query's log-sum-exp
-(:mod:`daamlib.attention`); the kept probabilities are ``exp(q·k_j/√d − LSE)``, so the model's output
-is its own and nothing ``[queries × keys]``-sized is made. With a ``store`` or ``replay`` the full
-conditional probabilities are materialised instead (they are what is stored or injected).
+(:mod:`daamlib.attention`); the kept probabilities are ``exp(q·k_j/√d − LSE)``
+(:func:`daamlib.attention.kept_probabilities`), so the model's output is its own and nothing
+``[queries × keys]``-sized is made. With a ``store`` or ``replay`` the full conditional probabilities are
+materialised instead (they are what is stored or injected).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .attention import attention_with_lse, float_mask
+from .attention import attention_with_lse, float_mask, kept_probabilities
 from .words import Alignment, align_words
 
 # processors whose arithmetic is diffusers' plain attention: trace may replace them (same image, to rounding)
@@ -184,13 +185,13 @@ class RecordingAttnProcessor:
         if rec.store is None and rec.replay is None:
             # the whole batch through the fused kernel, which also returns log-sum-exp: the output is the model's
             # own (bit-identical on a CPU), and only the kept tokens' probabilities are computed, for the
-            # conditional rows: exp(q·k_j·s − LSE), normalised over every key as the model's softmax is
-            s = d ** -0.5  # what AttnProcessor2_0's SDPA call uses
+            # conditional rows: exp(k_j·q·s − LSE), normalised over every key as the model's softmax is
             out, lse = attention_with_lse(q, k, v, attention_mask)
-            logits = q[b0:].float() @ (k[b0:, :, :K].float() * s).transpose(-1, -2)  # [Bc, heads, N, K]
-            if attention_mask is not None:
-                logits = logits + float_mask(attention_mask, torch.float32)[b0:, ..., :K]
-            self._record(torch.exp(logits - lse[b0:].unsqueeze(-1)), N)
+            mask = None
+            if attention_mask is not None:  # [B, heads, 1|N, T] → the kept keys', key-major
+                mask = float_mask(attention_mask, torch.float32)[b0:, ..., :K].transpose(-1, -2)
+            # d ** -0.5 is what AttnProcessor2_0's SDPA call uses
+            self._keep(kept_probabilities(q, k[:, :, :K], lse, d ** -0.5, range(b0, B), mask), N)
             out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
             return self._finish(attn, out, residual, input_ndim, b, c, h, w)
         # conditional rows: probabilities materialised (in float32) and used for the output too, so the
@@ -212,7 +213,7 @@ class RecordingAttnProcessor:
         if b0:  # unconditional rows: the fused kernel, called exactly as AttnProcessor2_0 calls it
             mask = None if attention_mask is None else attention_mask[:b0]
             out[:b0] = F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=mask, dropout_p=0.0, is_causal=False)
-        self._record(full[..., :K].float(), N)  # [Bc, heads, N, K]: the kept tokens only
+        self._keep(full[..., :K].float().transpose(-1, -2), N)  # [Bc, heads, K, N]: the kept tokens only
         out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
         return self._finish(attn, out, residual, input_ndim, b, c, h, w)
 
@@ -226,13 +227,13 @@ class RecordingAttnProcessor:
             out = out + residual
         return out / attn.rescale_output_factor
 
-    def _record(self, probs: torch.Tensor, n_queries: int) -> None:
+    def _keep(self, probs: torch.Tensor, n_queries: int) -> None:
+        """Sum the heads (unless kept) of key-major probabilities ``[Bc, heads, T, N]`` and keep them as maps
+        ``[Bc, (heads,) T, h, w]``."""
         rec = self.recorder
-        p, T = probs, probs.shape[-1]
-        if not rec.keep_heads:
-            p = p.sum(1)  # [Bc, N, T]
+        p = probs if rec.keep_heads else probs.sum(1)
         h, w = rec.grid(n_queries)
-        p = p.transpose(-1, -2).reshape(*p.shape[:-2], T, h, w)  # [Bc, (heads,) T, h, w]
+        p = p.reshape(*p.shape[:-1], h, w)  # a view when the probabilities came from kept_probabilities
         if rec.store_dtype is not None:
             p = p.to(rec.store_dtype)
         if rec.store_device is not None:
