@@ -96,3 +96,18 @@ def kept_probabilities(q, k, lse, scale: float, rows=None, mask=None) -> torch.T
     if mask is not None:
         out += mask
     return out.exp_()
+
+
+def probabilities(q, k, scale: float, rows=None, mask=None) -> torch.Tensor:
+    """``softmax(q·kᵀ·scale + mask)`` over every key, explicitly, for the batch ``rows`` (all by default):
+    ``[rows, H, N, T]`` float32 from ``[B, H, N, D]`` queries and ``[B, H, T, D]`` keys (strided views are read
+    in place). ``mask`` is an SDPA mask of the whole batch, ``[B, H|1, N|1, T]``, boolean or additive."""
+    rows = range(q.shape[0]) if rows is None else rows
+    B, H, N, T = len(rows), q.shape[1], q.shape[2], k.shape[2]
+    out = torch.empty(B, H, N, T, dtype=torch.float32, device=q.device)
+    fmask = float_mask(mask, torch.float32)
+    for i, r in enumerate(rows):
+        base = out[i] if fmask is None else fmask[r if fmask.shape[0] > 1 else 0]
+        torch.baddbmm(base, q[r].float(), k[r].float().transpose(-1, -2), beta=0 if fmask is None else 1,
+                      alpha=scale, out=out[i])  # beta=0: the uninitialised output is ignored, never read
+    return torch.softmax(out, -1, out=out)

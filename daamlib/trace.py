@@ -34,7 +34,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .attention import attention_with_lse, float_mask, kept_probabilities
+from .attention import attention_with_lse, float_mask, kept_probabilities, probabilities
 from .words import Alignment, align_words
 
 # processors whose arithmetic is diffusers' plain attention: trace may replace them (same image, to rounding)
@@ -93,7 +93,8 @@ class _Recorder:
     """Shared state of one trace: the current generation and step, read by every processor."""
 
     def __init__(self, keep_heads: bool, store_device: torch.device | str | None, store=None, replay=None,
-                 scheduler=None, store_dtype: torch.dtype | None = None):
+                 scheduler=None, store_dtype: torch.dtype | None = None, fused: bool = True):
+        self.fused = fused  # False: the conditional half's softmax explicitly (see trace)
         self.scheduler = scheduler  # the pipeline's, for the number of steps a generation plans
         self.keep_heads = keep_heads
         self.store_device = None if store_device is None else torch.device(store_device)
@@ -135,12 +136,12 @@ class _Recorder:
 class RecordingAttnProcessor:
     """Attention that also records the conditional cross-attention probabilities.
 
-    Without a store or replay: the whole batch through the fused kernel with log-sum-exp
+    By default (``fused``, no store or replay): the whole batch through the fused kernel with log-sum-exp
     (:func:`daamlib.attention.attention_with_lse`), and ``exp(q·k_j/√d − LSE)`` for the conditional
-    rows' kept tokens — the output is the model's own. With one: the unconditional rows through the
+    rows' kept tokens — the output is the model's own. Otherwise: the unconditional rows through the
     fused ``scaled_dot_product_attention`` as in diffusers' ``AttnProcessor2_0``, the conditional rows'
-    ``softmax(QKᵀ·scale)`` materialised in float32 and used for the output (images match untraced ones
-    to float rounding, ≤ 1e-5; the tests check both).
+    ``softmax(QKᵀ/√d)`` materialised in float32 (:func:`daamlib.attention.probabilities`) and used for the
+    output (images match untraced ones to float rounding, ≤ 1e-5; the tests check both).
     """
 
     def __init__(self, recorder: _Recorder, name: str):
@@ -178,11 +179,20 @@ class RecordingAttnProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
 
+        out = self.attend(q, k, v, attention_mask)
+        return self._finish(attn, out, residual, input_ndim, b, c, h, w)
+
+    def attend(self, q, k, v, attention_mask=None) -> torch.Tensor:
+        """Attention of ``[B, heads, N|T, d]`` queries, keys and values (as ``AttnProcessor2_0`` computes it) that
+        records the conditional rows' kept probabilities; returns the output as ``[B, N, heads·d]``."""
+        gen, rec = self.recorder.current, self.recorder
+        B, H, N, d = q.shape
         if gen.guidance and B % 2:
             raise TraceError(f"classifier-free guidance expects an even UNet batch, got {B}")
         b0 = B // 2 if gen.guidance else 0  # first conditional row; the unconditional half is never recorded
-        rec, K = self.recorder, gen.n_tokens or T_in
-        if rec.store is None and rec.replay is None:
+        K = gen.n_tokens or k.shape[2]
+        s = d ** -0.5  # what AttnProcessor2_0's SDPA call uses
+        if rec.fused and rec.store is None and rec.replay is None:
             # the whole batch through the fused kernel, which also returns log-sum-exp: the output is the model's
             # own (bit-identical on a CPU), and only the kept tokens' probabilities are computed, for the
             # conditional rows: exp(k_j·q·s − LSE), normalised over every key as the model's softmax is
@@ -190,17 +200,16 @@ class RecordingAttnProcessor:
             mask = None
             if attention_mask is not None:  # [B, heads, 1|N, T] → the kept keys', key-major
                 mask = float_mask(attention_mask, torch.float32)[b0:, ..., :K].transpose(-1, -2)
-            # d ** -0.5 is what AttnProcessor2_0's SDPA call uses
-            self._keep(kept_probabilities(q, k[:, :, :K], lse, d ** -0.5, range(b0, B), mask), N)
-            out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
-            return self._finish(attn, out, residual, input_ndim, b, c, h, w)
-        # conditional rows: probabilities materialised (in float32) and used for the output too, so the
-        # only work added to plain attention is the head sum and the copy of the kept token columns
-        # with a store or replay the full probabilities are needed: materialised (in float32) and used for the output
-        scores = q[b0:].float() @ (k[b0:].float() * attn.scale).transpose(-1, -2)  # [Bc, heads, N, T_in]; k is the small one
-        if attention_mask is not None:
-            scores = scores + attention_mask[b0:].float()
-        full = scores.softmax(-1)  # normalised over every key, padding included, as in the model
+            self._keep(kept_probabilities(q, k[:, :, :K], lse, s, range(b0, B), mask), N)
+            return out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype)
+        # the conditional rows' softmax computed explicitly (in float32) and used for their output: what a store
+        # keeps and a replay replaces; the unconditional rows through the fused kernel as AttnProcessor2_0 calls it
+        out = torch.empty(B, N, H, d, dtype=v.dtype, device=v.device)  # the layout to_out reads
+        if b0:
+            mask = None if attention_mask is None else attention_mask[:b0]
+            out[:b0] = F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=mask, dropout_p=0.0,
+                                                      is_causal=False).transpose(1, 2)
+        full = probabilities(q, k, s, range(b0, B), attention_mask)  # [Bc, heads, N, T], over every key
         step = len(gen.timesteps) - 1
         if rec.store is not None:
             rec.store.put(step, self.name, full.to(q.dtype))
@@ -208,14 +217,9 @@ class RecordingAttnProcessor:
         if rec.replay is not None and rec.replay.covers(step):
             rec.replay.check_tokens(gen.n_tokens)
             full = rec.replay.get(step, self.name, full)  # the seed generation's attention
-        out = torch.empty(B, attn.heads, N, d, dtype=v.dtype, device=v.device)
-        torch.matmul(full.to(v.dtype), v[b0:], out=out[b0:])  # [Bc, heads, N, d]
-        if b0:  # unconditional rows: the fused kernel, called exactly as AttnProcessor2_0 calls it
-            mask = None if attention_mask is None else attention_mask[:b0]
-            out[:b0] = F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=mask, dropout_p=0.0, is_causal=False)
+        out[b0:] = torch.matmul(full.to(v.dtype), v[b0:]).transpose(1, 2)
         self._keep(full[..., :K].float().transpose(-1, -2), N)  # [Bc, heads, K, N]: the kept tokens only
-        out = out.transpose(1, 2).reshape(B, -1, attn.heads * d).to(q.dtype)
-        return self._finish(attn, out, residual, input_ndim, b, c, h, w)
+        return out.view(B, N, H * d)
 
     @staticmethod
     def _finish(attn, out, residual, input_ndim, b=None, c=None, h=None, w=None):
@@ -396,7 +400,8 @@ def check_supported(pipe) -> dict:
 
 @contextmanager
 def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | None = None,
-          store=None, replay=None, encoder: str = "all", store_dtype: torch.dtype | None = None) -> Iterator[Trace]:
+          store=None, replay=None, encoder: str = "all", store_dtype: torch.dtype | None = None,
+          fused: bool = True) -> Iterator[Trace]:
     """Record cross-attention of ``pipe`` for every call made inside the block.
 
     ``store`` (a :class:`daamlib.replay.AttentionStore`) also keeps the full conditional
@@ -407,7 +412,14 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     ``keep_heads`` keeps each head's map (``[images, heads, tokens, h, w]`` per step and layer)
     instead of their sum. ``store_dtype=torch.float16`` (or ``bfloat16``) keeps the maps in half the memory;
     they are computed in float32 and rounded once when stored. ``store_device="cpu"`` moves recorded maps off the accelerator as
-    they are made (for long runs on a GPU). Raises :class:`UnsupportedPipelineError` for a
+    they are made (for long runs on a GPU).
+
+    ``fused`` (UNets): by default the attention output comes from the fused kernel for the whole batch, so a traced
+    image is bit-identical to an untraced one, and the kept probabilities are recomputed from the kernel's
+    log-sum-exp (a tokens × queries product and an ``exp`` per head). ``fused=False`` computes the conditional
+    half's softmax explicitly and uses it for the output: images equal to float rounding (≤ 1e-5), and on a CPU,
+    where the explicit softmax costs what the fused kernel does, recording costs less (README, Performance).
+    A store or replay always computes it explicitly. Raises :class:`UnsupportedPipelineError` for a
     pipeline without a cross-attention UNet and :class:`TraceError` when already traced.
 
     Diffusion transformers (SD3/3.5, Flux.1, PixArt, Qwen-Image) are traced by :mod:`daamlib.dit`, with the
@@ -417,6 +429,9 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
         from .dit import trace_transformer
 
+        if not fused:
+            raise ValueError("fused=False applies to UNet pipelines: a transformer's joint attention would "
+                             "materialise image tokens² probabilities per head; leave fused unset")
         with trace_transformer(pipe, keep_heads=keep_heads, store_device=store_device, encoder=encoder,
                                store_dtype=store_dtype, store=store, replay=replay) as handle:
             yield handle
@@ -436,7 +451,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
             "Remove them first (pipe.unet.set_default_attn_processor(), or unload the adapter), or record "
             "your processor's probabilities yourself")
 
-    recorder = _Recorder(keep_heads, store_device, store, replay, getattr(pipe, "scheduler", None), store_dtype)
+    recorder = _Recorder(keep_heads, store_device, store, replay, getattr(pipe, "scheduler", None), store_dtype, fused)
     encode = pipe.encode_prompt
     signature = _signature(type(pipe).encode_prompt)
 

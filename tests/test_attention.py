@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from daamlib.attention import attention_with_lse, float_mask, kept_probabilities
+from daamlib.attention import attention_with_lse, float_mask, kept_probabilities, probabilities
 
 
 def heads_split(B, L, H, D, gen):
@@ -30,7 +30,9 @@ def test_kept_probabilities_equal_an_explicit_softmax_over_every_key(mask_kind):
     full = scores.softmax(-1)  # [B, H, N, T]
     torch.testing.assert_close(out, full @ v, rtol=1e-5, atol=1e-5)
 
+    torch.testing.assert_close(probabilities(q, k, scale, mask=mask), full, rtol=1e-5, atol=1e-6)
     rows = [2, 0]
+    torch.testing.assert_close(probabilities(q, k, scale, rows, mask), full[rows], rtol=1e-5, atol=1e-6)
     kept_mask = None if mask is None else float_mask(mask, torch.float32)[rows][..., :K].transpose(-1, -2)
     p = kept_probabilities(q, k[:, :, :K], lse, scale, rows, kept_mask)
     assert p.shape == (2, H, K, N) and p.dtype == torch.float32 and p.is_contiguous()

@@ -265,6 +265,12 @@ def test_a_processor_that_bypasses_the_kernel_is_refused(dit):
     assert type(block.processor) is type(original) and F.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"
 
 
+def test_fused_false_is_refused_for_a_transformer(dit):
+    with pytest.raises(ValueError, match="fused=False applies to UNet pipelines"):
+        with trace(dit("flux"), fused=False):
+            pass
+
+
 def test_unsupported_transformer_pipeline_names_the_supported_set():
     class OtherPipeline:
         transformer = torch.nn.Linear(2, 2)

@@ -66,9 +66,9 @@ def heads_of(pipe):
     return {n: m.heads for n, m in cross_attention_modules(pipe.unet).items()}
 
 
-def check_against_reference(pipe, prompt, seed=0, image_index=0, **kw):
+def check_against_reference(pipe, prompt, seed=0, image_index=0, fused=True, **kw):
     rec, ref_images = reference(pipe, prompt, seed, **kw)
-    with trace(pipe) as tc:
+    with trace(pipe, fused=fused) as tc:
         images = run(pipe, prompt, seed=seed, **kw)
     # the trace must not change the image
     assert (images - ref_images).abs().max() <= 1e-5
@@ -83,16 +83,18 @@ def check_against_reference(pipe, prompt, seed=0, image_index=0, **kw):
     return tc, hm
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
-def test_maps_equal_naive_reference_and_image_unchanged(tiny, kind):
-    tc, hm = check_against_reference(tiny(kind), "a giraffe and a zebra")
+def test_maps_equal_naive_reference_and_image_unchanged(tiny, kind, fused):
+    tc, hm = check_against_reference(tiny(kind), "a giraffe and a zebra", fused=fused)
     assert hm.tokens[0] == "<|startoftext|>" and hm.tokens[-1] == "<|endoftext|>"
     assert hm.size == (64, 64)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("kind", ["sd1", "sdxl"])
-def test_guidance_off_records_the_whole_batch(tiny, kind):
-    tc, hm = check_against_reference(tiny(kind), "a red circle", guidance_scale=1.0)
+def test_guidance_off_records_the_whole_batch(tiny, kind, fused):
+    tc, hm = check_against_reference(tiny(kind), "a red circle", guidance_scale=1.0, fused=fused)
     assert not tc.generations[-1].guidance
 
 
@@ -266,9 +268,15 @@ def test_from_pretrained_round_trip_loads_and_traces(tiny, tmp_path):
 def test_traced_image_equals_untraced_default_attention(tiny, kind):
     pipe = tiny(kind)  # default processors: AttnProcessor2_0 (fused SDPA)
     plain = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], num_inference_steps=4)
-    with trace(pipe):
-        traced = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], num_inference_steps=4)
-    assert (plain - traced).abs().max() <= 1e-5
+    for fused in (True, False):
+        with trace(pipe, fused=fused) as tc:
+            traced = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], num_inference_steps=4)
+        assert (plain - traced).abs().max() <= 1e-5
+        maps = tc.heat_maps(1).token_maps()
+        if fused:
+            fused_maps = maps
+    torch.testing.assert_close(maps, fused_maps, rtol=1e-5, atol=1e-5 * fused_maps.abs().max().item())
+
 
 
 def test_a_users_own_processor_is_refused_not_bypassed(tiny):
