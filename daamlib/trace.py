@@ -103,6 +103,15 @@ class _Recorder:
         self.generations: list[Generation] = []
         self.current: Generation | None = None
         self._grids: dict = {}  # (latent size, queries) -> (h, w)
+        self._buffers: dict = {}  # (use, shape, device) -> a float32 work tensor reused by every call of that shape
+
+    def buffer(self, use: str, shape: tuple, device) -> torch.Tensor:
+        """A float32 tensor for intermediate results, the same one for every call with this use and shape (calls
+        run one at a time): no megabyte-sized allocation per call (see :func:`daamlib.attention.probabilities`)."""
+        key = (use, tuple(shape), device)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(shape, dtype=torch.float32, device=device)
+        return self._buffers[key]
 
     def begin(self, prompts, alignments, images_per_prompt, guidance):
         lengths = [len(a.tokens) for a in alignments if a is not None]
@@ -200,7 +209,9 @@ class RecordingAttnProcessor:
             mask = None
             if attention_mask is not None:  # [B, heads, 1|N, T] → the kept keys', key-major
                 mask = float_mask(attention_mask, torch.float32)[b0:, ..., :K].transpose(-1, -2)
-            self._keep(kept_probabilities(q, k[:, :, :K], lse, s, range(b0, B), mask), N)
+            # with heads kept the probabilities themselves are stored: a fresh tensor, not the reused buffer
+            buf = None if rec.keep_heads else rec.buffer("kept", (B - b0, H, K, N), q.device)
+            self._keep(kept_probabilities(q, k[:, :, :K], lse, s, range(b0, B), mask, buf), N)
             return out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype)
         # the conditional rows' softmax computed explicitly (in float32) and used for their output: what a store
         # keeps and a replay replaces; the unconditional rows through the fused kernel as AttnProcessor2_0 calls it
@@ -209,16 +220,22 @@ class RecordingAttnProcessor:
             mask = None if attention_mask is None else attention_mask[:b0]
             out[:b0] = F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=mask, dropout_p=0.0,
                                                       is_causal=False).transpose(1, 2)
-        full = probabilities(q, k, s, range(b0, B), attention_mask)  # [Bc, heads, N, T], over every key
+        T = k.shape[2]
+        full = probabilities(q, k, s, range(b0, B), attention_mask, rec.buffer("scores", (B - b0, H, N, T), q.device))
         step = len(gen.timesteps) - 1
-        if rec.store is not None:
-            rec.store.put(step, self.name, full.to(q.dtype))
+        if rec.store is not None:  # a copy: the buffer is written again by the next call
+            rec.store.put(step, self.name, full.to(q.dtype, copy=True))
             rec.store.n_tokens = gen.n_tokens
         if rec.replay is not None and rec.replay.covers(step):
             rec.replay.check_tokens(gen.n_tokens)
             full = rec.replay.get(step, self.name, full)  # the seed generation's attention
-        out[b0:] = torch.matmul(full.to(v.dtype), v[b0:]).transpose(1, 2)
-        self._keep(full[..., :K].float().transpose(-1, -2), N)  # [Bc, heads, K, N]: the kept tokens only
+        if v.dtype == torch.float32:
+            pv = torch.matmul(full, v[b0:], out=rec.buffer("pv", (B - b0, H, N, d), q.device))
+        else:
+            pv = torch.matmul(full.to(v.dtype), v[b0:])
+        out[b0:] = pv.transpose(1, 2)
+        kept = full[..., :K].float().transpose(-1, -2)  # [Bc, heads, K, N]: the kept tokens only
+        self._keep(kept.clone() if rec.keep_heads else kept, N)  # kept heads are stored: not a view of the buffer
         return out.view(B, N, H * d)
 
     @staticmethod
