@@ -17,12 +17,19 @@ latency      one word's map, all words' maps and an 11-value τ sweep from a fin
 scaling      added work and map latency as prompt length, image size and step count grow.
 batch        8 prompts in one traced call against 8 traced calls: images per minute, and the
              largest difference between each image's maps in the two runs.
-floor        what recording must cost at least, from the real call shapes of the model (captured from one
-             generation): the *floor* = summing the kept conditional probabilities over heads, every call,
-             + one bicubic upsample per resolution; the *explicit-softmax floor* = the floor + what computing
+floor        recording's added work measured call by call, beside what it must cost at least. The attention
+             inputs (q, k, v, mask) of every cross-attention call of one denoising step are captured from a
+             traced generation; on each, the plain attention (SDPA, as AttnProcessor2_0 runs it), the default
+             recorder (``fused``) and ``fused=False`` run in rotating order ``--repeats`` times; a call's added
+             work is the median of its paired differences with plain. Summed over the step's calls × steps,
+             plus turning a finished trace into every word's map, it is the *added work*. From the same inputs,
+             with generic torch ops: the *floor* = summing the kept conditional probabilities over heads, every
+             call, + one bicubic upsample per resolution; the *explicit-softmax floor* = the floor + what computing
              the conditional half's QKᵀ, softmax and PV explicitly costs over the fused kernel on that half
-             (per call shape, never below 0: at small shapes the explicit products are the faster ones).
-             With ``generation`` in the same run, the measured added work is printed as a multiple of both.
+             (never below 0); the *log-sum-exp floor* = the floor + the kept probabilities from the fused
+             kernel's LSE (a tokens × queries product and an exp per head), the arithmetic the default
+             recorder cannot skip while keeping the model's own output. Each added work is printed as a
+             multiple of each floor.
 """
 
 from __future__ import annotations
@@ -268,72 +275,141 @@ def bench_scaling(pipe, model, size, sync, runs=3) -> list[dict]:
     return rows
 
 
-class ShapeRecorder:
-    """Wraps a cross-attention processor and notes each call's shapes (batch, heads, queries, keys, head size)."""
+def capture_calls(pipe, prompt, size) -> tuple[list[dict], object]:
+    """The attention inputs of every cross-attention call of one traced denoising step: per call the layer, its
+    query grid and clones of q, k, v ([B, heads, N|T, d], strided as the processor makes them) and the mask;
+    and the trace, whose generation state the timed recorders copy."""
+    from daamlib.trace import RecordingAttnProcessor
 
-    def __init__(self, inner, seen: list):
-        self.inner, self.seen = inner, seen
+    calls: list[dict] = []
+    attend = RecordingAttnProcessor.attend
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
-        b, n = hidden_states.shape[0], hidden_states.shape[-2] if hidden_states.ndim == 3 else \
-            hidden_states.shape[-1] * hidden_states.shape[-2]
-        d = attn.to_q.out_features // attn.heads
-        self.seen.append((b, attn.heads, n, encoder_hidden_states.shape[1], d))
-        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+    def capturing(self, q, k, v, attention_mask=None):
+        if len(self.recorder.current.timesteps) == 1:
+            calls.append({"layer": self.name, "q": q.clone(), "k": k.clone(), "v": v.clone(),
+                          "mask": None if attention_mask is None else attention_mask.clone()})
+        return attend(self, q, k, v, attention_mask)
 
-
-def call_shapes(pipe, prompt, size, steps) -> tuple[list[tuple], int, list[tuple[int, int]]]:
-    """Every cross-attention call of one plain generation (b, heads, queries, keys, d), the prompt's kept tokens,
-    and the layers' grids."""
-    seen: list = []
-    procs = pipe.unet.attn_processors
-    cross = cross_attention_modules(pipe.unet)
-    pipe.unet.set_attn_processor({k: ShapeRecorder(v, seen) if k in cross else v for k, v in procs.items()})
+    RecordingAttnProcessor.attend = capturing
     try:
-        pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, height=size, width=size, output_type="pt",
-             generator=torch.Generator().manual_seed(0))
+        with daamlib.trace(pipe) as tc:
+            pipe(prompt, num_inference_steps=1, guidance_scale=7.5, height=size, width=size, output_type="pt",
+                 generator=torch.Generator().manual_seed(0))
     finally:
-        pipe.unet.set_attn_processor(dict(procs))
-    kept = len(daamlib.align_words(prompt, pipe.tokenizer).tokens)
-    f = pipe.vae_scale_factor
-    H = W = size // f
-    grids = sorted({next((math.ceil(H / 2**k), math.ceil(W / 2**k)) for k in range(8)
-                         if math.ceil(H / 2**k) * math.ceil(W / 2**k) == n) for (_, _, n, _, _) in seen})
-    return seen, kept, grids
+        RecordingAttnProcessor.attend = attend
+    return calls, tc
 
 
-def bench_floor(pipe, model, size, steps, prompt, sync, repeats=15) -> dict:
-    """The floor and the explicit-softmax floor of recording, from the real call shapes (see the module docs)."""
+def paired_times(fns: dict, repeats: int, sync) -> dict:
+    """Each function ``repeats`` times, in rotating order; per function its times, and per function but the first
+    the median and min of its paired differences with the first (same repetition)."""
+    names = list(fns)
+    times: dict = {n: [] for n in names}
+    for n in names:  # warm-up
+        fns[n]()
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            sync()
+            t = time.perf_counter()
+            fns[n]()
+            sync()
+            times[n].append(time.perf_counter() - t)
+    base = times[names[0]]
+    return {n: {"median": statistics.median(times[n]), "min": min(times[n]),
+                "added_median": statistics.median(a - b for a, b in zip(times[n], base)),
+                "added_min": min(times[n]) - min(base)} for n in names}
+
+
+def bench_floor(pipe, model, size, steps, prompt, sync, repeats=40) -> dict:
+    """Recording's added work, measured call by call on the model's own attention inputs, beside the floor, the
+    explicit-softmax floor and the log-sum-exp floor computed from the same inputs (see the module docs)."""
     import torch.nn.functional as F
 
+    from daamlib.attention import kept_probabilities  # noqa: F401 (the fused recorder's arithmetic, timed below)
     from daamlib.kernel import upsample_sum
+    from daamlib.trace import RecordingAttnProcessor, _Recorder
 
-    seen, K, grids = call_shapes(pipe, prompt, size, steps)
-    dev = pipe.device
-    head_sum = explicit_extra = 0.0
-    by_shape: dict = {}
-    for shape in seen:
-        by_shape[shape] = by_shape.get(shape, 0) + 1
-    rows = []
-    for (b, h, n, t, d), count in sorted(by_shape.items()):
-        bc = b // 2  # the conditional half of classifier-free guidance
-        q, k, v = (torch.randn(bc, h, x, d, device=dev) for x in (n, t, t))
-        probs = torch.rand(bc, h, n, K, device=dev)
+    calls, tc = capture_calls(pipe, prompt, size)
+    g = tc.generations[-1]
+    K = g.n_tokens
+    recorders = {}
+    for fused in (True, False):
+        rec = _Recorder(False, None, fused=fused)
+        rec.begin(g.prompts, g.alignments, g.images_per_prompt, g.guidance)
+        rec.current.latent_size, rec.current.timesteps = g.latent_size, list(g.timesteps)
+        recorders[fused] = rec
+    per_call, rows = [], {}
+    for c in calls:
+        q, k, v, mask = c["q"], c["k"], c["v"], c["mask"]
+        B, H, N, d = q.shape
+        b0 = B // 2 if g.guidance else 0
         s = d ** -0.5
-        t_sum = time_it(lambda: probs.sum(1), repeats, sync)
-        t_fused = time_it(lambda: F.scaled_dot_product_attention(q, k, v), repeats, sync)
-        t_explicit = time_it(lambda: ((q @ k.transpose(-1, -2)) * s).softmax(-1) @ v, repeats, sync)
-        head_sum += count * t_sum
-        explicit_extra += count * max(0.0, t_explicit - t_fused)  # where explicit is cheaper, it costs nothing extra
-        rows.append({"queries": n, "heads": h, "keys": t, "calls": count, "head_sum_ms": 1e3 * t_sum,
-                     "fused_half_ms": 1e3 * t_fused, "explicit_half_ms": 1e3 * t_explicit})
-    maps = [torch.rand(K, gh, gw, device=dev) for gh, gw in grids]
-    t_up = time_it(lambda: upsample_sum(maps, (size, size)), repeats, sync)
-    floor = head_sum + t_up
-    return {"model": model, "size": size, "steps": steps, "kept_tokens": K, "calls": len(seen),
-            "head_sum_ms": 1e3 * head_sum, "upsample_ms": 1e3 * t_up, "floor_ms": 1e3 * floor,
-            "explicit_minus_fused_ms": 1e3 * explicit_extra, "explicit_floor_ms": 1e3 * (floor + explicit_extra),
-            "shapes": rows}
+        fused_p, explicit_p = (RecordingAttnProcessor(recorders[f], c["layer"]) for f in (True, False))
+        qc, kc, vc = q[b0:], k[b0:], v[b0:]
+        probs = torch.rand(B - b0, H, K, N, device=q.device)
+
+        def plain():  # what AttnProcessor2_0 computes between its projections
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, N, H * d)
+
+        def record(p):
+            def run():
+                p.attend(q, k, v, mask)
+                p.recorder.current.maps.clear()
+            return run
+
+        t = paired_times({"plain": plain, "fused": record(fused_p), "explicit": record(explicit_p)}, repeats, sync)
+        # the floors' parts, generic torch on the same conditional rows (not daamlib's code)
+        f = paired_times({
+            "fused_half": lambda: F.scaled_dot_product_attention(qc, kc, vc),
+            "explicit_half": lambda: torch.softmax((qc @ kc.transpose(-1, -2)) * s, -1) @ vc,
+            "lse_probs": lambda: torch.exp(kc[:, :, :K] @ qc.transpose(-1, -2) * s),
+            "head_sum": lambda: probs.sum(1),
+        }, repeats, sync)
+        per_call.append({
+            "layer": c["layer"], "queries": N, "heads": H, "keys": k.shape[2],
+            "plain_ms": 1e3 * t["plain"]["median"],
+            "fused_added_ms": 1e3 * t["fused"]["added_median"], "explicit_added_ms": 1e3 * t["explicit"]["added_median"],
+            "fused_added_min_ms": 1e3 * t["fused"]["added_min"], "explicit_added_min_ms": 1e3 * t["explicit"]["added_min"],
+            "head_sum_ms": 1e3 * f["head_sum"]["median"],
+            "explicit_minus_fused_ms": 1e3 * max(0.0, f["explicit_half"]["added_median"] - f["fused_half"]["added_median"]),
+            "lse_probs_ms": 1e3 * f["lse_probs"]["median"],
+        })
+        key = (N, H, k.shape[2])
+        rows.setdefault(key, []).append(per_call[-1])
+    # the maps: a finished trace of `steps` steps to every word's map, against one upsample per resolution
+    with daamlib.trace(pipe) as tc:
+        pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, height=size, width=size, output_type="pt",
+             generator=torch.Generator().manual_seed(0))
+    grids = sorted({tuple(m.shape[-2:]) for steps_ in tc.generations[-1].maps.values() for m in steps_[:1]})
+    maps = [torch.rand(K, gh, gw, device=pipe.device) for gh, gw in grids]
+    m = paired_times({"upsample": lambda: upsample_sum(maps, (size, size)),
+                      "all_word_maps": lambda: [w.heat for w in tc.heat_maps(0)]}, repeats, sync)
+
+    def total(key):  # a denoising step's calls, times the steps
+        return steps * sum(c[key] for c in per_call)
+
+    upsample, word_maps = 1e3 * m["upsample"]["median"], 1e3 * m["all_word_maps"]["median"]
+    floor = total("head_sum_ms") + upsample
+    out = {"model": model, "size": size, "steps": steps, "kept_tokens": K, "calls": steps * len(per_call),
+           "head_sum_ms": total("head_sum_ms"), "upsample_ms": upsample, "floor_ms": floor,
+           "explicit_minus_fused_ms": total("explicit_minus_fused_ms"),
+           "explicit_floor_ms": floor + total("explicit_minus_fused_ms"),
+           "lse_probs_ms": total("lse_probs_ms"), "lse_floor_ms": floor + total("lse_probs_ms"),
+           "word_maps_ms": word_maps,
+           "fused_recording_ms": total("fused_added_ms"), "explicit_recording_ms": total("explicit_added_ms"),
+           "fused_recording_min_ms": total("fused_added_min_ms"),
+           "explicit_recording_min_ms": total("explicit_added_min_ms"),
+           "plain_attention_ms": total("plain_ms")}
+    for kind in ("fused", "explicit"):
+        added = out[f"{kind}_recording_ms"] + word_maps
+        out[f"{kind}_added_ms"] = added
+        out[f"{kind}_multiple_of_floor"] = added / floor
+        out[f"{kind}_multiple_of_explicit_floor"] = added / out["explicit_floor_ms"]
+    out["fused_multiple_of_lse_floor"] = out["fused_added_ms"] / out["lse_floor_ms"]
+    out["shapes"] = [{"queries": N, "heads": H, "keys": T, "calls_per_step": len(cs),
+                      **{k: statistics.median(c[k] for c in cs) for k in cs[0] if k.endswith("_ms")}}
+                     for (N, H, T), cs in sorted(rows.items(), reverse=True)]
+    return out
 
 
 def print_table(title, rows):
@@ -359,6 +435,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny,shapeworld,sd2-256", help="comma list of tiny, shapeworld, sd2-256, sd2-512")
     p.add_argument("--runs", type=int, default=5, help="timed runs per arm (≥5 for the README table)")
+    p.add_argument("--repeats", type=int, default=40, help="floor: timed repetitions of each captured call")
     p.add_argument("--steps", type=int, default=3, help="denoising steps per generation")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1 gives the steadiest figures)")
@@ -387,14 +464,10 @@ def main(argv=None):
             results["generation"].append(r)
             print_table(f"generation: {model}", [r])
         if "floor" in sections:
-            fl = bench_floor(pipe, model, size, args.steps, PROMPT10, sync)
-            gen = next((g for g in results["generation"] if g["model"] == model), None)
-            if gen is not None:
-                added = 1e3 * gen["added_total_s"]
-                fl.update(measured_added_ms=added, multiple_of_floor=added / fl["floor_ms"],
-                          multiple_of_explicit_floor=added / fl["explicit_floor_ms"])
+            fl = bench_floor(pipe, model, size, args.steps, PROMPT10, sync, repeats=args.repeats)
             results["floor"].append(fl)
             print_table(f"floor: {model}", [{k: v for k, v in fl.items() if k != "shapes"}])
+            print_table(f"per call shape (ms, medians): {model}", fl["shapes"])
         if "batch" in sections and not model.startswith("sd2"):
             r = bench_batch(pipe, model, size, args.steps, sync=sync)
             results["batch"].append(r)

@@ -229,11 +229,8 @@ class RecordingAttnProcessor:
         if rec.replay is not None and rec.replay.covers(step):
             rec.replay.check_tokens(gen.n_tokens)
             full = rec.replay.get(step, self.name, full)  # the seed generation's attention
-        if v.dtype == torch.float32:
-            pv = torch.matmul(full, v[b0:], out=rec.buffer("pv", (B - b0, H, N, d), q.device))
-        else:
-            pv = torch.matmul(full.to(v.dtype), v[b0:])
-        out[b0:] = pv.transpose(1, 2)
+        for i, r in enumerate(range(b0, B)):  # written straight into the output's [N, heads, d] layout: no copy
+            torch.bmm(full[i].to(v.dtype), v[r], out=out[r].transpose(0, 1))
         kept = full[..., :K].float().transpose(-1, -2)  # [Bc, heads, K, N]: the kept tokens only
         self._keep(kept.clone() if rec.keep_heads else kept, N)  # kept heads are stored: not a view of the buffer
         return out.view(B, N, H * d)
