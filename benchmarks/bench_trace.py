@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -325,7 +324,6 @@ def bench_floor(pipe, model, size, steps, prompt, sync, repeats=40) -> dict:
     explicit-softmax floor and the log-sum-exp floor computed from the same inputs (see the module docs)."""
     import torch.nn.functional as F
 
-    from daamlib.attention import kept_probabilities  # noqa: F401 (the fused recorder's arithmetic, timed below)
     from daamlib.kernel import upsample_sum
     from daamlib.trace import RecordingAttnProcessor, _Recorder
 

@@ -44,13 +44,17 @@ def test_transformer_benchmark_kernel_section_runs(bench_path, tmp_path, monkeyp
     assert g["model"] == "tiny-flux" and g["stored_MB"] > 0
 
 
-def test_floor_section_uses_the_models_own_call_shapes(bench_path, tmp_path):
+def test_floor_section_measures_the_models_own_calls(bench_path, tmp_path):
     import bench_trace
 
-    bench_trace.main(["--models", "tiny", "--sections", "generation,floor", "--runs", "1", "--steps", "1",
+    bench_trace.main(["--models", "tiny", "--sections", "floor", "--repeats", "2", "--steps", "1",
                       "--json", str(tmp_path / "trace.json")])
     fl = json.loads((tmp_path / "trace.json").read_text())["floor"][0]
-    assert fl["calls"] == sum(r["calls"] for r in fl["shapes"]) and fl["calls"] % 1 == 0
+    # one step's captured calls, every cross-attention layer of the tiny UNet once
+    assert fl["calls"] == sum(r["calls_per_step"] for r in fl["shapes"]) == 7
     assert fl["floor_ms"] == pytest.approx(fl["head_sum_ms"] + fl["upsample_ms"])
     assert fl["explicit_floor_ms"] == pytest.approx(fl["floor_ms"] + fl["explicit_minus_fused_ms"])
-    assert fl["multiple_of_floor"] == pytest.approx(fl["measured_added_ms"] / fl["floor_ms"])
+    assert fl["lse_floor_ms"] == pytest.approx(fl["floor_ms"] + fl["lse_probs_ms"])
+    for kind in ("fused", "explicit"):
+        assert fl[f"{kind}_added_ms"] == pytest.approx(fl[f"{kind}_recording_ms"] + fl["word_maps_ms"])
+        assert fl[f"{kind}_multiple_of_floor"] == pytest.approx(fl[f"{kind}_added_ms"] / fl["floor_ms"])
