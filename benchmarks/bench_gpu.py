@@ -5,11 +5,12 @@
     python benchmarks/bench_gpu.py --device cpu --models tiny --runs 3 --steps 2 --json out/bench_gpu_cpu.json
 
 Each generation is timed as one call: on CUDA between two CUDA events recorded around ``pipe(...)`` (the
-only synchronisation is reading the second event after the call), on a CPU with ``perf_counter``. Plain
-and traced generations alternate (ABBA), after one warm-up of each; the traced arm includes the trace
-itself (``with trace(pipe)``) but not building word maps, which is timed apart. Reported per model: the
-median of each arm, the ratio of medians, and the spread of the per-pair ratios (min–max), so a ratio is
-never read without its noise. Models: ``sd2-512`` (SD 2-base architecture, float16 on CUDA), ``sdxl-1024``
+only synchronisation is reading the second event after the call), on a CPU with ``perf_counter``. Three arms:
+plain; traced (``with trace(pipe)`` included, building word maps not: that is timed apart); and traced with
+``fused=False`` (the conditional half's softmax explicitly: the cheaper path on a CPU, unmeasured on a GPU).
+They run in rotating order, after one warm-up of each. Reported per model: the median of each arm, the ratio
+of medians, and the spread of the per-pair ratios (min–max), so a ratio is never read without its noise.
+Models: ``sd2-512`` (SD 2-base architecture, float16 on CUDA), ``sdxl-1024``
 (SDXL-base architecture, float16 on CUDA), random weights from their configs (``benchmarks/models.py``),
 ``shapeworld`` (the embedded model, float32) and ``tiny`` (tiny SD-2, for checking the script on a CPU).
 ``--store-dtype float16`` records the maps in half precision (see ``daamlib.trace``).
@@ -84,26 +85,31 @@ def bench_model(model: str, device: str, steps: int, runs: int, store_dtype) -> 
     def plain():
         pipe(prompt, generator=torch.Generator("cpu").manual_seed(0), **kwargs)
 
-    def traced():
-        with daamlib.trace(pipe, store_dtype=store_dtype) as tc:
+    def traced(fused=True):
+        with daamlib.trace(pipe, store_dtype=store_dtype, fused=fused) as tc:
             pipe(prompt, generator=torch.Generator("cpu").manual_seed(0), **kwargs)
         traces.append(tc)
 
-    clock(plain), clock(traced)  # warm-up (kernels, allocator)
-    times = {"plain": [], "traced": []}
-    for r in range(runs):
-        for arm in (("plain", "traced") if r % 2 == 0 else ("traced", "plain")):
-            times[arm].append(clock(plain if arm == "plain" else traced))
+    arms = {"plain": plain, "traced": traced, "traced_unfused": lambda: traced(fused=False)}
+    for fn in arms.values():  # warm-up (kernels, allocator)
+        clock(fn)
+    times = {k: [] for k in arms}
+    names = list(arms)
+    for r in range(runs):  # the order rotates, so no arm always follows the same one
+        for arm in names[r % 3:] + names[:r % 3]:
+            times[arm].append(clock(arms[arm]))
     hm = traces[-1].heat_maps(0)
     maps_s = clock(lambda: [w.heat for w in daamlib.HeatMaps(hm.alignment, hm.maps, hm.size)])
-    pairs = [t / p for p, t in zip(times["plain"], times["traced"])]
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"model": model, "size": size, "steps": steps, "runs": runs, "device": device,
-            "dtype": str(pipe.unet.dtype).removeprefix("torch."), "store_dtype": str(store_dtype).removeprefix("torch."), "prompt": prompt,
-            "plain_s": times["plain"], "traced_s": times["traced"], "plain_median_s": med["plain"],
-            "traced_median_s": med["traced"], "ratio_median": med["traced"] / med["plain"],
-            "ratio_pairs_min": min(pairs), "ratio_pairs_max": max(pairs), "all_word_maps_s": maps_s,
-            "stored_MB": sum(m.numel() * m.element_size() for m in hm.maps.values()) / 1e6}
+    out = {"model": model, "size": size, "steps": steps, "runs": runs, "device": device,
+           "dtype": str(pipe.unet.dtype).removeprefix("torch."), "store_dtype": str(store_dtype).removeprefix("torch."),
+           "prompt": prompt, "plain_s": times["plain"], "plain_median_s": med["plain"], "all_word_maps_s": maps_s,
+           "stored_MB": sum(m.numel() * m.element_size() for m in hm.maps.values()) / 1e6}
+    for arm, tag in (("traced", ""), ("traced_unfused", "_unfused")):  # tag: trace(fused=False)
+        pairs = [t / p for p, t in zip(times["plain"], times[arm])]
+        out.update({f"{arm}_s": times[arm], f"{arm}_median_s": med[arm], f"ratio{tag}_median": med[arm] / med["plain"],
+                    f"ratio{tag}_pairs_min": min(pairs), f"ratio{tag}_pairs_max": max(pairs)})
+    return out
 
 
 def main(argv=None) -> dict:
@@ -127,7 +133,9 @@ def main(argv=None) -> dict:
         results["models"].append(r)
         print(f"{model} {r['size']}² {r['steps']} steps ({r['dtype']}, maps {r['store_dtype']}): plain "
               f"{r['plain_median_s']:.3f} s, traced {r['traced_median_s']:.3f} s, ratio {r['ratio_median']:.3f} "
-              f"(pairs {r['ratio_pairs_min']:.3f}–{r['ratio_pairs_max']:.3f}); all word maps {r['all_word_maps_s']:.3f} s; "
+              f"(pairs {r['ratio_pairs_min']:.3f}–{r['ratio_pairs_max']:.3f}); fused=False {r['ratio_unfused_median']:.3f} "
+              f"(pairs {r['ratio_unfused_pairs_min']:.3f}–{r['ratio_unfused_pairs_max']:.3f}); "
+              f"all word maps {r['all_word_maps_s']:.3f} s; "
               f"maps kept {r['stored_MB']:.1f} MB", flush=True)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()

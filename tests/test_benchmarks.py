@@ -28,8 +28,9 @@ def test_gpu_benchmark_runs_on_the_cpu(bench_path, tmp_path):
     out = bench_gpu.main(["--device", "cpu", "--models", "tiny", "--runs", "2", "--steps", "1",
                           "--store-dtype", "float16", "--json", str(tmp_path / "gpu.json")])
     r = json.loads((tmp_path / "gpu.json").read_text())["models"][0]
-    assert out["models"][0] == r and len(r["plain_s"]) == len(r["traced_s"]) == 2
+    assert out["models"][0] == r and len(r["plain_s"]) == len(r["traced_s"]) == len(r["traced_unfused_s"]) == 2
     assert r["ratio_pairs_min"] <= r["ratio_median"] <= r["ratio_pairs_max"] and r["store_dtype"] == "float16"
+    assert r["ratio_unfused_pairs_min"] <= r["ratio_unfused_median"] <= r["ratio_unfused_pairs_max"]
 
 
 def test_transformer_benchmark_kernel_section_runs(bench_path, tmp_path, monkeypatch):
