@@ -17,8 +17,8 @@ float32 ``[images, tokens, h, w]`` map at the layer's own resolution. The whole 
 the fused attention kernel, which also returns each query's log-sum-exp
 (:mod:`daamlib.attention`); the kept probabilities are ``exp(q·k_j/√d − LSE)``
 (:func:`daamlib.attention.kept_probabilities`), so the model's output is its own and nothing
-``[queries × keys]``-sized is made. With a ``store`` or ``replay`` the full conditional probabilities are
-materialised instead (they are what is stored or injected).
+``[queries × keys]``-sized is made. With a ``store`` or ``replay`` (they store or inject them), or with
+``fused=False`` (cheaper on a CPU), the full conditional probabilities are materialised instead.
 """
 
 from __future__ import annotations
