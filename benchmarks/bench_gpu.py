@@ -133,7 +133,8 @@ def main(argv=None) -> dict:
         results["models"].append(r)
         print(f"{model} {r['size']}² {r['steps']} steps ({r['dtype']}, maps {r['store_dtype']}): plain "
               f"{r['plain_median_s']:.3f} s, traced {r['traced_median_s']:.3f} s, ratio {r['ratio_median']:.3f} "
-              f"(pairs {r['ratio_pairs_min']:.3f}–{r['ratio_pairs_max']:.3f}); fused=False {r['ratio_unfused_median']:.3f} "
+              f"(pairs {r['ratio_pairs_min']:.3f}–{r['ratio_pairs_max']:.3f}); "
+              f"fused=False {r['ratio_unfused_median']:.3f} "
               f"(pairs {r['ratio_unfused_pairs_min']:.3f}–{r['ratio_unfused_pairs_max']:.3f}); "
               f"all word maps {r['all_word_maps_s']:.3f} s; "
               f"maps kept {r['stored_MB']:.1f} MB", flush=True)

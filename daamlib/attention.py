@@ -2,8 +2,8 @@
 
 ``attention_with_lse(q, k, v)`` returns SDPA's output and, per query, ``LSE = log Σ_keys exp(q·k·scale + mask)``,
 from which any probability is ``exp(q·k_j·scale + mask_j − LSE)``: the recorders compute it for the kept text
-tokens only (:func:`kept_probabilities`), so the full ``[queries, keys]`` matrix is never materialised. Where a fused kernel returns LSE
-(CPU: ``aten._scaled_dot_product_flash_attention_for_cpu``, the kernel SDPA itself runs there, so the output is
+tokens only (:func:`kept_probabilities`), so the full ``[queries, keys]`` matrix is never materialised.
+Where a fused kernel returns LSE (CPU: ``aten._scaled_dot_product_flash_attention_for_cpu``, the kernel SDPA itself runs there, so the output is
 bit-identical; CUDA: the memory-efficient kernel with ``compute_log_sumexp``) it is used, after a one-time check
 per device and dtype that its LSE matches an explicit one on a few queries; otherwise SDPA plus a chunked pass.
 """
@@ -84,8 +84,8 @@ def kept_probabilities(q, k, lse, scale: float, rows=None, mask=None, out=None) 
 
     One ``baddbmm`` per row computes ``scale·k·qᵀ − LSE`` into the output, then ``exp_`` in place. The key-major
     ``K × N`` product is also the faster one: on SD 2-base's largest layer (5 heads × 1,024 queries, 15 kept
-    tokens, one CPU thread) 0.16 ms against 0.38 ms for the query-major ``N × K`` product. ``q`` and ``k`` may be strided views (heads split off the hidden axis):
-    the GEMM reads them in place. ``mask`` (additive, float) must already be key-major: it broadcasts to
+    tokens, one CPU thread) 0.16 ms against 0.38 ms for the query-major ``N × K`` product. ``q`` and ``k`` may
+    be strided views (heads split off the hidden axis): the GEMM reads them in place. ``mask`` (additive, float) must already be key-major: it broadcasts to
     ``[rows, H, K, N]``. ``out``: a float32 buffer of that shape to write into (see :func:`probabilities`).
     """
     rows = range(q.shape[0]) if rows is None else rows
