@@ -17,8 +17,8 @@ float32 ``[images, tokens, h, w]`` map at the layer's own resolution. The whole 
 the fused attention kernel, which also returns each query's log-sum-exp
 (:mod:`daamlib.attention`); the kept probabilities are ``exp(q·k_j/√d − LSE)``
 (:func:`daamlib.attention.kept_probabilities`), so the model's output is its own and nothing
-``[queries × keys]``-sized is made. With a ``store`` or ``replay`` (they store or inject them), or with
-``fused=False`` (cheaper on a CPU), the full conditional probabilities are materialised instead.
+``[queries × keys]``-sized is made. With a ``store`` or ``replay`` (they store or inject the conditional
+probabilities), or with ``fused=False`` (cheaper on a CPU), the softmax is materialised and used instead.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from .attention import attention_with_lse, float_mask, kept_probabilities, probabilities
 from .words import Alignment, align_words
@@ -94,7 +93,7 @@ class _Recorder:
 
     def __init__(self, keep_heads: bool, store_device: torch.device | str | None, store=None, replay=None,
                  scheduler=None, store_dtype: torch.dtype | None = None, fused: bool = True):
-        self.fused = fused  # False: the conditional half's softmax explicitly (see trace)
+        self.fused = fused  # False: the softmax explicitly (see trace)
         self.scheduler = scheduler  # the pipeline's, for the number of steps a generation plans
         self.keep_heads = keep_heads
         self.store_device = None if store_device is None else torch.device(store_device)
@@ -147,10 +146,9 @@ class RecordingAttnProcessor:
 
     By default (``fused``, no store or replay): the whole batch through the fused kernel with log-sum-exp
     (:func:`daamlib.attention.attention_with_lse`), and ``exp(q·k_j/√d − LSE)`` for the conditional
-    rows' kept tokens — the output is the model's own. Otherwise: the unconditional rows through the
-    fused ``scaled_dot_product_attention`` as in diffusers' ``AttnProcessor2_0``, the conditional rows'
-    ``softmax(QKᵀ/√d)`` materialised in float32 (:func:`daamlib.attention.probabilities`) and used for the
-    output (images match untraced ones to float rounding, ≤ 1e-5; the tests check both).
+    rows' kept tokens — the output is the model's own. Otherwise every row's ``softmax(QKᵀ/√d)`` is
+    materialised in float32 (:func:`daamlib.attention.probabilities`) and used for the output (images match
+    untraced ones to float rounding, ≤ 1e-5; the tests check both).
     """
 
     def __init__(self, recorder: _Recorder, name: str):
@@ -212,25 +210,22 @@ class RecordingAttnProcessor:
             buf = None if rec.keep_heads else rec.buffer("kept", (B - b0, H, K, N), q.device)
             self._keep(kept_probabilities(q, k[:, :, :K], lse, s, range(b0, B), mask, buf), N)
             return out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype)
-        # the conditional rows' softmax computed explicitly (in float32) and used for their output: what a store
-        # keeps and a replay replaces; the unconditional rows through the fused kernel as AttnProcessor2_0 calls it
+        # every row's softmax computed explicitly (in float32) and used for its output; the conditional rows' are
+        # what a store keeps and a replay replaces. One path for both halves: on a CPU the explicit products cost
+        # what the fused kernel does, and the output is written in place (no second kernel call, no copy)
         out = torch.empty(B, N, H, d, dtype=v.dtype, device=v.device)  # the layout to_out reads
-        if b0:
-            mask = None if attention_mask is None else attention_mask[:b0]
-            out[:b0] = F.scaled_dot_product_attention(q[:b0], k[:b0], v[:b0], attn_mask=mask, dropout_p=0.0,
-                                                      is_causal=False).transpose(1, 2)
-        T = k.shape[2]
-        full = probabilities(q, k, s, range(b0, B), attention_mask, rec.buffer("scores", (B - b0, H, N, T), q.device))
+        full = probabilities(q, k, s, None, attention_mask, rec.buffer("scores", (B, H, N, k.shape[2]), q.device))
+        cond = full[b0:]  # [Bc, heads, N, T], over every key
         step = len(gen.timesteps) - 1
         if rec.store is not None:  # a copy: the buffer is written again by the next call
-            rec.store.put(step, self.name, full.to(q.dtype, copy=True))
+            rec.store.put(step, self.name, cond.to(q.dtype, copy=True))
             rec.store.n_tokens = gen.n_tokens
         if rec.replay is not None and rec.replay.covers(step):
             rec.replay.check_tokens(gen.n_tokens)
-            full = rec.replay.get(step, self.name, full)  # the seed generation's attention
-        for i, r in enumerate(range(b0, B)):  # written straight into the output's [N, heads, d] layout: no copy
-            torch.bmm(full[i].to(v.dtype), v[r], out=out[r].transpose(0, 1))
-        kept = full[..., :K].float().transpose(-1, -2)  # [Bc, heads, K, N]: the kept tokens only
+            cond = rec.replay.get(step, self.name, cond)  # the seed generation's attention
+        for r in range(B):  # straight into the output's [N, heads, d] layout
+            torch.bmm((full[r] if r < b0 else cond[r - b0]).to(v.dtype), v[r], out=out[r].transpose(0, 1))
+        kept = cond[..., :K].float().transpose(-1, -2)  # [Bc, heads, K, N]: the kept tokens only
         self._keep(kept.clone() if rec.keep_heads else kept, N)  # kept heads are stored: not a view of the buffer
         return out.view(B, N, H * d)
 
@@ -429,10 +424,10 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
 
     ``fused`` (UNets): by default the attention output comes from the fused kernel for the whole batch, so a traced
     image is bit-identical to an untraced one, and the kept probabilities are recomputed from the kernel's
-    log-sum-exp (a tokens × queries product and an ``exp`` per head). ``fused=False`` computes the conditional
-    half's softmax explicitly and uses it for the output: images equal to float rounding (≤ 1e-5), and on a CPU,
-    where the explicit softmax costs what the fused kernel does, recording costs less (README, Performance).
-    A store or replay always computes it explicitly. Raises :class:`UnsupportedPipelineError` for a
+    log-sum-exp (a tokens × queries product and an ``exp`` per head). ``fused=False`` computes the softmax
+    explicitly and uses it for the output: images equal to float rounding (≤ 1e-5), and on a CPU, where the
+    explicit softmax costs what the fused kernel does, recording costs less (README, Performance). A store or
+    replay always computes it explicitly. Raises :class:`UnsupportedPipelineError` for a
     pipeline without a cross-attention UNet and :class:`TraceError` when already traced.
 
     Diffusion transformers (SD3/3.5, Flux.1, PixArt, Qwen-Image) are traced by :mod:`daamlib.dit`, with the
