@@ -7,7 +7,7 @@
 Each generation is timed as one call: on CUDA between two CUDA events recorded around ``pipe(...)`` (the
 only synchronisation is reading the second event after the call), on a CPU with ``perf_counter``. Three arms:
 plain; traced (``with trace(pipe)`` included, building word maps not: that is timed apart); and traced with
-``fused=False`` (the conditional half's softmax explicitly: the cheaper path on a CPU, unmeasured on a GPU).
+``fused=False`` (the softmax explicitly: the cheaper path on a CPU, unmeasured on a GPU).
 They run in rotating order, after one warm-up of each. Reported per model: the median of each arm, the ratio
 of medians, and the spread of the per-pair ratios (min–max), so a ratio is never read without its noise.
 Models: ``sd2-512`` (SD 2-base architecture, float16 on CUDA), ``sdxl-1024``
