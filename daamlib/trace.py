@@ -492,6 +492,9 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
         recorder.on_unet_call(args[0] if args else kwargs["sample"], args[1] if len(args) > 1 else kwargs["timestep"])
 
     # only cross-attention is touched
-    with installed(pipe, unet, Trace(pipe, recorder, list(modules)), modules,
-                   lambda name, _: RecordingAttnProcessor(recorder, name), encode_and_note, on_unet_call) as handle:
-        yield handle
+    try:
+        with installed(pipe, unet, Trace(pipe, recorder, list(modules)), modules,
+                       lambda name, _: RecordingAttnProcessor(recorder, name), encode_and_note, on_unet_call) as handle:
+            yield handle
+    finally:
+        recorder._buffers.clear()  # the handle outlives the block (for its maps); the work tensors need not

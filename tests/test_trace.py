@@ -272,6 +272,7 @@ def test_traced_image_equals_untraced_default_attention(tiny, kind):
         with trace(pipe, fused=fused) as tc:
             traced = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], num_inference_steps=4)
         assert (plain - traced).abs().max() <= 1e-5
+        assert not tc._rec._buffers  # the work tensors are freed with the block, the maps kept
         maps = tc.heat_maps(1).token_maps()
         if fused:
             fused_maps = maps
