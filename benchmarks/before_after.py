@@ -17,12 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_trace import PROMPT10, capture_calls, load, paired_times  # noqa: E402
+from bench_trace import PROMPT10, attention_arms, capture_calls, load, paired_times, recorder_like  # noqa: E402
 
 import daamlib  # noqa: E402
 from daamlib import kernel  # noqa: E402
 from daamlib.attention import attention_with_lse  # noqa: E402
-from daamlib.trace import RecordingAttnProcessor, _Recorder  # noqa: E402
 
 
 def before_attend(rec, name, q, k, v, b0, K):
@@ -60,34 +59,18 @@ def run(model, size, steps, repeats):
     pipe = load(model, "cpu")
     calls, tc = capture_calls(pipe, PROMPT10, size)
     g = tc.generations[-1]
-    recs = {}
-    for kind in ("before", "after", "after_explicit"):
-        rec = _Recorder(False, None, fused=kind != "after_explicit")
-        rec.begin(g.prompts, g.alignments, g.images_per_prompt, g.guidance)
-        rec.current.latent_size, rec.current.timesteps = g.latent_size, list(g.timesteps)
-        recs[kind] = rec
+    recs = {"before": recorder_like(g, True), "after": recorder_like(g, True), "after_explicit": recorder_like(g, False)}
     added = {"before": 0.0, "after": 0.0, "after_explicit": 0.0}
     for c in calls:
         q, k, v = c["q"], c["k"], c["v"]
-        B, H, N, d = q.shape
-        b0 = B // 2
-        after, explicit = (RecordingAttnProcessor(recs[x], c["layer"]) for x in ("after", "after_explicit"))
+        b0 = q.shape[0] // 2
+        arms = attention_arms(c, {"after": recs["after"], "after_explicit": recs["after_explicit"]})
 
-        def plain():
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, H * d)
+        def before():
+            before_attend(recs["before"], c["layer"], q, k, v, b0, g.n_tokens)
+            recs["before"].current.maps.clear()
 
-        def clear(fn, rec):
-            def go():
-                fn()
-                rec.current.maps.clear()
-            return go
-
-        t = paired_times({
-            "plain": plain,
-            "before": clear(lambda: before_attend(recs["before"], c["layer"], q, k, v, b0, g.n_tokens), recs["before"]),
-            "after": clear(lambda: after.attend(q, k, v), recs["after"]),
-            "after_explicit": clear(lambda: explicit.attend(q, k, v), recs["after_explicit"]),
-        }, repeats, lambda: None)
+        t = paired_times({"plain": arms.pop("plain"), "before": before, **arms}, repeats, lambda: None)
         for kind in added:
             added[kind] += steps * 1e3 * t[kind]["added_median"]
     with daamlib.trace(pipe) as tc:

@@ -319,43 +319,61 @@ def paired_times(fns: dict, repeats: int, sync) -> dict:
                 "added_min": min(times[n]) - min(base)} for n in names}
 
 
+def recorder_like(g, fused: bool):
+    """A recorder in the state of generation ``g`` (its latent size and steps), for timing processors on captured
+    calls outside a pipeline call."""
+    from daamlib.trace import _Recorder
+
+    rec = _Recorder(False, None, fused=fused)
+    rec.begin(g.prompts, g.alignments, g.images_per_prompt, g.guidance)
+    rec.current.latent_size, rec.current.timesteps = g.latent_size, list(g.timesteps)
+    return rec
+
+
+def attention_arms(call: dict, recorders: dict) -> dict:
+    """Closures over one captured call: ``plain`` (what AttnProcessor2_0 computes between its projections), then one
+    per recorder (name → recorder), each recording the call and dropping the map it kept."""
+    import torch.nn.functional as F
+
+    from daamlib.trace import RecordingAttnProcessor
+
+    q, k, v, mask = call["q"], call["k"], call["v"], call["mask"]
+    B, H, N, d = q.shape
+
+    def plain():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, N, H * d)
+
+    def recording(rec):
+        p = RecordingAttnProcessor(rec, call["layer"])
+
+        def run():
+            p.attend(q, k, v, mask)
+            rec.current.maps.clear()
+        return run
+
+    return {"plain": plain, **{name: recording(rec) for name, rec in recorders.items()}}
+
+
 def bench_floor(pipe, model, size, steps, prompt, sync, repeats=40) -> dict:
     """Recording's added work, measured call by call on the model's own attention inputs, beside the floor, the
     explicit-softmax floor and the log-sum-exp floor computed from the same inputs (see the module docs)."""
     import torch.nn.functional as F
 
     from daamlib.kernel import upsample_sum
-    from daamlib.trace import RecordingAttnProcessor, _Recorder
 
     calls, tc = capture_calls(pipe, prompt, size)
     g = tc.generations[-1]
     K = g.n_tokens
-    recorders = {}
-    for fused in (True, False):
-        rec = _Recorder(False, None, fused=fused)
-        rec.begin(g.prompts, g.alignments, g.images_per_prompt, g.guidance)
-        rec.current.latent_size, rec.current.timesteps = g.latent_size, list(g.timesteps)
-        recorders[fused] = rec
+    recorders = {"fused": recorder_like(g, True), "explicit": recorder_like(g, False)}
     per_call, rows = [], {}
     for c in calls:
-        q, k, v, mask = c["q"], c["k"], c["v"], c["mask"]
+        q, k, v = c["q"], c["k"], c["v"]
         B, H, N, d = q.shape
         b0 = B // 2 if g.guidance else 0
         s = d ** -0.5
-        fused_p, explicit_p = (RecordingAttnProcessor(recorders[f], c["layer"]) for f in (True, False))
         qc, kc, vc = q[b0:], k[b0:], v[b0:]
         probs = torch.rand(B - b0, H, K, N, device=q.device)
-
-        def plain():  # what AttnProcessor2_0 computes between its projections
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, N, H * d)
-
-        def record(p):
-            def run():
-                p.attend(q, k, v, mask)
-                p.recorder.current.maps.clear()
-            return run
-
-        t = paired_times({"plain": plain, "fused": record(fused_p), "explicit": record(explicit_p)}, repeats, sync)
+        t = paired_times(attention_arms(c, recorders), repeats, sync)
         # the floors' parts, generic torch on the same conditional rows (not daamlib's code)
         f = paired_times({
             "fused_half": lambda: F.scaled_dot_product_attention(qc, kc, vc),

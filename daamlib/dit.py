@@ -238,6 +238,11 @@ def stream_tokens(pipe, stream: Stream, prompt: str, max_length: int | None, arg
     return StreamTokens([labels[i] for i in keep], [i - drop + shift for i in keep], spans, dropped)
 
 
+def _text_length(text) -> int:
+    """Text positions of a transformer's text input: ``[B, L, D]``, or the longest of Z-Image's ``[L_i, D]`` list."""
+    return max(len(c) for c in text) if isinstance(text, list) else text.shape[1]
+
+
 def _kept(pipe, stream: Stream, encoder: str) -> bool:
     """Does ``encoder=`` keep this stream's tokens (and is its text encoder loaded)?"""
     return ((encoder == "all" or stream.name == encoder)
@@ -363,7 +368,7 @@ class _DitRecorder:
         if any(p is None for p in g.prompts) or g.cond is None:
             g.alignments = [None] * len(g.prompts)
             return
-        n_txt = max(len(c) for c in g.cond) if isinstance(g.cond, list) else g.cond.shape[1]
+        n_txt = _text_length(g.cond)
         streams, starts, lengths = [], [], []
         offset = 0
         for i, s in enumerate(self.family.streams):
@@ -424,7 +429,7 @@ class _DitRecorder:
         self.rows = self._match_rows(ctx, g.cond)
         if not self.rows:
             return  # an unconditional call (true CFG's negative branch): not recorded
-        self.n_txt = max(len(c) for c in ctx) if isinstance(ctx, list) else ctx.shape[1]
+        self.n_txt = _text_length(ctx)
         grid = self._grid(hidden, kwargs)
         self.n_img = grid[0] * grid[1]
         if isinstance(hidden, list):
@@ -501,7 +506,8 @@ class _DitRecorder:
             return _SDPA(q, k, v, attn_mask=mask, scale=scale)
         tap.kind = kind
         out, lse = attention_with_lse(q, k, v, mask, scale)
-        b = torch.tensor([r for r, _ in rows], device=q.device)
+        batch_rows = [r for r, _ in rows]
+        b = torch.tensor(batch_rows, device=q.device)
         s = scale if scale is not None else q.shape[-1] ** -0.5
         cols = self.columns_t + txt0
         m = None
@@ -511,7 +517,7 @@ class _DitRecorder:
             m = m[..., img, :] if m.ndim >= 2 and m.shape[-2] > 1 else m
             m = m.index_select(-1, cols).transpose(-1, -2)  # key-major, as kept_probabilities wants it
         # [Bc, H, K, N]: the conditional image rows are read in place, only the kept keys are gathered
-        p = kept_probabilities(q[:, :, img], k.index_select(2, cols), lse[:, :, img], s, [r for r, _ in rows], m)
+        p = kept_probabilities(q[:, :, img], k.index_select(2, cols), lse[:, :, img], s, batch_rows, m)
         if self.store is not None or self.replay is not None:
             p = self._store_or_replay(tap.name, p.transpose(-1, -2), out, v, b, img, cols).transpose(-1, -2)
         if not self.keep_heads:
