@@ -15,48 +15,100 @@ def test_numbers_come_with_their_source():
     assert P.PAPER["5.1.accuracy.cohyponyms"].value == 52.0
 
 
-def test_bootstrap_is_seeded_and_covers_the_mean():
+def test_interval_is_students_t_and_resamples_units():
+    from scipy import stats
+
     x = np.random.default_rng(1).normal(10, 2, 200)
-    m, lo, hi, n = P.bootstrap(x)
-    assert (m, lo, hi, n) == P.bootstrap(x) and lo < 10 < hi and n == 200
-    assert P.bootstrap([1.0, float("nan")])[3] == 1 and math.isnan(P.bootstrap([])[0])
-    d, lo, hi, n = P.bootstrap_difference(x + 5, x)
-    assert d == pytest.approx(5) and lo < 5 < hi and n == 400
+    m, lo, hi, n = P.interval(x)
+    half = stats.t.ppf(0.975, 199) * x.std(ddof=1) / np.sqrt(200)
+    assert (m, n) == (pytest.approx(x.mean()), 200) and lo == pytest.approx(m - half) and hi == pytest.approx(m + half)
+    assert P.interval([1.0, float("nan")])[3] == 1 and math.isnan(P.interval([])[0])
+    # 10 prompts, 20 pairs each, the pairs of a prompt alike: the interval is as wide as 10 units make it
+    prompt = np.repeat(np.arange(10), 20)
+    y = np.repeat(np.random.default_rng(2).normal(0, 1, 10), 20) + np.random.default_rng(3).normal(0, 0.01, 200)
+    pairs, prompts = P.interval(y), P.interval(y, prompt)
+    assert prompts.n == 10 and (prompts.high - prompts.low) > 3 * (pairs.high - pairs.low)
+    d = P.interval_difference(x + 5, x)
+    assert d.value == pytest.approx(5) and d.low < 5 < d.high and d.n == 400
+    # another statistic: a seeded BCa bootstrap over the units
+    assert P.interval(x, stat=np.median) == P.interval(x, stat=np.median) and P.interval(x, stat=np.median).low < 10
 
 
-@pytest.mark.parametrize("paper, interval, sign, verdict", [
-    (10, (8, 12), 1, P.REPRODUCES), (10, (2, 4), 1, P.DIRECTION), (10, (-1, 4), 1, P.NOT), (10, (-4, -2), 1, P.NOT),
-    (-10, (-12, -8), -1, P.REPRODUCES), (float("nan"), (1, 2), 1, P.REPRODUCES), (float("nan"), (-2, 1), 1, P.NOT),
+@pytest.mark.parametrize("interval, verdict", [
+    ((58, 62), P.REPRODUCES), ((30, 36), P.NOT), ((70, 80), P.NOT), ((50, 60), P.INCONCLUSIVE),
+    ((20, 100), P.INCONCLUSIVE),  # holds the paper's value, but far too wide to say it is that value
 ])
-def test_effect_verdicts(paper, interval, sign, verdict):
-    lo, hi = interval
-    assert P.verdict_effect(paper, (lo + hi) / 2, lo, hi, sign)[0] == verdict
+def test_value_rule(interval, verdict):
+    v = P.value(60.7, *interval, tolerance=5.0, n=40)
+    assert v.verdict == verdict and v.rule.startswith("value ± 5") and v.alpha == 0.025
+    if verdict == P.INCONCLUSIVE:
+        assert "would need about" in v.reason
 
 
-def test_value_and_no_effect_verdicts_and_rows():
-    assert P.verdict_value(60.7, 33, 30, 36)[0] == P.NOT and P.verdict_value(35, 33, 30, 36)[0] == P.REPRODUCES
-    assert P.verdict_none(1.0, 0.5, -2, 3)[0] == P.REPRODUCES and P.verdict_none(1.0, 5, 2, 8)[0] == P.NOT
-    t = P.table([P.row("§x", "a", 1.0, 1.0, 0.5, 1.5, 10), P.row("§y", "b", 2.0, untestable="no labels"),
-                 P.row("§z", "c", 3.0, n=0), P.row("§w", "d", 1.0, 1.0, 0.9, 1.1, n=4)])
+def test_value_rule_says_not_comparable_for_another_quantity():
+    v = P.value(60.7, 58, 62, 5.0, n=40, comparable=False)
+    assert v.verdict == P.NOT_COMPARABLE and "direction" in v.reason
+
+
+@pytest.mark.parametrize("interval, verdict", [
+    ((-4, 6), P.REPRODUCES), ((12, 20), P.NOT), ((-30, -11), P.NOT),
+    ((-0.2, 19.6), P.INCONCLUSIVE),  # 03's nconj:and: holds 0, but crosses the 10-point margin
+    ((-13.5, 15.6), P.INCONCLUSIVE),
+])
+def test_no_effect_rule_is_an_equivalence_test(interval, verdict):
+    v = P.no_effect(*interval, margin=10.0, n=5)
+    assert v.verdict == verdict and v.margin == 10.0 and "equivalence" in v.rule
+
+
+@pytest.mark.parametrize("interval, smallest, sign, paper, verdict", [
+    ((1.2, 2.4), 1, 1, float("nan"), P.REPRODUCES),     # beyond the smallest effect of interest
+    ((0.03, 0.48), 1, 1, float("nan"), P.NOT),          # clearly above 0, clearly below 1: not the paper's effect
+    ((-0.42, -0.08), 1, 1, float("nan"), P.NOT),        # the other way
+    ((0.5, 1.5), 1, 1, float("nan"), P.INCONCLUSIVE),   # holds 1
+    ((-17.0, -12.0), 10, -1, float("nan"), P.REPRODUCES),  # an effect the paper gives as negative
+    ((-17.0, -3.9), 10, -1, float("nan"), P.INCONCLUSIVE),
+    ((30.0, 35.0), 5, 1, 10.0, P.DIRECTION),            # there, but not the paper's size (a comparable number)
+    ((8.0, 12.0), 5, 1, 10.0, P.REPRODUCES),
+])
+def test_effect_rule_needs_the_smallest_effect_of_interest(interval, smallest, sign, paper, verdict):
+    v = P.effect(*interval, smallest=smallest, sign=sign, n=20, paper=paper, tolerance=5.0)
+    assert v.verdict == verdict, v
+
+
+def test_needed_n_grows_as_the_estimate_nears_the_margin():
+    near, far = P.needed_n(20, 0, 4, 0.5), P.needed_n(20, 0, 4, 2.0)
+    assert "would need about 20 units (now 20)" in far and "about 320 units" in near  # n·(half-width/distance)²
+    assert "no run size" in P.needed_n(20, 0, 4, 0.0)
+
+
+def test_rows_carry_their_rule_and_need_enough_units():
+    t = P.table([P.row("§x", "a", 1.0, 1.0, 0.5, 1.5, 10, P.no_effect(0.5, 1.5, 10.0, 10)),
+                 P.row("§y", "b", 2.0, untestable="no labels"), P.row("§z", "c", 3.0, n=0),
+                 P.row("§w", "d", 1.0, 1.0, 0.9, 1.1, 9, P.no_effect(0.9, 1.1, 10.0, 9))])
     assert list(t.columns) == P.COLUMNS
     assert list(t.verdict) == [P.REPRODUCES, P.UNTESTABLE, P.UNTESTABLE, P.UNTESTABLE]
-    assert "fewer than 5" in t.reason[3]
+    assert "fewer than 10" in t.reason[3] and t.rule[0].startswith("equivalence") and t.alpha[0] == 0.025
+    with pytest.raises(ValueError, match="which rule"):
+        P.row("§v", "e", 1.0, 1.0, 0.5, 1.5, 20)
+    counts = P.count_verdicts([t])
+    assert counts["equivalence"] == {P.REPRODUCES: 1, P.UNTESTABLE: 1}
 
 
 def test_table2_rows_say_which_map_dominates():
     from daamlib.studies.syntax import paper_vs_here
 
     rng = np.random.default_rng(0)
-    rows = [{"relation": "amod", "iod": 0.5 + 0.02 * rng.random(), "ioh": 0.7 + 0.02 * rng.random(), "iou": 0.4}
-            for _ in range(30)]
-    rows += [{"relation": "unrelated", "iod": 0.5 + 0.1 * rng.random(), "ioh": 0.5 + 0.1 * rng.random(), "iou": 0.3}
-             for _ in range(30)]
+    rows = [{"relation": "amod", "iod": 0.5 + 0.02 * rng.random(), "ioh": 0.7 + 0.02 * rng.random(), "iou": 0.4,
+             "item": f"p{i % 15}"} for i in range(30)]
+    rows += [{"relation": "unrelated", "iod": 0.5 + 0.1 * rng.random(), "ioh": 0.5 + 0.1 * rng.random(), "iou": 0.3,
+              "item": f"p{i % 15}"} for i in range(30)]
     rows += [{"relation": "spacy:prep", "iod": 0.9, "ioh": 0.1, "iou": 0.1}] * 5  # not one of the ten: left out
     t = paper_vs_here(pd.DataFrame(rows)).set_index("claim")
-    amod = t.loc["amod: mIoD − mIoH (dependent dominance in the paper)"]
-    assert amod.verdict in (P.REPRODUCES, P.DIRECTION) and amod.here < 0
-    assert t.loc["unrelated: mIoD − mIoH (no dominance in the paper)"].verdict == P.REPRODUCES
-    assert t.loc["all head–dependent pairs: mIoD − mIoH (no dominance in the paper)"].n == 30
+    amod = t.loc["amod: mIoD − mIoH (dependent dominance in the paper); 30 pairs"]
+    assert amod.verdict == P.REPRODUCES and amod.here < -10 and amod.n == 15  # 15 prompts, not 30 pairs
+    assert t.loc["unrelated: mIoD − mIoH (no dominance in the paper); 30 pairs"].verdict == P.REPRODUCES
+    assert t.loc["all head–dependent pairs: mIoD − mIoH (no dominance in the paper); 30 pairs"].n == 15
+    assert t.loc["unrelated: mIoU"].verdict == P.NOT_COMPARABLE
     assert t.loc["obj: mIoD − mIoH (head dominance in the paper)"].verdict == P.UNTESTABLE
 
 
