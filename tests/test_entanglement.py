@@ -57,3 +57,49 @@ def test_spread_outside():
     assert spread_outside(heat, mask) == pytest.approx(0.0)
     heat[0, 0] = 100.0
     assert spread_outside(heat, mask) == pytest.approx(0.5)
+
+
+GRASS, YELLOW, RED = (40, 160, 40), (240, 215, 40), (220, 40, 40)
+
+
+class StrayTruth:
+    """Ground truth for hand-made 32×32 images: the noun (word 2) is the square at [4:12, 4:12]; the objects are
+    every pixel not grass."""
+
+    has_masks, has_labels = True, False
+
+    def noun_masks(self, record, hm):
+        m = torch.zeros(32, 32, dtype=torch.bool)
+        m[4:12, 4:12] = True
+        return {2: m}
+
+    def objects(self, record, hm):
+        return torch.from_numpy(np.abs(hm.image.astype(int) - GRASS).sum(-1) > 60)
+
+
+def test_a_stray_object_in_the_adjectives_colour_moves_only_the_named_background(tiny, tmp_path):
+    """"a red square": the seed's square is yellow, the variant's red, and the variant also has a misdrawn red
+    blob elsewhere. Outside the named square the background turns red; outside every object it does not move."""
+    from types import SimpleNamespace
+
+    from daamlib.studies.adjectives import AdjectiveRun
+
+    seed_img = np.zeros((32, 32, 3), np.uint8)
+    seed_img[:] = GRASS
+    seed_img[4:12, 4:12] = YELLOW
+    variant_img = seed_img.copy()
+    variant_img[4:12, 4:12] = RED
+    variant_img[20:28, 18:26] = RED  # the stray object, in the adjective's colour
+    seed = SimpleNamespace(prompt="a yellow square", image=seed_img)
+    variant = SimpleNamespace(prompt="a red square", image=variant_img)
+    run = AdjectiveRun(tiny("sd1"), ["a {adj} circle above a square"], {"yellow": YELLOW, "red": RED}, tmp_path,
+                       StrayTruth(), mask_source="truth", steps=2, grow=1)
+    obj = StrayTruth().noun_masks(None, None)[2]
+    named = run.object_region(obj, variant, 2)
+    strict = run.object_region(obj, variant, 2, seed=seed)
+    assert not named[22, 20] and strict[22, 20] and strict[4:12, 4:12].all()
+    old, new = background_shift(seed_img, variant_img, named, RED), background_shift(seed_img, variant_img, strict, RED)
+    assert old["chroma_toward"] > 0.01 and old["hue_shift_deg"] > 1
+    assert new["chroma_toward"] == 0 and new["hue_shift_deg"] == 0 and new["pixel_diff"] == 0
+    assert run.settings["background"].startswith("every object")
+

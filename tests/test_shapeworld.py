@@ -229,5 +229,152 @@ def test_shapeworld_items_per_study_are_held_out_and_deterministic():
     assert src.items("syntax", 2) == ShapeWorldStudies().items("syntax", 2)
     templates, adjectives = src.adjective_prompts(4, seed=0)
     assert len(templates) == 4 and all(t.count("{adj}") == 1 for t in templates) and "red" in adjectives
+    every, _ = src.adjective_prompts(1000)  # all the world can make, none of them trained on
+    prompts = [t.format(adj=a) for t, adjs in every.items() for a in adjs]
+    assert len(every) == 65 and all(ShapeWorld.split_of_caption(p) != "train" for p in prompts)
+    assert all(len(adjs) >= 2 and set(adjs) <= set(adjectives) for adjs in every.values())
     with pytest.raises(ValueError, match="not 'cohyponyms'"):
         src.items("cohyponyms", 2)
+
+
+def test_shapeworld_pair_items_are_held_out_and_coco_is_unchanged():
+    from daamlib.shapeworld.studies import ShapeWorldStudies
+    from daamlib.shapeworld.world import ONTOLOGY
+    from daamlib.studies.cohyponyms import COCO, pair_items
+
+    src = ShapeWorldStudies()
+    held = src.pair_items(200, ONTOLOGY, seed=0)
+    assert len(held) == 20 and sum(r["cohyponyms"] for r in held) == 3  # all the world can make
+    assert all(ShapeWorld.split_of_caption(r["prompt"]) != "train" and r["held_out"] for r in held)
+    assert held[0]["cohyponyms"] and not held[1]["cohyponyms"]  # the two kinds alternate while both last
+    seen = src.pair_items(30, ONTOLOGY, seed=0, seen=True)
+    assert len(seen) == 30 and all(ShapeWorld.split_of_caption(r["prompt"]) == "train" for r in seen)
+    assert src.pair_items(12, COCO, seed=3) == pair_items(12, COCO, seed=3)
+
+
+def test_annotator_truth_objects_are_every_detection():
+    from types import SimpleNamespace
+
+    from daamlib.shapeworld.studies import AnnotatorTruth
+
+    truth = AnnotatorTruth()
+    scene = ShapeWorld().scene("test", 5, kind="pair")
+    hm = SimpleNamespace(image=scene.image)
+    found = truth.objects({"prompt": scene.caption}, hm)
+    dets = truth.annotate(scene.image, scene.caption).objects
+    assert found.dtype == torch.bool and int(found.sum()) == sum(int(d.mask.sum()) for d in dets) > 0
+
+
+
+# -- the annotator's sure / unsure calls (issue 24) -------------------------------------------------------------
+def _det(colour, shape, prob, x0=0, colour_fit=1.0):
+    from daamlib.shapeworld.annotator import Detection
+
+    m = np.zeros((64, 64), bool)
+    m[10:20, x0 : x0 + 10] = True
+    return Detection(colour, shape, m, (x0, 10, x0 + 10, 20), prob, colour_fit)
+
+
+def _stub_annotator(dets):
+    from daamlib.shapeworld.annotator import Annotator, ShapeCNN
+
+    ann = Annotator(ShapeCNN())
+    ann.detect = lambda image: (dets, np.ones((64, 64), bool))
+    return ann
+
+
+def test_noun_is_drawn_missing_or_unknown_by_the_threshold():
+    from types import SimpleNamespace
+
+    from daamlib.shapeworld.annotator import UNSURE_BELOW
+    from daamlib.shapeworld.studies import AnnotatorTruth
+
+    sure, unsure = min(1.0, UNSURE_BELOW + 0.05), UNSURE_BELOW - 0.2
+    assert _det("red", "circle", 0.99, colour_fit=0.5).confidence == pytest.approx(0.495)  # shape × colour fit
+    caption = "a red circle above a blue square"  # nouns at word 2 and 6
+    image = np.zeros((64, 64, 3), np.uint8)
+    cases = {  # detections → (status of circle, status of square, correct)
+        "both sure": ([_det("red", "circle", sure), _det("blue", "square", sure, 30)], ("drawn", "drawn", True)),
+        "square unsure": ([_det("red", "circle", sure), _det("blue", "square", unsure, 30)],
+                          ("drawn", "unknown", None)),
+        "square absent": ([_det("red", "circle", sure)], ("drawn", "missing", False)),
+        "unsure blob, another shape": ([_det("red", "circle", sure), _det("blue", "star", unsure, 30)],
+                                       ("drawn", "unknown", None)),
+        "sure other shape": ([_det("red", "circle", sure), _det("blue", "star", sure, 30)], ("drawn", "missing", False)),
+        "circle unsure by colour fit": ([_det("red", "circle", 1.0, colour_fit=0.3), _det("blue", "square", sure, 30)],
+                                        ("unknown", "drawn", None)),
+    }
+    for name, (dets, (circle, square, correct)) in cases.items():
+        ann = _stub_annotator(dets)
+        a = ann.annotate(image, caption)
+        assert a.status == {2: circle, 6: square}, name
+        assert a.present == {2: circle == "drawn", 6: square == "drawn"}, name  # present: confidently drawn
+        assert a.unknown == [i for i, s in ((2, circle), (6, square)) if s == "unknown"], name
+        assert all(a.noun_masks[i].any() == (a.status[i] == "drawn") for i in (2, 6)), name  # masks: sure nouns only
+        truth = AnnotatorTruth(ann)
+        hm = SimpleNamespace(image=image)
+        rec = {"id": "x", "prompt": caption}
+        assert truth.correct(rec, hm, [2, 6]) is correct, name
+        assert sorted(truth.noun_masks(rec, hm)) == [i for i in (2, 6) if a.status[i] == "drawn"], name
+        assert truth.unknown(rec, hm) == a.unknown, name
+
+
+def test_noun_status_with_the_colour_required():
+    from daamlib.shapeworld.annotator import UNSURE_BELOW, noun_status
+
+    hi, lo = min(1.0, UNSURE_BELOW + 0.05), UNSURE_BELOW - 0.2
+    # a sure square of the wrong colour: drawn when the colour is only preferred, missing when it is required
+    assert noun_status([_det("green", "square", hi)], "square", "blue")[0] == "drawn"
+    assert noun_status([_det("green", "square", hi)], "square", "blue", require_colour=True)[0] == "missing"
+    # an unsure object could be the noun only if it has the named colour
+    assert noun_status([_det("green", "star", lo)], "square", "blue", require_colour=True)[0] == "missing"
+    assert noun_status([_det("blue", "star", lo)], "square", "blue", require_colour=True)[0] == "unknown"
+    assert noun_status([_det("blue", "square", lo)], "square", None, threshold=0.0)[0] == "drawn"
+
+
+def test_threshold_rule_and_missing_table_count_unknowns():
+    import pandas as pd
+
+    from daamlib.shapeworld.annotator import choose_threshold
+    from daamlib.shapeworld.quality import both_correct_with_unknowns
+    from daamlib.studies.segmentation import missing_table
+
+    # 100 calls: 90 right at 0.99, 10 wrong at 0.5 → lowest t with ≥ 99 % right is 0.51 (all real objects sure)
+    c = np.r_[np.full(90, 0.99), np.full(10, 0.5)]
+    out = {"confidence": c, "right": c > 0.9, "real": np.ones(100, bool)}
+    assert choose_threshold(out)["threshold"] == 0.51
+    # …unless keeping 95 % of real objects sure is asked for and the wrong ones are real objects
+    assert choose_threshold(out, min_sure=0.95)["threshold"] is None
+    rows = pd.DataFrame({"drawn": [True] * 10 + [False] * 10, "unknown": [False] * 15 + [True] * 5,
+                         "mask share": 0.1, "peak / mean": list(range(20)), "entropy": 0.5, "mass on objects": 0.3})
+    t = missing_table(rows).set_index("statistic")
+    assert (t.n_drawn == 10).all() and (t.n_missing == 5).all() and (t.n_unknown == 5).all()
+    assert t.loc["peak / mean", "auc"] == 0.0  # the 5 sure missing nouns (10–14) all score above the drawn ones
+    assert "n_unknown" in missing_table(rows.drop(columns="unknown")) and missing_table(rows.drop(columns="unknown")).n_missing[0] == 10
+    acc = both_correct_with_unknowns([{"status": ["drawn", "drawn"]}, {"status": ["drawn", "unknown"]},
+                                      {"status": ["missing", "unknown"]}, {"status": ["drawn", "missing"]}])
+    assert acc["prompts_sure"] == 2 and acc["both_correct_sure_pct"] == 50.0 and acc["prompts_with_unknown"] == 2
+    assert acc["both_correct_unknown_as_right_pct"] == 50.0 and acc["both_correct_unknown_as_wrong_pct"] == 25.0
+    assert acc["nouns_unknown"] == 2
+
+
+def test_label_check_score_on_a_tiny_key(tmp_path):
+    from daamlib.shapeworld.label_check import read_labels, score
+
+    key = {"1": {"shape": "circle", "sure": True}, "2": {"shape": "square", "sure": True},
+           "3": {"shape": "star", "sure": False}, "4": {"shape": "heart", "sure": False},
+           "5": {"shape": "cross", "sure": True}, "6": {"shape": "triangle", "sure": False}}
+    (tmp_path / "labels.csv").write_text("object,label\n1,circle\n2,Circle\n3,star\n4,unsure\n5,not an object\n"
+                                         "6,triangle\n")
+    labels = read_labels(tmp_path / "labels.csv")
+    assert labels["2"] == "circle"
+    s = score(labels, key)
+    # judged (not the person's unsure): 1 right sure, 2 wrong sure, 3 unknown, 5 sure on no object (wrong), 6 unknown
+    assert s["judged"] == 5 and s["sure"] == 3 and s["unknown"] == 2
+    assert s["accuracy_sure_pct"] == pytest.approx(100 / 3)
+    assert s["accuracy_unknown_as_right_pct"] == pytest.approx(60.0) and s["accuracy_unknown_as_wrong_pct"] == 20.0
+    assert s["human_unsure"] == 1 and s["human_unsure_called_unknown"] == 1
+    assert s["not_an_object"] == 1 and s["not_an_object_called_unknown"] == 0
+    assert sorted(s["wrong_sure_calls"]) == ["cross->not an object", "square->circle"]
+    with pytest.raises(ValueError, match="not valid"):
+        score({"1": "blob"}, key)

@@ -146,6 +146,9 @@ def test_adjective_run_resumes_and_refuses_other_settings(tiny, tmp_path):
     run = adjectives.AdjectiveRun(pipe, templates, colours, tmp_path, truth, mask_source="daam", steps=2, gallery=1)
     df, gallery, _ = run.rows(progress=False)
     assert len(df) == 2 and set(df.adjective) == {"red", "yellow"} and list(gallery) == [templates[0]]
+    # human masks cannot list every object: the strict background falls back to the named one, and says so
+    assert (df.background_share == 1).all() and set(df.background_excludes) == {"the noun"}
+    assert df.hue_shift_deg.equals(df.hue_shift_deg_named) and "background" in run.settings
     again, _, _ = adjectives.AdjectiveRun(pipe, templates, colours, tmp_path, truth, mask_source="daam", steps=2,
                                           gallery=0).rows(progress=False)
     assert again.equals(df)
@@ -173,3 +176,35 @@ def test_sources_check_files_before_anything_runs(tmp_path):
     assert src.truth.correct({"id": "b"}, None, [1]) is False and src.truth.noun_masks({"id": "a"}, None) == {}
     assert not src.truth.has_masks and src.truth.has_labels
     assert isinstance(data.open_source("shapeworld").truth, data.GroundTruth)
+
+
+def test_table2_figure_plots_the_judged_delta_with_the_papers():
+    """Δ = mIoD − mIoH per row, with the interval the verdicts use, the paper's Δ beside it, and no interval
+    (a †) under five pairs; the model heads the title."""
+    import numpy as np
+    import pandas as pd
+
+    from daamlib.studies import paper as P
+
+    rng = np.random.default_rng(0)
+    rows = [{"item": f"p{k % 6}", "relation": rel, "iod": 0.6 + shift + rng.normal(0, 0.05), "ioh": 0.6, "iou": 0.4}
+            for rel, n, shift in (("amod", 12, -0.2), ("nsubj", 3, 0.1), ("unrelated", 10, 0.0)) for k in range(n)]
+    shown = syntax.plot_table2(pd.DataFrame(rows), model="tiny-sd1")
+    d = shown.deltas().set_index("row")
+    assert d.loc["amod", "delta"] == pytest.approx(100 * (pd.DataFrame(rows).query("relation == 'amod'").iod - 0.6).mean())
+    assert d.loc["amod", "high"] < 0 and d.loc["amod", "paper"] == pytest.approx(P.TABLE2["amod"][0] - P.TABLE2["amod"][1])
+    assert np.isnan(d.loc["nsubj", "low"]) and d.loc["nsubj", "n"] == 3
+    assert shown.figure_.get_suptitle().startswith("tiny-sd1") and "†" in shown.ax_.get_title()
+
+
+def test_seen_vs_unseen_compares_held_out_prompts_with_trained_ones():
+    import pandas as pd
+
+    df = pd.DataFrame({"held_out": [True] * 4 + [False] * 6, "iou": [0.2] * 4 + [0.5] * 6,
+                       "correct": [True, False, False, False] + [True] * 6, "cohyponyms": False})
+    out = cohyponyms.seen_vs_unseen(df).set_index("measure")
+    assert out.loc["both nouns right (%)", "unseen"] == pytest.approx(25.0)
+    assert out.loc["both nouns right (%)", "seen"] == pytest.approx(100.0)
+    assert out.loc["IoU of the two maps (×100)", "unseen_minus_seen"] == pytest.approx(-30.0)
+    assert out.loc["IoU of the two maps (×100)", "unseen_n"] == 4
+

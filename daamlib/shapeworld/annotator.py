@@ -4,12 +4,16 @@ It plays the part of the paper's human annotators on generated images. Pixels ar
 colour (nearest object-palette colour, unless a border pixel — the background — is nearer), grouped
 into connected components per colour, and each component's shape is read by a small CNN trained on
 the annotator's own segmentations of rendered *train* scenes (never on generated images, never on
-the diffusion model). Given the caption, :meth:`Annotator.annotate` says which nouns are present and
-returns a mask per noun.
+the diffusion model). Given the caption, :meth:`Annotator.annotate` says of each noun whether it is
+drawn, missing or unknown, and returns a mask per drawn noun.
+
+Each object's :attr:`Detection.confidence` is the CNN's probability of its shape call; below
+:data:`UNSURE_BELOW` the annotator is *unsure* of the object, as a human annotator may be of a misdrawn
+shape, and a noun that only unsure objects could be is *unknown* rather than missing.
 
 >>> ann = Annotator.load()          # doctest: +SKIP
 >>> a = ann.annotate(image, "a red circle above a blue square")   # doctest: +SKIP
->>> a.noun_masks[2].sum(), a.present   # word index 2 = "circle"   # doctest: +SKIP
+>>> a.noun_masks[2].sum(), a.status   # word index 2 = "circle"; {2: "drawn", 5: "unknown"}   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ _PAL = np.array([COLOURS[c] for c in _COLOUR_NAMES] + [tuple(PATTERN_SHADE * v f
 _PAL_CLASS = np.array(list(range(len(_COLOUR_NAMES))) * 2)
 _SINGULAR = {p: s for s, p in PLURAL.items()}
 CROP = 32  # classifier input side
+# Colour fit: 1 when the median pixel of a blob is within FIT_NEAR of its palette colour (full or pattern shade),
+# 0 beyond FIT_FAR, linear between. On VAE reconstructions of 300 val scenes real objects' median distance is
+# 13 (75% below 18); blobs that are no object (soft edges taken for another colour) 47 (75% above 36).
+FIT_NEAR, FIT_FAR = 25.0, 45.0
+# An object whose confidence is below this is "unsure". Chosen on 500 *val* scenes (never test), rendered and
+# VAE-reconstructed, by :func:`choose_threshold`'s rule; the numbers are in the model card's "Annotator: sure,
+# unsure" section (`python -m daamlib.shapeworld.annotator --validate 0 --choose-threshold 500 --vae ...`).
+UNSURE_BELOW = 0.93
+DRAWN, MISSING, UNKNOWN = "drawn", "missing", "unknown"
 
 
 @dataclass
@@ -39,7 +52,38 @@ class Detection:
     shape: str
     mask: np.ndarray  # bool [H, W]
     bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
-    shape_prob: float
+    shape_prob: float  # the CNN's probability of ``shape``
+    colour_fit: float = 1.0  # 1: the blob's pixels are its palette colour; 0: far from it (see FIT_NEAR, FIT_FAR)
+    confidence: float | None = None  # how sure the call is, in [0, 1]; None: shape_prob × colour_fit
+
+    def __post_init__(self):
+        if self.confidence is None:
+            self.confidence = self.shape_prob * self.colour_fit
+
+    def sure(self, threshold: float | None = None) -> bool:
+        """Is the shape call confident (confidence ≥ ``threshold``, default :data:`UNSURE_BELOW`)?"""
+        return self.confidence >= (UNSURE_BELOW if threshold is None else threshold)
+
+
+def noun_status(objects: list[Detection], shape: str, colour: str | None = None, require_colour: bool = False,
+                threshold: float | None = None) -> tuple[str, list[Detection]]:
+    """One caption noun against the detected objects: ``(status, the confident objects that are it)``.
+
+    *drawn*: a confident object of the noun's shape (of its colour, when ``require_colour`` and a colour is
+    named; otherwise objects of the named colour are preferred). *unknown*: none, but an unsure object could be
+    it — its shape call is not trusted, so any unsure object of the named colour (any colour if none is named,
+    or if ``require_colour`` is off). *missing*: neither.
+    """
+    sure = [d for d in objects if d.sure(threshold)]
+    cands = [d for d in sure if d.shape == shape]
+    if colour is not None and (require_colour or any(d.colour == colour for d in cands)):
+        cands = [d for d in cands if d.colour == colour]
+    if cands:
+        return DRAWN, cands
+    unsure = [d for d in objects if not d.sure(threshold)]
+    if any(colour is None or not require_colour or d.colour == colour for d in unsure):
+        return UNKNOWN, []
+    return MISSING, []
 
 
 @dataclass
@@ -47,9 +91,19 @@ class Annotation:
     objects: list[Detection]
     background_mask: np.ndarray  # bool [H, W]
     words: list[str] = field(default_factory=list)
-    noun_masks: dict[int, np.ndarray] = field(default_factory=dict)  # word index → union of matching objects
-    present: dict[int, bool] = field(default_factory=dict)  # word index of each noun → found?
-    counts: dict[int, int] = field(default_factory=dict)  # word index of each noun → objects matched
+    noun_masks: dict[int, np.ndarray] = field(default_factory=dict)  # word index → union of confident matches
+    status: dict[int, str] = field(default_factory=dict)  # word index of each noun → DRAWN, MISSING or UNKNOWN
+    counts: dict[int, int] = field(default_factory=dict)  # word index of each noun → confident objects matched
+
+    @property
+    def present(self) -> dict[int, bool]:
+        """Word index of each noun → confidently drawn? (False for missing *and* unknown nouns.)"""
+        return {i: s == DRAWN for i, s in self.status.items()}
+
+    @property
+    def unknown(self) -> list[int]:
+        """Word indices of the nouns only unsure objects could be."""
+        return [i for i, s in self.status.items() if s == UNKNOWN]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,6 +164,14 @@ def segment(image: np.ndarray, max_dist: float = 90.0, min_pixels: int = 12) -> 
     for _, m in comps:
         fg |= m
     return comps, ~fg
+
+
+def colour_fit(image: np.ndarray, mask: np.ndarray, colour: str) -> float:
+    """How well a blob's pixels fit its colour: 1 when their median distance to the colour (full or pattern shade,
+    whichever is nearer per pixel) is ≤ FIT_NEAR, 0 when ≥ FIT_FAR, linear between."""
+    k = _COLOUR_NAMES.index(colour)
+    d = _dist(image[mask].astype(np.float32), _PAL[[k, k + len(_COLOUR_NAMES)]]).min(1)
+    return float(np.clip((FIT_FAR - np.median(d)) / (FIT_FAR - FIT_NEAR), 0.0, 1.0))
 
 
 def shape_input(mask: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -259,7 +321,8 @@ class Annotator:
         for (colour, m), pk in zip(comps, p):
             ys, xs = np.nonzero(m)
             dets.append(Detection(colour, SHAPES[int(pk.argmax())], m,
-                                  (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), float(pk.max())))
+                                  (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), float(pk.max()),
+                                  colour_fit(image, m, colour)))
         return dets, bg
 
     def annotate(self, image: np.ndarray, caption: str | None = None) -> Annotation:
@@ -278,13 +341,11 @@ class Annotator:
             shape = w if w in SHAPES else _SINGULAR.get(w)
             if shape is None:
                 continue
-            cands = [d for d in dets if d.shape == shape]
-            if colour is not None and any(d.colour == colour for d in cands):
-                cands = [d for d in cands if d.colour == colour]
+            status, cands = noun_status(dets, shape, colour)
             m = np.zeros(image.shape[:2], bool)
             for d in cands:
                 m |= d.mask
-            ann.noun_masks[i], ann.present[i], ann.counts[i] = m, bool(cands), len(cands)
+            ann.noun_masks[i], ann.status[i], ann.counts[i] = m, status, len(cands)
             colour = None
         return ann
 
@@ -321,6 +382,65 @@ def validate(annotator: Annotator, n: int = 1000, split: str = "test", seed: int
             "top_confusions": sorted(((v, f"{a}->{b}") for (a, b), v in confusion.items()), reverse=True)[:8]}
 
 
+def detection_outcomes(annotator: Annotator, n: int = 500, split: str = "val", seed: int = 0, vae=None) -> dict:
+    """Every detection on ``n`` rendered scenes of ``split`` (with ``vae``: on their VAE reconstructions):
+    ``{"confidence": [N], "right": [N], "real": [N]}``; real = matched to a true object (IoU ≥ 0.5), right = real
+    and of its shape and colour (blobs that are no object count as wrong). ``"objects"``: the true objects."""
+    world = ShapeWorld(seed=seed)
+    scenes = [world.scene(split, i) for i in range(n)]
+    images = np.stack([sc.image for sc in scenes])
+    if vae is not None:
+        images = reconstruct_images(vae, images)
+    conf, right, real, n_obj = [], [], [], 0
+    for sc, image in zip(scenes, images):
+        dets, _ = annotator.detect(image)
+        n_obj += len(sc.objects)
+        ok, hit = [False] * len(dets), [False] * len(dets)
+        for gi, dj, iou in _match([o.mask for o in sc.objects], [d.mask for d in dets]):
+            o, d = sc.objects[gi], dets[dj]
+            hit[dj] = iou >= 0.5
+            ok[dj] = hit[dj] and d.shape == o.shape and d.colour == o.colour
+        conf += [d.confidence for d in dets]
+        right += ok
+        real += hit
+    return {"confidence": np.array(conf, float), "right": np.array(right, bool), "real": np.array(real, bool),
+            "objects": n_obj}
+
+
+def threshold_sweep(outcomes: dict, grid: np.ndarray | None = None) -> list[dict]:
+    """Per threshold t: the share of real objects whose call is sure (confidence ≥ t) and the share of sure calls
+    that are right (:func:`detection_outcomes`)."""
+    grid = np.round(np.arange(0.0, 1.0, 0.01), 2) if grid is None else grid
+    c, right, real = outcomes["confidence"], outcomes["right"], outcomes["real"]
+    rows = []
+    for t in grid:
+        sure = c >= t
+        rows.append({"threshold": float(t), "real_sure": float(sure[real].mean()) if real.any() else float("nan"),
+                     "accuracy_sure": float(right[sure].mean()) if sure.any() else float("nan"),
+                     "calls_sure": int(sure.sum()), "calls": len(c)})
+    return rows
+
+
+def choose_threshold(rendered: dict, reconstructed: dict | None = None, min_accuracy: float = 0.99,
+                     min_sure: float = 0.95) -> dict:
+    """The rule for :data:`UNSURE_BELOW`: the lowest threshold at which sure calls are ≥ ``min_accuracy`` right on
+    rendered val scenes *and* on their VAE reconstructions (what generated images look like), while ≥ ``min_sure``
+    of the rendered scenes' real objects stay sure. ``threshold`` is None when no threshold meets all three."""
+    sweeps = {"rendered": threshold_sweep(rendered)}
+    if reconstructed is not None:
+        sweeps["vae reconstructions"] = threshold_sweep(reconstructed)
+    pick = None
+    for k, r in enumerate(sweeps["rendered"]):
+        if r["real_sure"] >= min_sure and all(sw[k]["accuracy_sure"] >= min_accuracy for sw in sweeps.values()):
+            pick = k
+            break
+    return {"threshold": None if pick is None else sweeps["rendered"][pick]["threshold"],
+            "rule": f"lowest t with sure calls ≥ {min_accuracy:.0%} right on every image set and ≥ {min_sure:.0%} of "
+                    "rendered objects sure",
+            "at_threshold": {name: sw[pick] for name, sw in sweeps.items()} if pick is not None else None,
+            "sweeps": sweeps}
+
+
 if __name__ == "__main__":
     import argparse
     import json
@@ -331,6 +451,8 @@ if __name__ == "__main__":
     ap.add_argument("--validate", type=int, default=1000, help="test-split scenes to validate on (0: skip)")
     ap.add_argument("--vae", default=None, help="an AutoencoderKL folder: also train/validate on its reconstructions")
     ap.add_argument("--out", default=None, help="write the validation figures to this JSON")
+    ap.add_argument("--choose-threshold", type=int, default=0, metavar="N",
+                    help="val scenes (and, with --vae, their reconstructions) to choose UNSURE_BELOW on (0: skip)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     ann = Annotator.train(a.scenes, vae_path=a.vae) if a.train else Annotator.load()
@@ -345,3 +467,12 @@ if __name__ == "__main__":
         print(json.dumps(res, indent=1))
         if a.out:
             Path(a.out).write_text(json.dumps(res, indent=1))
+    if a.choose_threshold:
+        vae = None
+        if a.vae:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(a.vae).eval()
+        ch = choose_threshold(detection_outcomes(ann, a.choose_threshold, "val"),
+                              detection_outcomes(ann, a.choose_threshold, "val", vae=vae) if vae is not None else None)
+        print(json.dumps({k: v for k, v in ch.items() if k != "sweeps"}, indent=1), f"(UNSURE_BELOW is {UNSURE_BELOW})")

@@ -18,6 +18,17 @@ with the shipped scheduler:
 * **end-of-text share**: the end-of-text token's share of the map mass of all recorded tokens (start to end;
   padding is not recorded), a sign of a caption packed into that token by a contextual encoder.
 
+* **missing nouns** (issue 24): can a noun's map tell that the model left the noun out? Per map statistic
+  (:data:`daamlib.studies.segmentation.MAP_STATISTICS`) the medians for drawn and missing nouns and the ROC AUC
+  with a 95% bootstrap interval, on the nouns the annotator is sure of; nouns it is unsure of (only an object
+  below :data:`~daamlib.shapeworld.annotator.UNSURE_BELOW` could be them) are counted, not scored. Written to
+  ``missing_nouns.csv`` / ``.json`` beside ``quality.json``, with the per-noun rows and a figure;
+* **both objects right, with unknowns**: the bar's rule takes every shape call at face value; beside it the
+  share on prompts with no unknown noun, and with unknowns counted as right and as wrong.
+
+Generated images and maps go to ``--runs`` (default ``out/quality/<model>/runs``), so ``--out`` can be a
+folder of small files (``figures/quality/<model>``).
+
 ``--compare A.json B.json`` prints two runs' summaries side by side as a Markdown table.
 
 Nothing here feeds back into training (the rules of issue 3): the test split is only read.
@@ -55,8 +66,17 @@ def _targets(words: list[str]) -> list[tuple[int, str, str | None, int | None]]:
 
 
 def _found(ann, targets) -> list[bool]:
-    """Per noun target: is an object of its shape (and named colour) among the annotation's objects?"""
+    """Per noun target: is an object of its shape (and named colour) among the annotation's objects? Every shape
+    call is taken at face value, however unsure (the generation bar's rule)."""
     return [any(d.shape == s and (c is None or d.colour == c) for d in ann.objects) for _, s, c, _ in targets]
+
+
+def _status(ann, targets) -> list[str]:
+    """Per noun target: drawn (a confident object of its shape and named colour), unknown or missing
+    (:func:`~daamlib.shapeworld.annotator.noun_status` with the colour required)."""
+    from .annotator import noun_status
+
+    return [noun_status(ann.objects, s, c, require_colour=True)[0] for _, s, c, _ in targets]
 
 
 def both_found(image, caption: str, annotator) -> bool:
@@ -91,7 +111,9 @@ def score(hm, caption: str, annotator, threshold: float = 0.4) -> dict:
     found = _found(ann, targets)
     from ..studies.segmentation import colour_clusters
 
+    status = _status(ann, targets)
     row = {"caption": caption, "nouns": len(targets), "both_correct": len(targets) == 2 and all(found),
+           "status": status,
            "daam_iou": [], **{f"{b}_iou": [] for b in BASELINES}, "colour_own": [], "colour_other": []}
     mass = hm.token_maps().sum(dim=(1, 2))  # [tokens]
     row["eot_share"] = float(mass[-1] / mass.sum()) if hm.tokens[-1] == "<|endoftext|>" else float("nan")
@@ -154,6 +176,8 @@ def summarize(rows: list[dict]) -> dict:
         e = mean_ci(eot)
         out["eot_share"], out["eot_share_ci"] = e.mean, [e.low, e.high]
     out["miou_margin_over_whole"] = out["miou_daam"] - out["miou_whole"]
+    if all("status" in r for r in rows):
+        out.update(both_correct_with_unknowns(rows))
     out["bars"] = {
         "both objects right ≥ 60%": out["both_correct_pct"] >= BARS["both_correct_pct"],
         "DAAM-0.4 mIoU ≥ 50": out["miou_daam"] >= BARS["miou_daam"],
@@ -163,14 +187,59 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def both_correct_with_unknowns(rows: list[dict]) -> dict:
+    """Both objects right (confidently drawn, shape and named colour) over two-object prompts: with prompts that
+    have an unknown noun left out (``_sure``, with its 95% CI), and with unknowns counted as right and as wrong."""
+    from ..stats import mean_ci
+
+    pairs = [r["status"] for r in rows if len(r["status"]) == 2]
+    sure = [all(s == "drawn" for s in st) for st in pairs if "unknown" not in st]
+    right = [all(s != "missing" for s in st) for st in pairs]
+    wrong = [all(s == "drawn" for s in st) for st in pairs]
+    ci = mean_ci([100.0 * v for v in sure]) if sure else None
+    return {"both_correct_sure_pct": ci.mean if ci else float("nan"),
+            "both_correct_sure_ci": [ci.low, ci.high] if ci else [float("nan")] * 2, "prompts_sure": len(sure),
+            "prompts_with_unknown": len(pairs) - len(sure),
+            "nouns_unknown": sum(s == "unknown" for r in rows for s in r["status"]),
+            "both_correct_unknown_as_right_pct": 100 * float(np.mean(right)) if pairs else float("nan"),
+            "both_correct_unknown_as_wrong_pct": 100 * float(np.mean(wrong)) if pairs else float("nan")}
+
+
+def write_missing_table(records: list[dict], annotator, out_dir: str | Path, threshold: float = 0.4,
+                        figure: bool = True):
+    """The missing-noun table of these runs (annotator as ground truth, sure nouns only; unknowns counted):
+    ``missing_nouns.csv`` and ``.json``, the per-noun rows ``noun_rows.csv`` and ``missing_nouns.png`` in ``out_dir``."""
+    from ..studies.segmentation import MissingDisplay, missing_table, noun_map_rows
+    from .studies import AnnotatorTruth
+
+    rows = noun_map_rows(records, AnnotatorTruth(annotator), threshold)
+    table = missing_table(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows.round(5).to_csv(out / "noun_rows.csv", index=False)
+    table.round(4).to_csv(out / "missing_nouns.csv", index=False)
+    (out / "missing_nouns.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
+    if figure and len(table):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        d = MissingDisplay(rows, table).plot()
+        d.figure_.savefig(out / "missing_nouns.png", dpi=110)
+        plt.close(d.figure_)
+    return table
+
+
 def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out/quality", steps: int = 30,
              guidance: float = 5.0, threshold: float = 0.4, start: int = 0, device: str = "cpu",
-             progress: bool = True, split: str = "test") -> dict:
-    """Generate (resumably) and score ``n`` two-object prompts of ``split`` (test: the bars; val: for
-    choosing sampling settings); returns the summary."""
+             progress: bool = True, split: str = "test", runs_dir: str | Path | None = None) -> dict:
+    """Generate (resumably, into ``runs_dir``, default ``out_dir/runs``) and score ``n`` two-object prompts of
+    ``split`` (test: the bars; val: for choosing sampling settings); returns the summary and writes it, with the
+    missing-noun table (:func:`write_missing_table`), to ``out_dir``."""
     from .. import load_experiment, load_pipeline
     from ..runner import run_experiments
-    from .annotator import Annotator
+    from .annotator import UNSURE_BELOW, Annotator
 
     world = ShapeWorld()
     if split not in ("val", "test"):
@@ -178,14 +247,17 @@ def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out
     items = [{"id": f"q-{start + i:04d}", "prompt": world.scene(split, start + i, kind="pair").caption,
               "seed": start + i} for i in range(n)]
     pipe = load_pipeline(model, device=device)
-    records = run_experiments(pipe, items, Path(out_dir) / "runs", defaults={"steps": steps, "guidance": guidance},
+    runs_dir = Path(out_dir) / "runs" if runs_dir is None else Path(runs_dir)
+    records = run_experiments(pipe, items, runs_dir, defaults={"steps": steps, "guidance": guidance},
                               model_name=model, progress=progress)
     annotator = Annotator.load()
     rows = [score(load_experiment(r["path"])[0], r["prompt"], annotator, threshold) for r in records]
     summary = {"model": model, "split": split, "steps": steps, "guidance": guidance, "threshold": threshold,
-               "scheduler": type(pipe.scheduler).__name__, **summarize(rows),
+               "scheduler": type(pipe.scheduler).__name__, "unsure_below": UNSURE_BELOW, **summarize(rows),
                "annotator_ceiling": annotator_ceiling(copy.deepcopy(pipe.vae).float().cpu(), n, split, start)}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    table = write_missing_table(records, annotator, out_dir, threshold)
+    summary["missing_nouns"] = table.to_dict(orient="records")
     (Path(out_dir) / "quality.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -228,7 +300,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--threshold", type=float, default=0.4)
-    p.add_argument("--out", default="out/quality")
+    p.add_argument("--out", default="out/quality", help="quality.json and the missing-noun table (small files)")
+    p.add_argument("--runs", default=None,
+                   help="generated images and maps (default: out/quality/<model>/runs, or <model>-val for --split val)")
     args = p.parse_args(argv)
     if args.compare:
         runs = {}
@@ -238,9 +312,11 @@ def main(argv=None) -> int:
         print(compare_table(runs))
         return 0
     torch.set_num_threads(1)
-    s = evaluate(args.model, args.n, args.out, args.steps, args.guidance, args.threshold, split=args.split)
+    runs = args.runs or Path("out/quality") / (args.model if args.split == "test" else f"{args.model}-{args.split}") / "runs"
+    s = evaluate(args.model, args.n, args.out, args.steps, args.guidance, args.threshold, split=args.split,
+                 runs_dir=runs)
     for k, v in s.items():
-        if k != "bars":
+        if k not in ("bars", "missing_nouns"):
             print(f"{k}: {v}")
     for bar, ok in s["bars"].items():
         print(f"{'PASS' if ok else 'MISS'}  {bar}")

@@ -56,9 +56,18 @@ class AnnotatorTruth:
         ann = self.annotate(hm.image, record["prompt"])
         return {i: torch.from_numpy(m) for i, m in ann.noun_masks.items() if m.any()}
 
-    def correct(self, record: Mapping, hm: HeatMaps, nouns: Sequence[int]) -> bool:
-        present = self.annotate(hm.image, record["prompt"]).present
-        return all(bool(present.get(i)) for i in nouns)
+    def correct(self, record: Mapping, hm: HeatMaps, nouns: Sequence[int]) -> bool | None:
+        """All these nouns confidently drawn? None when any of them is unknown (only an object the annotator is
+        unsure of could be it), as a human annotator would leave the item unlabelled."""
+        status = self.annotate(hm.image, record["prompt"]).status
+        if any(status.get(i) == "unknown" for i in nouns):
+            return None
+        return all(status.get(i) == "drawn" for i in nouns)
+
+    def unknown(self, record: Mapping, hm: HeatMaps) -> list[int]:
+        """Word positions of the nouns the annotator cannot call drawn or missing (only unsure objects could be
+        them); :meth:`noun_masks` leaves them out, :meth:`correct` is None on them."""
+        return self.annotate(hm.image, record["prompt"]).unknown
 
     def regions(self, record: Mapping, hm: HeatMaps) -> dict[int, torch.Tensor]:
         from ..studies.pos import word_regions
@@ -74,9 +83,38 @@ class AnnotatorTruth:
     def nouns(self, record: Mapping, hm: HeatMaps) -> list[int]:
         return [i for i, r in caption_roles(record["prompt"]).items() if r == "noun"]
 
+    def objects(self, record: Mapping, hm: HeatMaps) -> torch.Tensor:
+        """Every object the annotator detects, named by the prompt or not (a misdrawn one too): their union."""
+        union = np.zeros(hm.image.shape[:2], bool)
+        for d in self.annotate(hm.image, record["prompt"]).objects:
+            union |= d.mask
+        return torch.from_numpy(union)
+
+
+def held_out(caption: str) -> bool:
+    """Is this caption string outside the train split (``ShapeWorld.split_of_caption``: val or test by its
+    hash), so that the embedded model never saw it as a training caption?"""
+    return ShapeWorld.split_of_caption(caption) != "train"
+
+
+# What :meth:`ShapeWorldStudies.adjective_prompts` builds templates from: the world's own grammar, with the words
+# before the colour (size, pattern) and a background phrase or none.
+_ADJ_PREFIXES = tuple(f"{s}{p}" for s in ("", "small ", "large ") for p in ("", "striped ", "dotted "))
+_ADJ_SUFFIXES = ("", *(f" {b}" for b in BACKGROUND_PHRASES.values()))
+
 
 class ShapeWorldStudies(Source):
-    """Prompts for each study from the world's held-out splits (never train), and :class:`AnnotatorTruth`."""
+    """Prompts for each study whose caption strings the embedded model never trained on, and
+    :class:`AnnotatorTruth`.
+
+    Held out means outside the train split by the caption's hash (:func:`held_out`: val or test), or in the
+    unreal split (colour–shape and shape–shape combinations no train scene shows). ``items``: segmentation from
+    test, unreal and val scenes; pos and syntax from test scenes. ``pair_items`` (§5.1): held-out "a X and a Y"
+    prompts only — the world can make 20 (3 of them cohyponym pairs), fewer than asked beyond that.
+    ``adjective_prompts`` (§5.2): templates whose every swap is held out, each with its own adjectives — the
+    world can make 65 (75 swaps). The model did train on longer captions that contain a held-out one ("a ring
+    and a star on grass"), and on every word.
+    """
 
     def __init__(self, world: ShapeWorld | None = None):
         self.world = world or ShapeWorld()
@@ -109,12 +147,48 @@ class ShapeWorldStudies(Source):
     def ontology(self) -> dict[str, tuple[str, ...]]:
         return ONTOLOGY
 
-    def adjective_prompts(self, n: int, seed: int = 0) -> tuple[list[str], dict[str, list[int]]]:
-        """``n`` templates "a {adj} <shape> <background phrase>" (shapes never held out with a colour, so that
-        every colour swap stays in the seen combinations' shapes) and the world's colours as adjectives."""
+    def adjective_templates(self) -> dict[str, list[str]]:
+        """Every held-out §5.2 template the world's grammar makes: "a [size] [pattern] {adj} <shape> [background
+        phrase]" with the colours whose prompt is held out (:func:`held_out`), kept when two or more are — a seed
+        and a swap. Left out: colour–shape pairs the world never shows (the unreal split's) and, without a word
+        before the colour, colours that take "an" ("a orange" is not the world's grammar). 65 templates."""
+        out = {}
+        for shape in SHAPES:
+            for prefix in _ADJ_PREFIXES:
+                for suffix in _ADJ_SUFFIXES:
+                    template = f"a {prefix}{{adj}} {shape}{suffix}"
+                    adjs = [c for c in COLOURS if (c, shape) not in HELD_OUT_COLOUR_SHAPE
+                            and (prefix or c[0] not in "aeiou") and held_out(template.format(adj=c))]
+                    if len(adjs) >= 2:
+                        out[template] = adjs
+        return out
+
+    def adjective_prompts(self, n: int, seed: int = 0) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
+        """``n`` of :meth:`adjective_templates` drawn by ``seed`` (all of them, fewer than ``n``, when ``n`` is
+        larger), as ``{template: its adjectives}``, and the world's colours as ``{adjective: [r, g, b]}``. Every
+        prompt a template makes with its adjectives is outside the train split."""
+        made = self.adjective_templates()
+        keys = list(made)
+        picked = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))[:n]]
+        return {t: made[t] for t in picked}, {k: list(v) for k, v in COLOURS.items()}
+
+    def pair_items(self, n: int, ontology: Mapping[str, tuple[str, ...]], seed: int = 0,
+                   seen: bool = False) -> list[dict]:
+        """§5.1's "a(n) X and a(n) Y" items from the world's own ontology, held out only (:func:`held_out`); with
+        ``seen``, from the train split only (to measure what training on a caption changes:
+        :func:`daamlib.studies.cohyponyms.seen_vs_unseen`). Cohyponym and other pairs alternate while both last,
+        in an order drawn by ``seed``. The world makes only 20 held-out prompts (3 cohyponym pairs): for a larger
+        ``n`` all of them are returned, fewer than asked (each item's ``held_out`` says which kind it is).
+        Another ontology (e.g. COCO) gets :func:`daamlib.studies.cohyponyms.pair_items` unchanged."""
+        from ..studies.cohyponyms import are_cohyponyms, pair_items, pair_prompt
+
+        if dict(ontology) != dict(ONTOLOGY):
+            return pair_items(n, ontology, seed)
+        words = [w for ws in ontology.values() for w in ws]
+        pairs = [(a, b) for a in words for b in words if a != b and held_out(pair_prompt(a, b)) != seen]
         rng = np.random.default_rng(seed)
-        backgrounds = list(BACKGROUND_PHRASES.values())
-        shapes = [s for s in SHAPES if not any(s == h for _, h in HELD_OUT_COLOUR_SHAPE)]
-        templates = [f"a {{adj}} {shapes[rng.integers(len(shapes))]} {backgrounds[i % len(backgrounds)]}"
-                     for i in range(n)]
-        return templates, {k: list(v) for k, v in COLOURS.items()}
+        co = [pairs[i] for i in rng.permutation(len(pairs)) if are_cohyponyms(*pairs[i], ontology)]
+        non = [pairs[i] for i in rng.permutation(len(pairs)) if not are_cohyponyms(*pairs[i], ontology)]
+        mixed = [p for k in range(max(len(co), len(non))) for p in (co[k:k + 1] + non[k:k + 1])][:n]
+        return [{"id": f"pair-{i:04d}", "prompt": pair_prompt(a, b), "seed": seed + i, "a": a, "b": b,
+                 "cohyponyms": are_cohyponyms(a, b, ontology), "held_out": not seen} for i, (a, b) in enumerate(mixed)]

@@ -224,13 +224,37 @@ def item_rows(records: Sequence[Mapping], truth, threshold: float = 0.4):
         pa, pb = pair_positions(a, b)
         overlap = iou(hm.phrase(pa).binarize(threshold), hm.phrase(pb).binarize(threshold))
         rows.append({"item": r["id"], "a": a, "b": b, "cohyponyms": bool(r["info"]["cohyponyms"]), "iou": overlap,
-                     "correct": truth.correct(r, hm, [pa[0], pb[0]]), "bin": overlap_bin(overlap)})
+                     "correct": truth.correct(r, hm, [pa[0], pb[0]]), "bin": overlap_bin(overlap),
+                     **({"held_out": bool(r["info"]["held_out"])} if "held_out" in r["info"] else {})})
+    return pd.DataFrame(rows)
+
+
+def seen_vs_unseen(df):
+    """Does training on a prompt change §5.1's measures? From item rows with a ``held_out`` column (True: a
+    caption the model never trained on), per measure — both nouns right (%, when labelled) and the IoU of the two
+    maps (×100) — the mean with its 95% interval and n for seen and unseen prompts, and unseen − seen."""
+    import pandas as pd
+
+    from . import paper as P
+
+    seen, unseen = df[~df.held_out.astype(bool)], df[df.held_out.astype(bool)]
+    measures = [("IoU of the two maps (×100)", lambda g: 100 * g["iou"].to_numpy(float))]
+    if labelled(df):
+        measures.insert(0, ("both nouns right (%)", lambda g: 100.0 * g["correct"].astype(float).to_numpy()))
+    rows = []
+    for name, get in measures:
+        (sm, slo, shi, sn), (um, ulo, uhi, un) = P.bootstrap(get(seen)), P.bootstrap(get(unseen))
+        dm, dlo, dhi, _ = P.bootstrap_difference(get(unseen), get(seen))
+        rows.append({"measure": name, "seen": sm, "seen_low": slo, "seen_high": shi, "seen_n": sn, "unseen": um,
+                     "unseen_low": ulo, "unseen_high": uhi, "unseen_n": un, "unseen_minus_seen": dm,
+                     "difference_low": dlo, "difference_high": dhi})
     return pd.DataFrame(rows)
 
 
 def labelled(df) -> bool:
-    """True when every item has a correctness label (accuracy can be computed)."""
-    return bool(len(df)) and bool(df["correct"].notna().all())
+    """True when correctness is known for some items (accuracy can be computed over those; a ground truth that
+    is unsure of an item leaves its ``correct`` None, and :func:`summary` says how many)."""
+    return bool(len(df)) and bool(df["correct"].notna().any())
 
 
 def summary(df) -> dict:
@@ -243,19 +267,29 @@ def summary(df) -> dict:
         key = "cohyponyms" if c else "non-cohyponyms"
         ci = mean_ci(g["iou"])
         out[key] = {"prompts": len(g), "mIoU": 100 * ci.mean, "mIoU_ci": [100 * ci.low, 100 * ci.high]}
-        if g["correct"].notna().all():
-            out[key]["accuracy"] = 100 * g["correct"].mean()
-    if labelled(df) and df["cohyponyms"].nunique() == 2:
-        co, non = df[df.cohyponyms], df[~df.cohyponyms]
-        odds, p = fisher_exact(int(non.correct.sum()), len(non), int(co.correct.sum()), len(co))
+        known = g["correct"].dropna().astype(bool)
+        if len(known):
+            out[key]["accuracy"] = 100 * known.mean()
+            out[key]["unknown"] = int(len(g) - len(known))  # the ground truth was unsure: neither right nor wrong
+    known = df[df["correct"].notna()]
+    if labelled(df) and known["cohyponyms"].nunique() == 2:
+        co, non = known[known.cohyponyms], known[~known.cohyponyms]
+        co_ok, non_ok = co.correct.astype(bool), non.correct.astype(bool)
+        odds, p = fisher_exact(int(non_ok.sum()), len(non), int(co_ok.sum()), len(co))
         out["fisher"] = {"odds_ratio_non_vs_co": odds, "p": p}
     return out
 
 
 def accuracy_by_bin(df) -> dict:
-    """Accuracy (%) and prompts per overlap bin (bins with prompts only)."""
-    return {b: {"prompts": int((df.bin == b).sum()), "accuracy": 100 * float(df[df.bin == b].correct.mean())}
-            for b in ("low", "mid", "high") if (df.bin == b).any()}
+    """Accuracy (%) over items of known correctness, prompts and unknowns per overlap bin (bins with prompts only)."""
+    out = {}
+    for b in ("low", "mid", "high"):
+        g = df[df.bin == b]
+        if len(g):
+            known = g["correct"].dropna().astype(float)
+            out[b] = {"prompts": len(g), "accuracy": 100 * float(known.mean()) if len(known) else float("nan"),
+                      "unknown": int(len(g) - len(known))}
+    return out
 
 
 class Fig6Display:
@@ -273,7 +307,8 @@ class Fig6Display:
 
         from .style import ci_kwargs, few_note, label_counts, theme
 
-        df = self.df.assign(
+        unknown = int(self.df["correct"].isna().sum())  # the ground truth was unsure: neither right nor wrong
+        df = self.df[self.df["correct"].notna()].assign(
             group=lambda d: [f"{'co' if c else 'non-co'}hyponyms\n{'correct' if k else 'incorrect'}"
                              for c, k in zip(d.cohyponyms, d.correct)],
             pair=lambda d: d.cohyponyms.map({True: "cohyponyms", False: "non-cohyponyms"}),
@@ -299,13 +334,17 @@ class Fig6Display:
             label_counts(ax[1], bin_counts)
             note = few_note({**{k.replace("\n", " "): v for k, v in counts.items()},
                              **{f"{k} bin": v for k, v in bin_counts.items()}})
-            ax[0].set_title(f"{len(df)} prompts, 95% bootstrap CI" + (f"\n{note}" if note else ""), fontsize=8)
+            ax[0].set_title(f"{len(df)} prompts of known correctness" + (f" ({unknown} unknown, left out)" if unknown
+                                                                            else "") + ", 95% bootstrap CI"
+                            + (f"\n{note}" if note else ""), fontsize=8)
         self.ax_, self.figure_ = ax, ax[0].figure
         return self
 
 
-def plot_fig6(df, ax=None) -> Fig6Display:
-    return Fig6Display(df).plot(ax)
+def plot_fig6(df, ax=None, model: str = "") -> Fig6Display:
+    from .style import name_model
+
+    return name_model(Fig6Display(df).plot(ax), model)
 
 
 class GalleryDisplay:
@@ -341,8 +380,10 @@ class GalleryDisplay:
         return self
 
 
-def plot_gallery(df, records: Sequence[Mapping], n: int = 4, ax=None) -> GalleryDisplay:
-    return GalleryDisplay(df, records, n).plot(ax)
+def plot_gallery(df, records: Sequence[Mapping], n: int = 4, ax=None, model: str = "") -> GalleryDisplay:
+    from .style import name_model
+
+    return name_model(GalleryDisplay(df, records, n).plot(ax), model)
 
 
 def results(model: str, ontology: str, df) -> dict:
@@ -354,37 +395,55 @@ def results(model: str, ontology: str, df) -> dict:
     return out
 
 
-def paper_vs_here(df):
+def paper_vs_here(df, comparable: bool = False):
     """§5.1's claims against this run: cohyponym pairs are generated correctly less often, their maps overlap
-    more, and more overlap goes with less accuracy; differences between groups with 95% bootstrap intervals."""
+    more, and more overlap goes with less accuracy. Accuracy counts only items whose correctness is known (the
+    ground truth can be unsure: ``correct`` None), and each row says how many were unknown. Intervals resample
+    the noun pairs (a pair drawn with several seeds is one unit); values are judged only when ``comparable``."""
     from . import paper as P
 
     P_ = P.PAPER
+    df = df.assign(unit=[" | ".join(sorted((a, b))) for a, b in zip(df["a"], df["b"])]) if len(df) else df
     co, non = df[df.cohyponyms], df[~df.cohyponyms]
+    acc, acc_gap = P.MARGINS["accuracy"], P.MARGINS["accuracy-gap"]
+    miou, gap_m = P.MARGINS["miou"], P.MARGINS["miou-gap"]
     rows = []
     if labelled(df):
-        for key, g in (("5.1.accuracy.non-cohyponyms", non), ("5.1.accuracy.cohyponyms", co)):
-            m, lo, hi, n = P.bootstrap(100.0 * g["correct"].astype(float).to_numpy())
-            rows.append(P.row(P_[key].source, key.split(".")[-1].replace("-", " ") + ": accuracy (%)", P_[key].value,
-                              m, lo, hi, n))
+        known = df[df["correct"].notna()]
+        unknown = len(df) - len(known)
+        note = f" ({unknown} of {len(df)} items unknown to the ground truth, left out)" if unknown else ""
+        kco, knon = known[known.cohyponyms], known[~known.cohyponyms]
+
+        def correct(g):
+            return 100.0 * g["correct"].astype(float).to_numpy()
+
+        for key, g in (("5.1.accuracy.non-cohyponyms", knon), ("5.1.accuracy.cohyponyms", kco)):
+            m, lo, hi, n = P.interval(correct(g), g["unit"])
+            rows.append(P.row(P_[key].source, key.split(".")[-1].replace("-", " ") + ": accuracy (%)" + note,
+                              P_[key].value, m, lo, hi, n, P.value(P_[key].value, lo, hi, acc.value, n, comparable,
+                                                                   acc.why)))
         gap = P_["5.1.accuracy.non-cohyponyms"].value - P_["5.1.accuracy.cohyponyms"].value
-        m, lo, hi, n = P.bootstrap_difference(100.0 * non["correct"].astype(float), 100.0 * co["correct"].astype(float))
-        rows.append(P.row("§5.1 (Fisher's exact test, p < 0.01)", "accuracy: non-cohyponyms − cohyponyms (points)",
-                          gap, m, lo, hi, n, P.verdict_effect(gap, m, lo, hi)))
-        low, high = df[df.bin == "low"], df[df.bin == "high"]
+        m, lo, hi, n = P.interval_difference(correct(knon), correct(kco), knon["unit"], kco["unit"])
+        rows.append(P.row("§5.1 (Fisher's exact test, p < 0.01)", "accuracy: non-cohyponyms − cohyponyms (points)" + note,
+                          gap, m, lo, hi, n, P.effect(lo, hi, acc_gap.value, 1, n, gap if comparable else math.nan,
+                                                      acc.value, acc_gap.why)))
+        low, high = known[known.bin == "low"], known[known.bin == "high"]
         gap = P_["5.1.accuracy.low-overlap"].value - P_["5.1.accuracy.high-overlap"].value
-        m, lo, hi, n = P.bootstrap_difference(100.0 * low["correct"].astype(float), 100.0 * high["correct"].astype(float))
-        rows.append(P.row("§5.1, Fig. 6 bottom", "accuracy: low-overlap − high-overlap pairs (points)", gap, m, lo, hi, n,
-                          P.verdict_effect(gap, m, lo, hi)))
+        m, lo, hi, n = P.interval_difference(correct(low), correct(high), low["unit"], high["unit"])
+        rows.append(P.row("§5.1, Fig. 6 bottom", "accuracy: low-overlap − high-overlap pairs (points)" + note, gap,
+                          m, lo, hi, n, P.effect(lo, hi, acc_gap.value, 1, n, gap if comparable else math.nan,
+                                                 acc.value, acc_gap.why)))
     else:
         for claim in ("accuracy: non-cohyponyms − cohyponyms (points)", "accuracy: low − high overlap (points)"):
             rows.append(P.row("§5.1", claim, math.nan, untestable="no correctness labels (LABELS_CSV); none are invented"))
     for key, g in (("5.1.miou.cohyponyms", co), ("5.1.miou.non-cohyponyms", non)):
-        m, lo, hi, n = P.bootstrap(100 * g["iou"].to_numpy())
+        m, lo, hi, n = P.interval(100 * g["iou"].to_numpy(), g["unit"] if len(g) else None)
         rows.append(P.row(P_[key].source, key.split(".")[-1].replace("-", " ") + ": mIoU of the two maps",
-                          P_[key].value, m, lo, hi, n))
+                          P_[key].value, m, lo, hi, n, P.value(P_[key].value, lo, hi, miou.value, n, comparable,
+                                                               miou.why)))
     gap = P_["5.1.miou.cohyponyms"].value - P_["5.1.miou.non-cohyponyms"].value
-    m, lo, hi, n = P.bootstrap_difference(100 * co["iou"], 100 * non["iou"])
+    m, lo, hi, n = P.interval_difference(100 * co["iou"], 100 * non["iou"], co["unit"] if len(co) else None,
+                                         non["unit"] if len(non) else None)
     rows.append(P.row("§5.1", "mIoU: cohyponyms − non-cohyponyms (points)", gap, m, lo, hi, n,
-                      P.verdict_effect(gap, m, lo, hi)))
+                      P.effect(lo, hi, gap_m.value, 1, n, gap if comparable else math.nan, miou.value, gap_m.why)))
     return P.table(rows)

@@ -52,6 +52,10 @@ class GroundTruth(Protocol):
     def nouns(self, record: Mapping, hm: HeatMaps) -> list[int] | None:
         """Word positions of the prompt's nouns, drawn or not (None when unknown)."""
 
+    def objects(self, record: Mapping, hm: HeatMaps) -> torch.Tensor | None:
+        """Optional: the union of *every* object detected in the image, whether the prompt names it or not (a
+        misdrawn one included); None when unknown (e.g. human masks cover only the nouns people segmented)."""
+
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "y", "correct"}, {"0", "false", "no", "n", "incorrect"}
@@ -117,6 +121,9 @@ class HumanTruth:
     def nouns(self, record, hm):
         return None  # people segmented the nouns they saw; which nouns went missing is not in the masks
 
+    def objects(self, record, hm):
+        return None  # people segmented the prompt's nouns, not every object drawn
+
 
 class Source:
     """A study's items and ground truth. Subclasses implement :meth:`items`; worlds may also offer
@@ -132,9 +139,17 @@ class Source:
         """The world's own hypernym → nouns table, if it has one."""
         return None
 
-    def adjective_prompts(self, n: int, seed: int = 0) -> tuple[list[str], dict[str, list[int]]] | None:
-        """``(templates with {adj}, {adjective: [r, g, b]})`` for §5.2, if the world can make them."""
+    def adjective_prompts(self, n: int, seed: int = 0) -> tuple[list[str] | dict, dict[str, list[int]]] | None:
+        """``(templates with {adj}, {adjective: [r, g, b]})`` for §5.2, if the world can make them; the templates may
+        be a dict ``{template: the adjectives it swaps among}`` when not every adjective suits every template."""
         return None
+
+    def pair_items(self, n: int, ontology: Mapping[str, tuple[str, ...]], seed: int = 0) -> list[dict]:
+        """§5.1's "a(n) X and a(n) Y" items (:func:`daamlib.studies.cohyponyms.pair_items`); a world may override
+        it to keep its training captions out (and may then return fewer than ``n``)."""
+        from .cohyponyms import pair_items
+
+        return pair_items(n, ontology, seed)
 
 
 class FileSource(Source):

@@ -350,8 +350,9 @@ def row(section: str, claim: str, paper: float, here: float = math.nan, low: flo
     elif not n:
         verdict = Verdict(UNTESTABLE, "no items of this kind in this run")
     elif n < FEW and (verdict is None or verdict[0] != NOT_COMPARABLE):
+        rule = Verdict(*verdict) if verdict is not None else Verdict("", "")
         verdict = Verdict(UNTESTABLE, f"only {n} unit(s) here, fewer than {FEW}: too few for a verdict "
-                          f"(a 95% interval covers far less than 95% at this n)")
+                          f"(a 95% interval covers far less than 95% at this n)", rule.rule, rule.margin)
     if verdict is None:
         raise ValueError(f"row {claim!r}: say which rule decides it (value, no_effect, effect) or why it is untestable")
     v = Verdict(*verdict)

@@ -319,8 +319,10 @@ class TauSweepDisplay:
         return self
 
 
-def plot_tau_sweep(scores, ax=None) -> TauSweepDisplay:
-    return TauSweepDisplay.from_scores(scores).plot(ax)
+def plot_tau_sweep(scores, ax=None, model: str = "") -> TauSweepDisplay:
+    from .style import name_model
+
+    return name_model(TauSweepDisplay.from_scores(scores).plot(ax), model)
 
 
 class AblationDisplay:
@@ -368,8 +370,10 @@ class AblationDisplay:
         return self
 
 
-def plot_ablation(scores, ax=None) -> AblationDisplay:
-    return AblationDisplay.from_scores(scores).plot(ax)
+def plot_ablation(scores, ax=None, model: str = "") -> AblationDisplay:
+    from .style import name_model
+
+    return name_model(AblationDisplay.from_scores(scores).plot(ax), model)
 
 
 class GalleryDisplay:
@@ -413,8 +417,10 @@ class GalleryDisplay:
         return self
 
 
-def plot_gallery(scores, records, truth, n: int = 6, ax=None) -> GalleryDisplay:
-    return GalleryDisplay.from_scores(scores, records, truth, n).plot(ax)
+def plot_gallery(scores, records, truth, n: int = 6, ax=None, model: str = "") -> GalleryDisplay:
+    from .style import name_model
+
+    return name_model(GalleryDisplay.from_scores(scores, records, truth, n).plot(ax), model)
 
 
 def results(model: str, records, scores, table) -> dict:
@@ -450,8 +456,9 @@ def noun_scores(hm: HeatMaps, truth, threshold: float = 0.4, record: Mapping | N
 # -- τ chosen away from the reported splits ---------------------------------------------------------------------
 def choose_tau(scores, mode: str = "DAAM (minmax)", n_boot: int = 2000, seed: int = 0) -> dict:
     """The τ of the sweep with the best mIoU on the ``val`` split (nouns never reported), with a bootstrap interval
-    of that choice over val nouns, and the mIoU it gives on each reported split (95% bootstrap interval)."""
-    from .paper import bootstrap
+    of that choice over val images (an image's nouns go together), and the mIoU it gives on each reported split
+    (95% interval over images); ``n``: val images."""
+    from .paper import interval
 
     sw = scores[(scores.kind == "sweep") & (scores.method == mode)]
     val = sw[sw.split == VAL]
@@ -461,14 +468,17 @@ def choose_tau(scores, mode: str = "DAAM (minmax)", n_boot: int = 2000, seed: in
     taus = wide.columns.to_numpy(dtype=float)
     best = float(taus[np.nanargmax(wide.mean().to_numpy())])
     rng = np.random.default_rng(seed)
-    picks = [taus[np.nanargmax(wide.iloc[rng.integers(0, len(wide), len(wide))].mean().to_numpy())]
-             for _ in range(n_boot)]
+    images = wide.index.get_level_values("item")
+    rows_of = [np.flatnonzero(images == u) for u in images.unique()]
+    picks = [taus[np.nanargmax(wide.iloc[np.concatenate([rows_of[j] for j in rng.integers(0, len(rows_of),
+                                                                                         len(rows_of))])]
+                               .mean().to_numpy())] for _ in range(n_boot)]
     splits = {}
     for split, g in sw[(sw.split != VAL) & np.isclose(sw.tau, best)].groupby("split"):
-        m, lo, hi, n = bootstrap(100 * g["iou"].to_numpy(), seed=seed)
+        m, lo, hi, n = interval(100 * g["iou"].to_numpy(), g["item"])
         splits[split] = {"miou": m, "low": lo, "high": hi, "n": n}
     return {"tau": best, "low": float(np.quantile(picks, 0.025)), "high": float(np.quantile(picks, 0.975)),
-            "n": len(wide), "splits": splits}
+            "n": len(rows_of), "splits": splits}
 
 
 # -- a finding the paper does not report: can a map say that its noun is missing? --------------------------------
@@ -480,7 +490,9 @@ MAP_STATISTICS = {"mask share": "share of the image DAAM-0.4 selects",
 
 def noun_map_rows(records: Sequence[Mapping], truth, threshold: float = 0.4):
     """One row per noun of every prompt, drawn or not (as the ground truth says), with simple statistics of its
-    map (:data:`MAP_STATISTICS`). Empty when the ground truth cannot say which nouns were left out."""
+    map (:data:`MAP_STATISTICS`). ``drawn``: the ground truth found the noun; ``unknown``: it could not say
+    (a ground truth with an ``unknown(record, hm)`` method, such as the ShapeWorld annotator when it is unsure of
+    an object; else always False). Empty when the ground truth cannot say which nouns were left out."""
     import pandas as pd
 
     from ..io import load_experiment
@@ -493,6 +505,7 @@ def noun_map_rows(records: Sequence[Mapping], truth, threshold: float = 0.4):
         if nouns is None:
             return pd.DataFrame()
         drawn, fg = truth.noun_masks(rec, hm), truth.foreground(rec, hm)
+        unknown = set(truth.unknown(rec, hm)) if hasattr(truth, "unknown") else set()
         for i in nouns:
             if not hm.has_word(i):
                 continue
@@ -500,7 +513,7 @@ def noun_map_rows(records: Sequence[Mapping], truth, threshold: float = 0.4):
             p = heat / heat.sum() if heat.sum() > 0 else torch.full_like(heat, 1 / heat.numel())
             entropy = float(-(p[p > 0] * p[p > 0].log()).sum() / np.log(p.numel()))
             rows.append({"item": rec["id"], "split": rec["info"].get("split"), "word": hm.word_at(i).word.text,
-                         "word_index": i, "drawn": i in drawn,
+                         "word_index": i, "drawn": i in drawn, "unknown": i in unknown and i not in drawn,
                          "mask share": float(hm.word_at(i).binarize(threshold).float().mean()),
                          "peak / mean": float(heat.max() / heat.mean()) if heat.mean() > 0 else float("nan"),
                          "entropy": entropy,
@@ -519,13 +532,16 @@ def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
 
 def missing_table(noun_rows, n_boot: int = 2000, seed: int = 0):
     """Per map statistic: its median for drawn and for missing nouns, and the ROC AUC of telling drawn from
-    missing by it (0.5: no better than chance; either side of it separates) with a 95% bootstrap interval."""
+    missing by it (0.5: no better than chance; either side of it separates) with a 95% bootstrap interval.
+    Only nouns the ground truth is sure of count; ``n_unknown`` says how many were left out (rows whose
+    ``unknown`` column is True)."""
     import pandas as pd
 
     if noun_rows is None or not len(noun_rows):
         return pd.DataFrame()
     rng = np.random.default_rng(seed)
-    d, m = noun_rows[noun_rows.drawn], noun_rows[~noun_rows.drawn]
+    unknown = _unknown(noun_rows)
+    d, m = noun_rows[noun_rows.drawn & ~unknown], noun_rows[~noun_rows.drawn & ~unknown]
     out = []
     for stat, meaning in MAP_STATISTICS.items():
         x, y = d[stat].to_numpy(float), m[stat].to_numpy(float)
@@ -534,12 +550,20 @@ def missing_table(noun_rows, n_boot: int = 2000, seed: int = 0):
         out.append({"statistic": stat, "meaning": meaning, "median_drawn": float(np.nanmedian(x)) if len(x) else np.nan,
                     "median_missing": float(np.nanmedian(y)) if len(y) else np.nan, "auc": auc(x, y),
                     "low": float(np.nanquantile(boots, 0.025)), "high": float(np.nanquantile(boots, 0.975)),
-                    "n_drawn": len(x), "n_missing": len(y)})
+                    "n_drawn": len(x), "n_missing": len(y), "n_unknown": int(unknown.sum())})
     return pd.DataFrame(out)
 
 
+def _unknown(noun_rows):
+    """The rows' ``unknown`` column as bools (all False when there is none: a ground truth that is always sure)."""
+    if "unknown" in noun_rows:
+        return noun_rows["unknown"].fillna(False).astype(bool)
+    return noun_rows["drawn"] & False
+
+
 class MissingDisplay:
-    """Each map statistic for drawn and for missing nouns (box and points), with its ROC AUC in the title."""
+    """Each map statistic for drawn and for missing nouns (box and points), with its ROC AUC in the title; nouns
+    the ground truth is unsure of are left out, and their number is in the figure's title."""
 
     def __init__(self, noun_rows, table):
         self.rows, self.table = noun_rows, table
@@ -551,7 +575,8 @@ class MissingDisplay:
 
         from .style import theme
 
-        rows = self.rows.assign(noun=lambda d: d.drawn.map({True: "drawn", False: "missing"}))
+        rows = self.rows[~_unknown(self.rows)].assign(noun=lambda d: d.drawn.map({True: "drawn", False: "missing"}))
+        n_unknown = int(self.table.n_unknown.iloc[0]) if "n_unknown" in self.table and len(self.table) else 0
         with theme():
             if ax is None:
                 _, ax = plt.subplots(1, len(MAP_STATISTICS), figsize=(3.2 * len(MAP_STATISTICS), 3.4), layout="constrained")
@@ -564,21 +589,25 @@ class MissingDisplay:
                 a.set_title(f"AUC {t.auc:.2f} [{t.low:.2f}, {t.high:.2f}]", fontsize=8)
             fig = ax[0].figure
             fig.suptitle("Can a noun's map say that the noun is missing? (ROC AUC with 95% bootstrap interval; "
-                         "0.5 = chance)", fontsize=9)
+                         "0.5 = chance" + (f"; {n_unknown} nouns the ground truth was unsure of left out)" if n_unknown
+                                           else ")"), fontsize=9)
         self.ax_, self.figure_ = ax, fig
         return self
 
 
-def plot_missing(noun_rows, ax=None) -> MissingDisplay:
-    return MissingDisplay(noun_rows, missing_table(noun_rows)).plot(ax)
+def plot_missing(noun_rows, ax=None, model: str = "") -> MissingDisplay:
+    from .style import name_model
+
+    return name_model(MissingDisplay(noun_rows, missing_table(noun_rows)).plot(ax), model)
 
 
 # -- paper vs here ---------------------------------------------------------------------------------------------
 SPLITS = {"Gen": "coco-gen", "Unreal": "unreal-gen"}
 
 
-def _paired(scores, split: str, a: tuple[str, float | None], b: tuple[str, float | None]):
-    """Per noun of ``split``: IoU of method ``a`` minus method ``b`` (×100), over nouns scored by both."""
+def _paired(scores, split: str, a: tuple[str, float | None], b: tuple[str, float | None], units: bool = False):
+    """Per noun of ``split``: IoU of method ``a`` minus method ``b`` (×100), over nouns scored by both; with
+    ``units``, also each noun's image (``(differences, items)``), the unit an interval resamples."""
     t = scores[(scores.kind == "table") & (scores.split == split)]
 
     def one(method, tau):
@@ -587,45 +616,53 @@ def _paired(scores, split: str, a: tuple[str, float | None], b: tuple[str, float
 
     x, y = one(*a), one(*b)
     both = x.index.intersection(y.index)
-    return 100 * (x.loc[both] - y.loc[both]).to_numpy()
+    d = 100 * (x.loc[both] - y.loc[both]).to_numpy()
+    return (d, both.get_level_values("item")) if units else d
 
 
-def paper_vs_here(scores) -> object:
-    """§3.1's claims against this run: Table 1's DAAM-τ and whole-image mIoU, DAAM against the unsupervised
-    baselines, the best τ (chosen on val, never on the reported splits), and Fig. 11's "every step and layer
-    helps". See :mod:`daamlib.studies.paper` for the verdicts."""
+def paper_vs_here(scores, comparable: bool = False) -> object:
+    """§3.1's claims against this run: Table 1's DAAM-τ and whole-image mIoU (values: judged only when
+    ``comparable``, i.e. SD on the paper's kind of prompts and masks), DAAM against the whole image and the
+    unsupervised baselines (directions, with a smallest effect of interest), the best τ (chosen on val, never on
+    the reported splits), and Fig. 11's "every step and layer helps". Intervals resample the images (``item``):
+    an image's nouns are not independent. See :mod:`daamlib.studies.paper` for the rules."""
     from . import paper as P
 
     rows = []
     if scores is None or not len(scores):
         return P.table([P.row("§3.1", "Table 1: DAAM noun masks vs human masks", np.nan,
                               untestable="no ground-truth masks were given (MASKS_DIR)")])
+    miou, gap, base, abl_m = P.MARGINS["miou"], P.MARGINS["miou-gap"], P.MARGINS["baseline"], P.MARGINS["ablation"]
     for split, key in SPLITS.items():
         t = scores[(scores.kind == "table") & (scores.split == split)]
         if t.empty:
             continue
         for method, tau, name in ((("DAAM", 0.3, "daam-0.3")), ("DAAM", 0.4, "daam-0.4"), ("DAAM", 0.5, "daam-0.5"),
                                   ("whole image", None, "whole image")):
-            vals = t[(t.method == method) & ((t.tau == tau) if tau is not None else t.tau.isna())]["iou"] * 100
+            g = t[(t.method == method) & ((t.tau == tau) if tau is not None else t.tau.isna())]
             ref = P.PAPER[f"table1.{name}.{key}"]
-            m, lo, hi, n = P.bootstrap(vals.to_numpy())
-            rows.append(P.row(ref.source, f"{split}: {name.upper() if 'daam' in name else name} mIoU", ref.value, m, lo, hi, n))
+            m, lo, hi, n = P.interval(100 * g["iou"].to_numpy(), g["item"])
+            rows.append(P.row(ref.source, f"{split}: {name.upper() if 'daam' in name else name} mIoU", ref.value,
+                              m, lo, hi, n, P.value(ref.value, lo, hi, miou.value, n, comparable, miou.why)))
         paper_gap = P.PAPER[f"table1.daam-0.4.{key}"].value - P.PAPER[f"table1.whole image.{key}"].value
-        m, lo, hi, n = P.bootstrap(_paired(scores, split, ("DAAM", 0.4), ("whole image", None)))
-        rows.append(P.row("§3.1, Table 1 rows 5, 9", f"{split}: DAAM-0.4 − whole image (points)", paper_gap, m, lo, hi, n,
-                          P.verdict_effect(paper_gap, m, lo, hi)))
+        m, lo, hi, n = P.interval(*_paired(scores, split, ("DAAM", 0.4), ("whole image", None), units=True))
+        rows.append(P.row("§3.1, Table 1 rows 5, 9", f"{split}: DAAM-0.4 − whole image (points)", paper_gap, m, lo, hi,
+                          n, P.effect(lo, hi, gap.value, 1, n, paper_gap if comparable else np.nan, miou.value,
+                                      gap.why)))
         stego = P.PAPER[f"table1.daam-0.4.{key}"].value - P.PAPER[f"table1.stego.{key}"].value
-        for base in ("colour clusters", "text-free foreground"):
-            d = _paired(scores, split, ("DAAM", 0.4), (base, None))
-            m, lo, hi, n = P.bootstrap(d)
+        for baseline in ("colour clusters", "text-free foreground"):
+            m, lo, hi, n = P.interval(*_paired(scores, split, ("DAAM", 0.4), (baseline, None), units=True))
             rows.append(P.row("§3.1: DAAM beats the unsupervised baselines (vs STEGO, rows 7, 9)",
-                              f"{split}: DAAM-0.4 − {base} (points)", stego, m, lo, hi, n,
-                              P.verdict_effect(stego, m, lo, hi)))
+                              f"{split}: DAAM-0.4 − {baseline} (points)", stego, m, lo, hi, n,
+                              P.effect(lo, hi, base.value, 1, n, why=base.why)))
     choice = choose_tau(scores)
     ref = P.PAPER["table1.best-tau"]
+    tol = P.MARGINS["tau"]
     if choice["n"]:
-        rows.append(P.row(ref.source, "best τ (chosen on val nouns; interval: bootstrap of that choice)", ref.value,
-                          choice["tau"], choice["low"], choice["high"], choice["n"]))
+        rows.append(P.row(ref.source, "best τ (chosen on val images' nouns; interval: bootstrap of that choice over images)", ref.value,
+                          choice["tau"], choice["low"], choice["high"], choice["n"],
+                          P.value(ref.value, choice["low"], choice["high"], tol.value, choice["n"], comparable,
+                                  tol.why)))
     else:
         rows.append(P.row(ref.source, "best τ", ref.value, untestable="no val split to choose τ on (add split=val rows)"))
     ref = P.PAPER["fig11.all-steps-and-layers"]
@@ -635,19 +672,19 @@ def paper_vs_here(scores) -> object:
         S = int(abl.loc[abl.method == "all", "n"].max())
         key = abl.set_index(["item", "word_index"])
         all_ = key[key.method == "all"]["iou"]
+
+        def ablation_row(claim, sel):
+            d = (100 * (all_ - key[sel]["iou"])).dropna()
+            m, lo, hi, n = P.interval(d.to_numpy(), d.index.get_level_values("item"))
+            return P.row(ref.source, claim, ref.value, m, lo, hi, n, P.effect(lo, hi, abl_m.value, 1, n, why=abl_m.why))
+
         for what, sel in (("the last step alone", (key.method == "last n steps") & (key.n == 1)),
                           ("the first step alone", (key.method == "first n steps") & (key.n == 1))):
-            d = 100 * (all_ - key[sel]["iou"]).dropna().to_numpy()
-            m, lo, hi, n = P.bootstrap(d)
-            rows.append(P.row(ref.source, f"all {S} steps − {what} (points)", ref.value, m, lo, hi, n,
-                              P.verdict_effect(ref.value, m, lo, hi)))
+            rows.append(ablation_row(f"all {S} steps − {what} (points)", sel))
         for method in sorted(abl[abl.group.notna()].method.unique()):
-            d = 100 * (all_ - key[key.method == method]["iou"]).dropna().to_numpy()
-            m, lo, hi, n = P.bootstrap(d)
             label = method.replace("only ", "")
             label = f"all blocks − {label} alone" if label.startswith("block") else f"all layers − {label} layers alone"
-            rows.append(P.row(ref.source, f"{label} (points)",
-                              ref.value, m, lo, hi, n, P.verdict_effect(ref.value, m, lo, hi)))
+            rows.append(ablation_row(f"{label} (points)", key.method == method))
     return P.table(rows)
 
 

@@ -54,3 +54,13 @@ def few_note(counts: Mapping[str, int]) -> str:
     """A caption line for the categories marked ``†`` (empty when there are none)."""
     few = [k for k, n in counts.items() if n < FEW]
     return f"† fewer than {FEW} items: {', '.join(map(str, few))} (read as anecdotes)" if few else ""
+
+
+def name_model(display, model: str = ""):
+    """Head ``display``'s figure title with the model that made the data (``model: title``; a title is made when
+    there is none) and return the display, so that every study figure says which model it shows."""
+    if model:
+        fig = display.figure_
+        old = fig.get_suptitle()
+        fig.suptitle(f"{model}: {old}" if old else f"model: {model}", fontsize=8)
+    return display

@@ -120,51 +120,75 @@ def table2(pairs):
 
 
 class Table2Display:
-    """Table 2 as a chart, from the pair rows: mIoD and mIoH (×100) per row of :func:`table2`, each a mean over
-    pairs with its 95% bootstrap interval (pairs whose IoD or IoH is undefined are left out, as in the table)."""
+    """Table 2 as a chart, from the pair rows: per row of :func:`table2`, Δ = mIoD − mIoH (×100) — the quantity
+    :func:`paper_vs_here` judges — as this run's mean with its 95% interval over prompts (the same interval as the
+    verdicts), beside the paper's Δ; the shaded band is the paper's "no dominance" (|Δ| ≤ 10). Rows with fewer
+    than five pairs are marked ``†`` and drawn without an interval (pairs whose IoD or IoH is undefined are left
+    out, as in the table)."""
 
     def __init__(self, pairs):
         self.pairs = pairs
 
-    def long_rows(self):
-        """One row per (pair, measure) under each Table 2 row it belongs to: ``row, measure, value``."""
+    def deltas(self):
+        """One row per Table 2 row that occurs: ``row, n`` (pairs), ``delta, low, high`` (×100; no interval when n
+        < 5) and ``paper`` (the paper's Δ, NaN for a relation it does not list), in the chart's order."""
         import pandas as pd
+
+        from . import paper as P
+        from .style import FEW
 
         p = self.pairs[self.pairs["iod"].notna() & self.pairs["ioh"].notna()]
         arcs = p[p.relation.isin(RELATIONS)]
-        parts = [p[p.relation == "unrelated"].assign(row="unrelated"),
-                 arcs.assign(row="all head–dependent pairs"),
-                 arcs[arcs.relation.isin(RELATIONS)].assign(row=lambda d: d.relation)]
-        both = pd.concat(parts, ignore_index=True)
-        return both.melt(id_vars=["row"], value_vars=["iod", "ioh"], var_name="measure", value_name="value") \
-            .assign(value=lambda d: 100 * d.value, measure=lambda d: d.measure.map({"iod": "mIoD", "ioh": "mIoH"}))
+        groups = {"unrelated": p[p.relation == "unrelated"], "all head–dependent pairs": arcs}
+        rels = arcs.relation.value_counts()
+        groups.update({r: arcs[arcs.relation == r] for r in rels.index})
+        rows = []
+        for name, g in groups.items():
+            if not len(g):
+                continue
+            m, lo, hi, _ = P.interval(100 * (g["iod"] - g["ioh"]).to_numpy(), g["item"] if "item" in g else None)
+            paper = P.TABLE2.get(name)
+            rows.append({"row": name, "n": len(g), "delta": m, "low": lo if len(g) >= FEW else math.nan,
+                         "high": hi if len(g) >= FEW else math.nan,
+                         "paper": paper[0] - paper[1] if paper else math.nan})
+        return pd.DataFrame(rows)
 
     def plot(self, ax=None) -> Table2Display:
         import matplotlib.pyplot as plt
-        import seaborn as sns
 
-        from .style import ci_kwargs, few_note, label_counts, theme
+        from . import paper as P
+        from .style import few_note, label_counts, theme
 
-        data = self.long_rows()
-        counts = (data[data.measure == "mIoD"]["row"].value_counts()).to_dict()
-        rels = sorted((r for r in counts if r not in ("unrelated", "all head–dependent pairs")), key=lambda r: -counts[r])
-        order = [r for r in ("unrelated", "all head–dependent pairs") if r in counts] + rels
+        d = self.deltas()
+        x = np.arange(len(d))
+        band = P.MARGINS["dominance"].value
         with theme():
             if ax is None:
-                _, ax = plt.subplots(figsize=(1.1 * len(order) + 2.5, 3.8), layout="constrained")
-            sns.pointplot(data=data, x="row", y="value", hue="measure", order=order, dodge=0.3, linestyle="none",
-                          markers=["o", "s"], ax=ax, **ci_kwargs())
-            ax.set_xlabel(""); ax.set_ylabel("× 100"); ax.set_ylim(0, 100)
-            label_counts(ax, counts)
-            note = few_note(counts)
-            ax.set_title("Table 2 analogue: mIoD > mIoH means the head's map contains the dependent's "
-                         "(95% bootstrap CI)" + (f"\n{note}" if note else ""), fontsize=8)
+                _, ax = plt.subplots(figsize=(1.0 * len(d) + 2.5, 3.8), layout="constrained")
+            ax.axhspan(-band, band, color="0.92", zorder=0, label=f"no dominance (|Δ| ≤ {band:g}, the paper's)")
+            ax.axhline(0, color="k", lw=0.8)
+            err = np.array([d.delta - d.low, d.high - d.delta])
+            ax.errorbar(x - 0.12, d.delta, yerr=np.nan_to_num(err), fmt="o", color="C0", capsize=3,
+                        label="here: mean, 95% interval over prompts")
+            ax.scatter(x + 0.12, d.paper, marker="D", color="C3", zorder=3, label="paper (SD 2.0-base, COCO)")
+            ax.set_xticks(x, d.row)
+            label_counts(ax, dict(zip(d.row, d.n)))
+            plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=7)
+            reach = max(band * 1.5, np.nanmax(np.abs(np.r_[d.low, d.high, d.delta, d.paper])) * 1.1)
+            ax.set_ylim(-reach, reach)
+            ax.set_xlabel(""); ax.set_ylabel("Δ = mIoD − mIoH (×100)")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            note = few_note(dict(zip(d.row, d.n)))
+            ax.set_title("Table 2 analogue: Δ > 0 means the head's map contains the dependent's, Δ < 0 the reverse"
+                         + (f"\n{note}; no interval drawn" if note else ""), fontsize=8)
         self.ax_, self.figure_ = ax, ax.figure
         return self
 
 
-def plot_table2(pairs, ax=None) -> Table2Display:
-    return Table2Display(pairs).plot(ax)
+def plot_table2(pairs, ax=None, model: str = "") -> Table2Display:
+    from .style import name_model
+
+    return name_model(Table2Display(pairs).plot(ax), model)
 
 
 class ExamplesDisplay:
@@ -213,8 +237,10 @@ class ExamplesDisplay:
         return self
 
 
-def plot_examples(pairs, records: Sequence[Mapping], n: int = 5, ax=None) -> ExamplesDisplay:
-    return ExamplesDisplay.from_pairs(pairs, records, n).plot(ax)
+def plot_examples(pairs, records: Sequence[Mapping], n: int = 5, ax=None, model: str = "") -> ExamplesDisplay:
+    from .style import name_model
+
+    return name_model(ExamplesDisplay.from_pairs(pairs, records, n).plot(ax), model)
 
 
 def results(model: str, records, pairs, table) -> dict:
@@ -224,15 +250,23 @@ def results(model: str, records, pairs, table) -> dict:
             "table2": table.set_index("relation")[cols].round(4).to_dict("index")}
 
 
-def paper_vs_here(pairs):
-    """§4's claims (Table 2) against this run: which map dominates for each relation (or that none does), and the
-    baselines' overlap; each a paired IoD − IoH difference (or mIoU) with a 95% bootstrap interval over pairs."""
+def paper_vs_here(pairs, comparable: bool = False):
+    """§4's claims (Table 2) against this run: which map dominates for each relation (Δ = mIoD − mIoH beyond the
+    paper's 10 points), or that none does (|Δ| ≤ 10, by equivalence), and the baselines' overlap; each a mean
+    over pairs with its 95% interval over the *prompts* the pairs come from (column ``item``; pairs of one
+    prompt are not independent). ``comparable``: this run's prompts and masks are the paper's kind (SD on
+    COCO), so its mIoU values are judged against the paper's numbers, not only its directions."""
     from . import paper as P
 
     ok = pairs[pairs["iod"].notna() & pairs["ioh"].notna()]
     arcs = ok[ok.relation.isin(RELATIONS)]
     groups = {"unrelated": ok[ok.relation == "unrelated"], "all head–dependent pairs": arcs,
               **{r: arcs[arcs.relation == r] for r in RELATIONS}}
+    dom, miou, gap = P.MARGINS["dominance"], P.MARGINS["miou"], P.MARGINS["miou-gap"]
+
+    def units(g):
+        return g["item"] if "item" in g else None
+
     rows = []
     for name, (p_iod, p_ioh, p_iou, dominant) in P.TABLE2.items():
         g = groups.get(name)
@@ -241,23 +275,25 @@ def paper_vs_here(pairs):
         if g is None or not len(g):
             rows.append(P.row(src, claim, p_iod - p_ioh, untestable=f"no {name} pairs in these prompts"))
             continue
-        m, lo, hi, n = P.bootstrap(100 * (g["iod"] - g["ioh"]).to_numpy())
+        m, lo, hi, n = P.interval(100 * (g["iod"] - g["ioh"]).to_numpy(), units(g))
         if dominant:
             sign = 1 if dominant == "head" else -1
-            verdict = P.verdict_effect(p_iod - p_ioh, m, lo, hi, sign)
+            verdict = P.effect(lo, hi, dom.value, sign, n, why=dom.why)
         else:
-            verdict = P.verdict_none(p_iod - p_ioh, m, lo, hi)
-        rows.append(P.row(src, claim, p_iod - p_ioh, m, lo, hi, n, verdict))
+            verdict = P.no_effect(lo, hi, dom.value, n, why=dom.why)
+        rows.append(P.row(src, claim + f"; {len(g)} pairs", p_iod - p_ioh, m, lo, hi, n, verdict))
         if name in ("unrelated", "all head–dependent pairs"):
-            m, lo, hi, n = P.bootstrap(100 * g["iou"].to_numpy())
-            rows.append(P.row(src, f"{name}: mIoU", p_iou, m, lo, hi, n))
+            m, lo, hi, n = P.interval(100 * g["iou"].to_numpy(), units(g))
+            rows.append(P.row(src, f"{name}: mIoU", p_iou, m, lo, hi, n,
+                              P.value(p_iou, lo, hi, miou.value, n, comparable, miou.why)))
     nconj, all_ = groups["nconj:and"], groups["all head–dependent pairs"]
+    others = all_[all_.relation != "nconj:and"]  # the groups compared must not share pairs
     src = "§4: nconj:and maps overlap less than other pairs (38 vs 43 mIoU)"
-    if len(nconj) and len(all_):
-        m, lo, hi, n = P.bootstrap_difference(100 * all_["iou"], 100 * nconj["iou"])
-        rows.append(P.row(src, "mIoU of all pairs − of nconj:and (points)", 43.4 - 38.2, m, lo, hi, n,
-                          P.verdict_effect(43.4 - 38.2, m, lo, hi)))
+    if len(nconj) and len(others):
+        m, lo, hi, n = P.interval_difference(100 * others["iou"], 100 * nconj["iou"], units(others), units(nconj))
+        rows.append(P.row(src, "mIoU of the other pairs − of nconj:and (points)", 43.4 - 38.2, m, lo, hi, n,
+                          P.effect(lo, hi, gap.value, 1, n, why=gap.why)))
     else:
-        rows.append(P.row(src, "mIoU of all pairs − of nconj:and (points)", 43.4 - 38.2,
+        rows.append(P.row(src, "mIoU of the other pairs − of nconj:and (points)", 43.4 - 38.2,
                           untestable="no nconj:and pairs in these prompts"))
     return P.table(rows)
