@@ -195,11 +195,13 @@ def _jackknife_t(est: float, jack: np.ndarray) -> tuple[float, float]:
 
 
 def interval(values: Sequence[float], units: Sequence | None = None, stat: Callable | None = None,
-             n_boot: int = 2000, seed: int = 0, level: float = LEVEL) -> Estimate:
+             n_boot: int = 2000, seed: int = 0, level: float = LEVEL,
+             bounds: tuple[float, float] | None = None) -> Estimate:
     """``(estimate, low, high, n units)``: the mean of the values, NaNs dropped, with its t interval on k − 1
     degrees of freedom and the jackknife standard error over the independent ``units`` (one label per value: the
     prompt or template a pair or swap was made from; None: every value is its own unit, and this is Student's t).
-    Any other ``stat`` (a median, an AUC) gets a BCa bootstrap interval resampling the units, seeded."""
+    Any other ``stat`` (a median, an AUC) gets a BCa bootstrap interval resampling the units, seeded. ``bounds``:
+    the values' range (e.g. ``(0, 100)`` for a share in %), which the interval is clipped to."""
     from scipy.stats import t as student
 
     x, unit = _units(values, units)
@@ -213,7 +215,10 @@ def interval(values: Sequence[float], units: Sequence | None = None, stat: Calla
         return Estimate(est, *_bca(est, boots, jack, level), k)
     var, _ = _jackknife_t(est, jack)
     half = float(student.ppf((1 + level) / 2, k - 1) * math.sqrt(var))
-    return Estimate(est, est - half, est + half, k)
+    low, high = est - half, est + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Estimate(est, low, high, k)
 
 
 def interval_difference(a: Sequence[float], b: Sequence[float], units_a: Sequence | None = None,

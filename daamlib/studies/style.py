@@ -4,9 +4,11 @@
 ...     sns.barplot(data=rows, x="pos", y="mass", errorbar=ERRORBAR, seed=SEED, ax=ax)
 
 Statistical figures (bars, points, lines over items) are drawn with seaborn from item-level rows, so
-every interval is computed from the items themselves: a 95% bootstrap interval of the mean, with a
-fixed seed so that figures are byte-identical run to run. Heat-map overlays stay plain matplotlib
-(:func:`daamlib.heatmap.draw_overlay`). Categories with fewer than :data:`FEW` items are marked ``†``.
+every interval is computed from the items themselves: the 95% t interval of the mean that the verdicts use
+(:func:`daamlib.studies.paper.interval`; deterministic, so figures are byte-identical run to run). A figure's
+interval treats every item as its own unit; the paper-vs-here tables resample the independent units (prompts,
+templates), so theirs can be wider. Heat-map overlays stay plain matplotlib (:func:`daamlib.heatmap.draw_overlay`).
+Categories with fewer than :data:`FEW` items (the verdicts' minimum) are marked ``†``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 
 THEME = {"style": "whitegrid", "context": "notebook", "font_scale": 0.8, "palette": "colorblind"}
-ERRORBAR = ("ci", 95)  # seaborn's bootstrap interval of the mean
 N_BOOT = 2000
-SEED = 0  # bootstrap seed: the same figure every run
-FEW = 5  # fewer items than this: the category is marked, not trusted
+SEED = 0  # bootstrap seed, for any figure that still asks seaborn for a bootstrap
+FEW = 10  # fewer items than this: the category is marked, not trusted (paper.FEW: no verdict below it)
+
+
+def t_interval(values) -> tuple[float, float]:
+    """The 95% t interval of the mean of ``values`` (seaborn's ``errorbar`` callable)."""
+    from .paper import interval
+
+    return tuple(interval(values)[1:3])
+
+
+ERRORBAR = t_interval
 
 
 @contextmanager
@@ -33,7 +44,7 @@ def theme():
 
 
 def ci_kwargs() -> dict:
-    """Keyword arguments every seaborn call here takes: the interval, its bootstrap size and seed."""
+    """Keyword arguments every seaborn call here takes: the interval (and a seed, for seaborn's own bootstrap)."""
     return {"errorbar": ERRORBAR, "n_boot": N_BOOT, "seed": SEED}
 
 
