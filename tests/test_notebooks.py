@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "data" / "models" / "shapeworld" / "model_index.json"
 BASELINES = json.loads((Path(__file__).with_name("notebook_baselines.json")).read_text())
-VERDICTS = {"reproduces", "direction only", "does not reproduce", "cannot be tested on this model"}
+VERDICTS = {"reproduces", "direction only", "inconclusive", "does not reproduce", "not comparable",
+            "cannot be tested on this model"}  # daamlib.studies.paper.VERDICTS, typed out: a new one must be added here
 
 
 def lookup(results: dict, path: str):
@@ -61,6 +62,9 @@ def test_notebook_runs_and_keeps_its_numbers(name, tmp_path):
     # the last section: paper vs here, a verdict on every row, also as CSV; and what produced the numbers
     table = results["paper_vs_here"]
     assert table and all(r["verdict"] in VERDICTS and r["reason"] for r in table), table
+    # every decided row names its rule; a decided row has at least the verdicts' minimum of units
+    decided = [r for r in table if r["verdict"] in ("reproduces", "direction only", "inconclusive", "does not reproduce")]
+    assert all(r["rule"] and r["n"] >= 10 for r in decided), decided
     assert (tmp_path / "figures" / f"{name}_paper_vs_here.csv").is_file()
     assert results["run"]["parameters"]["MODEL_ID"] == "shapeworld" and results["run"]["weights"]
     assert {"torch", "diffusers", "daamlib"} <= set(results["run"]["versions"])

@@ -546,7 +546,7 @@ def paper_vs_here(pairs=None):
                               untestable="no human ratings yet (RATINGS_CSV); none are invented"))
             continue
         g = pairs[pairs.pos == pos]
-        m, lo, hi, n = P.interval(100.0 * (g["rating"].to_numpy(float) >= 3), g["item_id"])
+        m, lo, hi, n = P.interval(100.0 * (g["rating"].to_numpy(float) >= 3), g["item_id"], bounds=(0, 100))
         verdict = P.effect(lo - paper, hi - paper, -share.value, 1, n,
                            why=f"at least the paper's {paper:g}%, less 5 points")
         rows.append(P.row(ref.source, f"{pos}: % rated fair–excellent (at least)", paper, m, lo, hi, n, verdict))

@@ -681,7 +681,7 @@ def paper_vs_here(scores, comparable: bool = False) -> object:
         for what, sel in (("the last step alone", (key.method == "last n steps") & (key.n == 1)),
                           ("the first step alone", (key.method == "first n steps") & (key.n == 1))):
             rows.append(ablation_row(f"all {S} steps − {what} (points)", sel))
-        for method in sorted(abl[abl.group.notna()].method.unique()):
+        for method in sorted(abl[abl.group.notna()].method.unique() if "group" in abl else []):
             label = method.replace("only ", "")
             label = f"all blocks − {label} alone" if label.startswith("block") else f"all layers − {label} layers alone"
             rows.append(ablation_row(f"{label} (points)", key.method == method))
