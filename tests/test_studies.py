@@ -180,31 +180,36 @@ def test_sources_check_files_before_anything_runs(tmp_path):
 
 def test_table2_figure_plots_the_judged_delta_with_the_papers():
     """Δ = mIoD − mIoH per row, with the interval the verdicts use, the paper's Δ beside it, and no interval
-    (a †) under five pairs; the model heads the title."""
+    (a †) under the verdicts' minimum of prompts; the model heads the title."""
     import numpy as np
     import pandas as pd
 
     from daamlib.studies import paper as P
 
     rng = np.random.default_rng(0)
-    rows = [{"item": f"p{k % 6}", "relation": rel, "iod": 0.6 + shift + rng.normal(0, 0.05), "ioh": 0.6, "iou": 0.4}
+    rows = [{"item": f"{rel}{k}", "relation": rel, "iod": 0.6 + shift + rng.normal(0, 0.05), "ioh": 0.6, "iou": 0.4}
             for rel, n, shift in (("amod", 12, -0.2), ("nsubj", 3, 0.1), ("unrelated", 10, 0.0)) for k in range(n)]
     shown = syntax.plot_table2(pd.DataFrame(rows), model="tiny-sd1")
     d = shown.deltas().set_index("row")
     assert d.loc["amod", "delta"] == pytest.approx(100 * (pd.DataFrame(rows).query("relation == 'amod'").iod - 0.6).mean())
     assert d.loc["amod", "high"] < 0 and d.loc["amod", "paper"] == pytest.approx(P.TABLE2["amod"][0] - P.TABLE2["amod"][1])
     assert np.isnan(d.loc["nsubj", "low"]) and d.loc["nsubj", "n"] == 3
-    assert shown.figure_.get_suptitle().startswith("tiny-sd1") and "†" in shown.ax_.get_title()
+    assert "tiny-sd1" in shown.figure_.get_suptitle() and "†" in shown.ax_.get_title()
 
 
 def test_seen_vs_unseen_compares_held_out_prompts_with_trained_ones():
+    import numpy as np
     import pandas as pd
 
-    df = pd.DataFrame({"held_out": [True] * 4 + [False] * 6, "iou": [0.2] * 4 + [0.5] * 6,
-                       "correct": [True, False, False, False] + [True] * 6, "cohyponyms": False})
-    out = cohyponyms.seen_vs_unseen(df).set_index("measure")
-    assert out.loc["both nouns right (%)", "unseen"] == pytest.approx(25.0)
-    assert out.loc["both nouns right (%)", "seen"] == pytest.approx(100.0)
-    assert out.loc["IoU of the two maps (×100)", "unseen_minus_seen"] == pytest.approx(-30.0)
-    assert out.loc["IoU of the two maps (×100)", "unseen_n"] == 4
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(24)]
+    df = pd.DataFrame({"a": words[:12] + words[:12], "b": words[12:] + words[12:],  # each pair drawn twice
+                       "held_out": [True] * 4 + [False] * 8 + [True] * 4 + [False] * 8,
+                       "iou": np.r_[0.2 + 0.01 * rng.random(4), 0.5 + 0.01 * rng.random(8)].tolist() * 2,
+                       "correct": ([True, False, False, False] + [True] * 8) * 2, "cohyponyms": False})
+    out = cohyponyms.seen_vs_unseen(df).query("group == 'all pairs'").set_index("measure")
+    acc, iou = out.loc["both nouns right (%)"], out.loc["IoU of the two maps (×100)"]
+    assert acc.unseen == pytest.approx(25.0) and acc.seen == pytest.approx(100.0)
+    assert iou.unseen_minus_seen == pytest.approx(-30.0, abs=1) and iou.reading == "they differ"
+    assert iou.unseen_n == 4 and iou.seen_n == 8  # noun pairs, not items: a pair's two seeds are one unit
 

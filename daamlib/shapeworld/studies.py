@@ -173,22 +173,27 @@ class ShapeWorldStudies(Source):
         return {t: made[t] for t in picked}, {k: list(v) for k, v in COLOURS.items()}
 
     def pair_items(self, n: int, ontology: Mapping[str, tuple[str, ...]], seed: int = 0,
-                   seen: bool = False) -> list[dict]:
-        """§5.1's "a(n) X and a(n) Y" items from the world's own ontology, held out only (:func:`held_out`); with
-        ``seen``, from the train split only (to measure what training on a caption changes:
-        :func:`daamlib.studies.cohyponyms.seen_vs_unseen`). Cohyponym and other pairs alternate while both last,
-        in an order drawn by ``seed``. The world makes only 20 held-out prompts (3 cohyponym pairs): for a larger
-        ``n`` all of them are returned, fewer than asked (each item's ``held_out`` says which kind it is).
-        Another ontology (e.g. COCO) gets :func:`daamlib.studies.cohyponyms.pair_items` unchanged."""
+                   captions: str = "all") -> list[dict]:
+        """§5.1's "a(n) X and a(n) Y" items from the world's own ontology, each marked ``held_out`` (:func:`held_out`:
+        a caption outside the train split). ``captions``: ``"held-out"`` keeps only those — the world makes just 20
+        (3 of them cohyponym pairs), too few for §5.1 — ``"seen"`` only train captions, ``"all"`` (notebook 04's
+        default) both: every one of the 182 ordered pairs, so :func:`daamlib.studies.cohyponyms.seen_vs_unseen`
+        can measure whether training on a caption changes the measures. Cohyponym and other pairs alternate while
+        both last, in an order drawn by ``seed``; for a larger ``n`` all the kind asked for are returned. Another
+        ontology (e.g. COCO) gets :func:`daamlib.studies.cohyponyms.pair_items` unchanged."""
         from ..studies.cohyponyms import are_cohyponyms, pair_items, pair_prompt
 
+        if captions not in ("held-out", "seen", "all"):
+            raise ValueError(f"captions is 'held-out', 'seen' or 'all', not {captions!r}")
         if dict(ontology) != dict(ONTOLOGY):
             return pair_items(n, ontology, seed)
         words = [w for ws in ontology.values() for w in ws]
-        pairs = [(a, b) for a in words for b in words if a != b and held_out(pair_prompt(a, b)) != seen]
+        keep = {"held-out": (True,), "seen": (False,), "all": (True, False)}[captions]
+        pairs = [(a, b) for a in words for b in words if a != b and held_out(pair_prompt(a, b)) in keep]
         rng = np.random.default_rng(seed)
         co = [pairs[i] for i in rng.permutation(len(pairs)) if are_cohyponyms(*pairs[i], ontology)]
         non = [pairs[i] for i in rng.permutation(len(pairs)) if not are_cohyponyms(*pairs[i], ontology)]
         mixed = [p for k in range(max(len(co), len(non))) for p in (co[k:k + 1] + non[k:k + 1])][:n]
         return [{"id": f"pair-{i:04d}", "prompt": pair_prompt(a, b), "seed": seed + i, "a": a, "b": b,
-                 "cohyponyms": are_cohyponyms(a, b, ontology), "held_out": not seen} for i, (a, b) in enumerate(mixed)]
+                 "cohyponyms": are_cohyponyms(a, b, ontology), "held_out": held_out(pair_prompt(a, b))}
+                for i, (a, b) in enumerate(mixed)]

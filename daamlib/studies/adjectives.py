@@ -348,7 +348,8 @@ class RowsDisplay:
             region = np.asarray(self.regions.get(adj, obj.numpy()), dtype=bool)
             bg = img.astype(float) * (~region)[..., None]
             hsv = rgb_to_hsv(bg / 255); hsv[..., 1] = np.clip(hsv[..., 1] * 2, 0, 1)  # saturated for visibility
-            ax_bot.imshow(hsv_to_rgb(hsv)); ax_bot.set_title(f"background {100 * (~region).mean():.0f}%", fontsize=7)
+            ax_bot.imshow(hsv_to_rgb(hsv))
+            ax_bot.set_title(f"background: {100 * (~region).mean():.0f}% of image", fontsize=7)
         for a in ax.ravel():
             a.set_axis_off()
         fig = ax[0, 0].figure
@@ -392,10 +393,10 @@ class BackgroundShiftDisplay:
             if ax is None:
                 _, ax = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
             for a, y, label, title, floor in (
-                    (ax[0], "hue_shift_deg", "hue shift toward the adjective's colour (degrees)",
-                     "coloured background pixels", 2.0),
-                    (ax[1], "chroma", "chroma shift toward the adjective's colour (×100; 100 = full chroma)",
-                     "all background pixels (grey included)", 1.0)):
+                    (ax[0], "hue_shift_deg", "hue shift toward the adjective (degrees)",
+                     "hue: coloured background pixels", 2.0),
+                    (ax[1], "chroma", "chroma shift toward the adjective (×100)",
+                     "chroma (0–100): all background pixels, grey included", 1.0)):
                 sns.barplot(data=df, x="adjective", y=y, order=order, hue="adjective", palette=colours, legend=False,
                             ax=a, **ci_kwargs())
                 if f"{y}_named" in df:

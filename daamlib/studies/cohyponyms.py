@@ -230,24 +230,33 @@ def item_rows(records: Sequence[Mapping], truth, threshold: float = 0.4):
 
 
 def seen_vs_unseen(df):
-    """Does training on a prompt change §5.1's measures? From item rows with a ``held_out`` column (True: a
-    caption the model never trained on), per measure — both nouns right (%, when labelled) and the IoU of the two
-    maps (×100) — the mean with its 95% interval and n for seen and unseen prompts, and unseen − seen."""
+    """Does training on a caption change §5.1's measures? From item rows with a ``held_out`` column (True: a
+    caption the model never trained on), per measure — both nouns right (%, items of known correctness) and the
+    IoU of the two maps (×100) — and per group (all pairs; non-cohyponyms only, since the held-out captions are
+    mostly non-cohyponyms): seen and unseen means with 95% intervals over noun pairs, unseen − seen, and whether
+    they differ by the same equivalence rule as the verdicts (|difference| ≤ 5 points: "no difference")."""
     import pandas as pd
 
     from . import paper as P
 
-    seen, unseen = df[~df.held_out.astype(bool)], df[df.held_out.astype(bool)]
-    measures = [("IoU of the two maps (×100)", lambda g: 100 * g["iou"].to_numpy(float))]
+    df = df.assign(unit=[" | ".join(sorted((a, b))) for a, b in zip(df["a"], df["b"])])
+    measures = [("IoU of the two maps (×100)", "iou", P.MARGINS["miou-gap"])]
     if labelled(df):
-        measures.insert(0, ("both nouns right (%)", lambda g: 100.0 * g["correct"].astype(float).to_numpy()))
+        measures.insert(0, ("both nouns right (%)", "correct", P.MARGINS["accuracy-gap"]))
     rows = []
-    for name, get in measures:
-        (sm, slo, shi, sn), (um, ulo, uhi, un) = P.bootstrap(get(seen)), P.bootstrap(get(unseen))
-        dm, dlo, dhi, _ = P.bootstrap_difference(get(unseen), get(seen))
-        rows.append({"measure": name, "seen": sm, "seen_low": slo, "seen_high": shi, "seen_n": sn, "unseen": um,
-                     "unseen_low": ulo, "unseen_high": uhi, "unseen_n": un, "unseen_minus_seen": dm,
-                     "difference_low": dlo, "difference_high": dhi})
+    for group, g in (("all pairs", df), ("non-cohyponyms", df[~df.cohyponyms.astype(bool)])):
+        for name, col, margin in measures:
+            k = g[g[col].notna()]
+            vals = 100.0 * k[col].astype(float)
+            seen, unseen = ~k.held_out.astype(bool), k.held_out.astype(bool)
+            s_, u_ = P.interval(vals[seen], k.unit[seen]), P.interval(vals[unseen], k.unit[unseen])
+            d = P.interval_difference(vals[unseen], vals[seen], k.unit[unseen], k.unit[seen])
+            v = P.no_effect(d.low, d.high, margin.value, d.n, why=margin.why)
+            reading = {P.REPRODUCES: "no difference", P.NOT: "they differ"}.get(v.verdict, v.verdict)
+            rows.append({"group": group, "measure": name, "seen": s_.value, "seen_low": s_.low, "seen_high": s_.high,
+                         "seen_n": s_.n, "unseen": u_.value, "unseen_low": u_.low, "unseen_high": u_.high,
+                         "unseen_n": u_.n, "unseen_minus_seen": d.value, "difference_low": d.low,
+                         "difference_high": d.high, "reading": reading, "reason": v.reason})
     return pd.DataFrame(rows)
 
 
@@ -418,7 +427,7 @@ def paper_vs_here(df, comparable: bool = False):
             return 100.0 * g["correct"].astype(float).to_numpy()
 
         for key, g in (("5.1.accuracy.non-cohyponyms", knon), ("5.1.accuracy.cohyponyms", kco)):
-            m, lo, hi, n = P.interval(correct(g), g["unit"])
+            m, lo, hi, n = P.interval(correct(g), g["unit"], bounds=(0, 100))
             rows.append(P.row(P_[key].source, key.split(".")[-1].replace("-", " ") + ": accuracy (%)" + note,
                               P_[key].value, m, lo, hi, n, P.value(P_[key].value, lo, hi, acc.value, n, comparable,
                                                                    acc.why)))

@@ -127,7 +127,7 @@ class HumanTruth:
 
 class Source:
     """A study's items and ground truth. Subclasses implement :meth:`items`; worlds may also offer
-    :meth:`ontology` (§5.1) and :meth:`adjective_prompts` (§5.2)."""
+    :meth:`ontology` and :meth:`pair_items` (§5.1) and :meth:`adjective_prompts` (§5.2)."""
 
     truth: GroundTruth
 

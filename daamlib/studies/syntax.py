@@ -123,15 +123,16 @@ class Table2Display:
     """Table 2 as a chart, from the pair rows: per row of :func:`table2`, Δ = mIoD − mIoH (×100) — the quantity
     :func:`paper_vs_here` judges — as this run's mean with its 95% interval over prompts (the same interval as the
     verdicts), beside the paper's Δ; the shaded band is the paper's "no dominance" (|Δ| ≤ 10). Rows with fewer
-    than five pairs are marked ``†`` and drawn without an interval (pairs whose IoD or IoH is undefined are left
-    out, as in the table)."""
+    prompts than the verdicts need (:data:`~daamlib.studies.style.FEW`) are marked ``†`` and drawn without an
+    interval (pairs whose IoD or IoH is undefined are left out, as in the table)."""
 
     def __init__(self, pairs):
         self.pairs = pairs
 
     def deltas(self):
-        """One row per Table 2 row that occurs: ``row, n`` (pairs), ``delta, low, high`` (×100; no interval when n
-        < 5) and ``paper`` (the paper's Δ, NaN for a relation it does not list), in the chart's order."""
+        """One row per Table 2 row that occurs: ``row, pairs, n`` (prompts, the interval's units; pairs when the rows
+        have no ``item``), ``delta, low, high`` (×100; no interval when n < ``FEW``) and ``paper`` (the paper's Δ,
+        NaN for a relation it does not list), in the chart's order."""
         import pandas as pd
 
         from . import paper as P
@@ -146,10 +147,10 @@ class Table2Display:
         for name, g in groups.items():
             if not len(g):
                 continue
-            m, lo, hi, _ = P.interval(100 * (g["iod"] - g["ioh"]).to_numpy(), g["item"] if "item" in g else None)
+            m, lo, hi, n = P.interval(100 * (g["iod"] - g["ioh"]).to_numpy(), g["item"] if "item" in g else None)
             paper = P.TABLE2.get(name)
-            rows.append({"row": name, "n": len(g), "delta": m, "low": lo if len(g) >= FEW else math.nan,
-                         "high": hi if len(g) >= FEW else math.nan,
+            rows.append({"row": name, "pairs": len(g), "n": n, "delta": m, "low": lo if n >= FEW else math.nan,
+                         "high": hi if n >= FEW else math.nan,
                          "paper": paper[0] - paper[1] if paper else math.nan})
         return pd.DataFrame(rows)
 
