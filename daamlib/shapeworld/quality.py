@@ -272,6 +272,10 @@ def compare_table(summaries: dict[str, dict]) -> str:
         return text + (f" ({ci[0] * scale:.{digits}f}–{ci[1] * scale:.{digits}f})" if ci else "")
 
     rows = [("both objects right, % (95% CI)", "both_correct_pct", 1, 1),
+            ("… prompts with an unknown noun left out", "both_correct_sure_pct", 1, 1),
+            ("… unknowns counted as right", "both_correct_unknown_as_right_pct", 1, 1),
+            ("… unknowns counted as wrong", "both_correct_unknown_as_wrong_pct", 1, 1),
+            ("prompts with an unknown noun", "prompts_with_unknown", 1, 0),
             ("DAAM-0.4 noun mIoU", "miou_daam", 1, 1), ("whole image mIoU", "miou_whole", 1, 1),
             ("text-free foreground mIoU", "miou_foreground", 1, 1), ("k-means colour clusters mIoU", "miou_clusters", 1, 1),
             ("other noun's DAAM-0.4 mask mIoU", "miou_other", 1, 1),
