@@ -389,6 +389,7 @@ def test_label_check_score_on_a_tiny_key(tmp_path):
     assert s["accuracy_unknown_as_right_pct"] == pytest.approx(60.0) and s["accuracy_unknown_as_wrong_pct"] == 20.0
     assert s["human_unsure"] == 1 and s["human_unsure_called_unknown"] == 1
     assert s["not_an_object"] == 1 and s["not_an_object_called_unknown"] == 0
+    assert s["shapes"] == 4 and s["shapes_sure"] == 2 and s["accuracy_sure_on_shapes_pct"] == 50.0
     assert sorted(s["wrong_sure_calls"]) == ["cross->not an object", "square->circle"]
     with pytest.raises(ValueError, match="not valid"):
         score({"1": "blob"}, key)
