@@ -103,7 +103,7 @@ def test_non_default_runs_never_write_to_the_tracked_figures(tmp_path, monkeypat
     from daamlib.studies.workbook import figures_dir
 
     monkeypatch.chdir(REPO / "notebooks")
-    defaults = {"MODEL_ID": "shapeworld", "N_PROMPTS": 60, "SEED": 0, "GALLERY_N": 6, "STEPS": None, "GUIDANCE": None,
+    defaults = {"MODEL_ID": "shapeworld", "N_PROMPTS": 100, "SEED": 0, "GALLERY_N": 6, "STEPS": None, "GUIDANCE": None,
                 "SCHEDULER": None, "DEVICE": "cpu", "PAPER_COMPARABLE": False, "THRESHOLDS": [0.3, 0.4, 0.5], "PROMPTS_CSV": None, "MASKS_DIR": None,
                 "OUT_DIR": "../out/01_segmentation", "FIGURES_DIR": "../figures"}
     assert str(figures_dir("../figures", defaults, "01_segmentation")) == "../figures"  # make figures
