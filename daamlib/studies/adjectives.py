@@ -365,7 +365,7 @@ def plot_rows(template: str, order, res, obj, adj_pos, regions=None, ax=None, mo
 
 
 class BackgroundShiftDisplay:
-    """Per adjective, from the rows (one per template and swapped adjective), each a mean with its 95% bootstrap
+    """Per adjective, from the rows (one per template and swapped adjective), each a mean with its 95% t
     interval: hue shift of coloured background pixels (degrees), chroma shift of all background pixels (×100),
     both outside every detected object (bars in the adjective's colour; ``×``: the mean outside the named object
     only, when the rows have it), and the map spread of the adjective beside the noun's. The shift axes are
@@ -419,7 +419,7 @@ class BackgroundShiftDisplay:
                      if "background_share" in df else "")
             fig.suptitle((f"{self.model}: " if self.model else "")
                          + f"background shift with the layout held by replay, outside every detected object{share}\n"
-                         f"{df.template.nunique()} templates, {len(df)} swaps, 95% bootstrap CI (n: rows with a value; "
+                         f"{df.template.nunique()} templates, {len(df)} swaps, 95% t interval (n: rows with a value; "
                          "positive = toward the swapped adjective's colour)", fontsize=8)
         self.ax_, self.figure_ = ax, fig
         return self

@@ -249,7 +249,8 @@ def seen_vs_unseen(df):
             k = g[g[col].notna()]
             vals = 100.0 * k[col].astype(float)
             seen, unseen = ~k.held_out.astype(bool), k.held_out.astype(bool)
-            s_, u_ = P.interval(vals[seen], k.unit[seen]), P.interval(vals[unseen], k.unit[unseen])
+            bounds = (0, 100) if col == "correct" else None
+            s_, u_ = (P.interval(vals[w], k.unit[w], bounds=bounds) for w in (seen, unseen))
             d = P.interval_difference(vals[unseen], vals[seen], k.unit[unseen], k.unit[seen])
             v = P.no_effect(d.low, d.high, margin.value, d.n, why=margin.why)
             reading = {P.REPRODUCES: "no difference", P.NOT: "they differ"}.get(v.verdict, v.verdict)
@@ -303,7 +304,7 @@ def accuracy_by_bin(df) -> dict:
 
 class Fig6Display:
     """Fig. 6 analogue from the item rows: mIoU of the two nouns' maps by cohyponym status × correctness (top),
-    and generation accuracy by overlap bin for each group (bottom), each with its 95% bootstrap interval and
+    and generation accuracy by overlap bin for each group (bottom), each with its 95% t interval and
     n per category (``†``: fewer than five prompts)."""
 
     def __init__(self, df):
@@ -335,7 +336,7 @@ class Fig6Display:
             label_counts(ax[0], counts)
             sns.pointplot(data=df[df.bin.notna()], x="bin", y="accuracy", order=bins, hue="pair",
                           hue_order=["non-cohyponyms", "cohyponyms"], dodge=0.2, linestyle="none", ax=ax[1],
-                          **ci_kwargs())
+                          **ci_kwargs(bounds=(0, 100)))
             ax[1].set_ylim(-5, 105); ax[1].set_ylabel("generation accuracy (%)")
             ax[1].set_xlabel("overlap bin (≤0.4, 0.4–0.6, ≥0.6); n: prompts in the bin, both groups")
             ax[1].legend(fontsize=8, title=None)
@@ -344,7 +345,7 @@ class Fig6Display:
             note = few_note({**{k.replace("\n", " "): v for k, v in counts.items()},
                              **{f"{k} bin": v for k, v in bin_counts.items()}})
             ax[0].set_title(f"{len(df)} prompts of known correctness" + (f" ({unknown} unknown, left out)" if unknown
-                                                                            else "") + ", 95% bootstrap CI"
+                                                                            else "") + ", 95% t interval"
                             + (f"\n{note}" if note else ""), fontsize=8)
         self.ax_, self.figure_ = ax, ax[0].figure
         return self

@@ -374,7 +374,7 @@ def _by_count(values) -> list:
 
 class RatingsDisplay:
     """Fig. 3 from the rated pairs (:func:`rating_pairs`, one row per word–image pair): mean opinion score per
-    part of speech and the share rated fair to excellent, each with a 95% bootstrap interval over pairs."""
+    part of speech and the share rated fair to excellent, each with a 95% t interval over pairs."""
 
     def __init__(self, pairs):
         self.pairs = pairs
@@ -392,12 +392,12 @@ class RatingsDisplay:
         with theme():
             if ax is None:
                 _, ax = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True, layout="constrained")
-            sns.barplot(data=pairs, x="pos", y="rating", order=order, ax=ax[0], **ci_kwargs())
+            sns.barplot(data=pairs, x="pos", y="rating", order=order, ax=ax[0], **ci_kwargs(bounds=(1, 5)))
             ax[0].set_ylabel("mean opinion score"); ax[0].set_ylim(1, 5); ax[0].set_xlabel("")
-            sns.barplot(data=pairs, x="pos", y="fair", order=order, ax=ax[1], **ci_kwargs())
+            sns.barplot(data=pairs, x="pos", y="fair", order=order, ax=ax[1], **ci_kwargs(bounds=(0, 100)))
             ax[1].set_ylabel("% fair–excellent"); ax[1].set_ylim(0, 100); ax[1].set_xlabel("")
             label_counts(ax[1], counts)
-            ax[0].set_title(f"Fig. 3: {len(pairs)} rated pairs, 95% bootstrap CI. {few_note(counts)}", fontsize=8)
+            ax[0].set_title(f"Fig. 3: {len(pairs)} rated pairs, 95% t interval. {few_note(counts)}", fontsize=8)
         self.ax_, self.figure_ = ax, ax[0].figure
         return self
 
@@ -411,7 +411,7 @@ def plot_ratings(pairs, ax=None, model: str = "") -> RatingsDisplay:
 class AutomaticDisplay:
     """The automatic measure per part of speech, from the word rows (:func:`attribution_rows`): map mass on the
     word's own region, on another word's region and on a uniform map (left), and the lift over a uniform map
-    (right), each a mean over words with its 95% bootstrap interval."""
+    (right), each a mean over words with its 95% t interval."""
 
     def __init__(self, rows):
         import pandas as pd
@@ -451,7 +451,7 @@ class AutomaticDisplay:
                 label_counts(axis, counts)
             note = few_note(counts)
             fig = a.figure
-            fig.suptitle(f"{len(r)} words, 95% bootstrap CI" + (f". {note}" if note else ""), fontsize=8)
+            fig.suptitle(f"{len(r)} words, 95% t interval" + (f". {note}" if note else ""), fontsize=8)
         self.ax_, self.figure_ = ax, fig
         return self
 

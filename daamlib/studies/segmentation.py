@@ -288,7 +288,7 @@ def _nouns(scores) -> int:
 
 
 class TauSweepDisplay:
-    """The τ sweep: mIoU against τ for both Eq. 7 modes and each split (95% bootstrap bands over nouns),
+    """The τ sweep: mIoU against τ for both Eq. 7 modes and each split (95% t bands over nouns),
     beside the whole-image baseline."""
 
     def __init__(self, scores):
@@ -314,7 +314,7 @@ class TauSweepDisplay:
                          ax=ax, **ci_kwargs())
             ax.axhline(whole, color="gray", ls="--", lw=1, label="whole image")
             ax.set_xlabel("τ"); ax.set_ylabel("mIoU"); ax.set_ylim(bottom=0); ax.legend(fontsize=8)
-            ax.set_title(f"τ sweep: n = {_nouns(sc)} nouns (bands: 95% bootstrap CI)", fontsize=9)
+            ax.set_title(f"τ sweep: n = {_nouns(sc)} nouns (bands: 95% t interval)", fontsize=9)
         self.ax_, self.figure_ = ax, ax.figure
         return self
 
@@ -326,7 +326,7 @@ def plot_tau_sweep(scores, ax=None, model: str = "") -> TauSweepDisplay:
 
 
 class AblationDisplay:
-    """Fig. 11 analogue in three panels, from the nouns' rows (95% bootstrap intervals): first / last n steps,
+    """Fig. 11 analogue in three panels, from the nouns' rows (95% t intervals): first / last n steps,
     coarsest / finest n resolutions, one resolution alone."""
 
     def __init__(self, scores):
@@ -364,7 +364,7 @@ class AblationDisplay:
             ax[2].set_xlabel(""); ax[2].set_ylabel("mIoU (DAAM-0.4)")
             ax[2].tick_params(axis="x", rotation=30)
             fig = ax[0].figure
-            fig.suptitle(f"Fig. 11 analogue, n = {_nouns(self.scores)} nouns, 95% bootstrap CI: time steps (left) and "
+            fig.suptitle(f"Fig. 11 analogue, n = {_nouns(self.scores)} nouns, 95% t interval: time steps (left) and "
                          f"{what} (middle: cumulative from either end; right: one at a time)", fontsize=9)
         self.ax_, self.figure_ = ax, fig
         return self

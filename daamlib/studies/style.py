@@ -22,11 +22,11 @@ SEED = 0  # bootstrap seed, for any figure that still asks seaborn for a bootstr
 FEW = 10  # fewer items than this: the category is marked, not trusted (paper.FEW: no verdict below it)
 
 
-def t_interval(values) -> tuple[float, float]:
-    """The 95% t interval of the mean of ``values`` (seaborn's ``errorbar`` callable)."""
+def t_interval(values, bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The 95% t interval of the mean of ``values`` (seaborn's ``errorbar`` callable), clipped to ``bounds``."""
     from .paper import interval
 
-    return tuple(interval(values)[1:3])
+    return tuple(interval(values, bounds=bounds)[1:3])
 
 
 ERRORBAR = t_interval
@@ -43,9 +43,12 @@ def theme():
         yield
 
 
-def ci_kwargs() -> dict:
-    """Keyword arguments every seaborn call here takes: the interval (and a seed, for seaborn's own bootstrap)."""
-    return {"errorbar": ERRORBAR, "n_boot": N_BOOT, "seed": SEED}
+def ci_kwargs(bounds: tuple[float, float] | None = None) -> dict:
+    """Keyword arguments every seaborn call here takes: the interval, clipped to the values' possible range
+    ``bounds`` (e.g. ``(0, 100)`` for an accuracy in %), and a seed for seaborn's own bootstrap."""
+    from functools import partial
+
+    return {"errorbar": partial(t_interval, bounds=bounds) if bounds else ERRORBAR, "n_boot": N_BOOT, "seed": SEED}
 
 
 def with_n(label: str, n: int) -> str:
