@@ -90,6 +90,8 @@ def test_rows_carry_their_rule_and_need_enough_units():
     assert "fewer than 10" in t.reason[3] and t.rule[0].startswith("equivalence") and t.alpha[0] == 0.025
     with pytest.raises(ValueError, match="which rule"):
         P.row("§v", "e", 1.0, 1.0, 0.5, 1.5, 20)
+    pair = P.row("§d", "difference", 1.0, 5.0, 3.0, 7.0, 30, P.effect(3.0, 7.0, 1.0, 1, 30), groups=(24, 6))
+    assert pair["verdict"] == P.UNTESTABLE and "smaller group" in pair["reason"]
     counts = P.count_verdicts([t])
     assert counts["equivalence"] == {P.REPRODUCES: 1, P.UNTESTABLE: 1}
 

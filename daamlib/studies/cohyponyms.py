@@ -416,6 +416,10 @@ def paper_vs_here(df, comparable: bool = False):
     df = df.assign(unit=[" | ".join(sorted((a, b))) for a, b in zip(df["a"], df["b"])]) if len(df) else df
     co, non = df[df.cohyponyms], df[~df.cohyponyms]
     acc, acc_gap = P.MARGINS["accuracy"], P.MARGINS["accuracy-gap"]
+
+    def units(*groups):  # each group's independent units: no verdict when either has too few
+        return [g["unit"].nunique() if len(g) else 0 for g in groups]
+
     miou, gap_m = P.MARGINS["miou"], P.MARGINS["miou-gap"]
     rows = []
     if labelled(df):
@@ -436,13 +440,13 @@ def paper_vs_here(df, comparable: bool = False):
         m, lo, hi, n = P.interval_difference(correct(knon), correct(kco), knon["unit"], kco["unit"])
         rows.append(P.row("§5.1 (Fisher's exact test, p < 0.01)", "accuracy: non-cohyponyms − cohyponyms (points)" + note,
                           gap, m, lo, hi, n, P.effect(lo, hi, acc_gap.value, 1, n, gap if comparable else math.nan,
-                                                      acc.value, acc_gap.why)))
+                                                      acc.value, acc_gap.why), groups=units(knon, kco)))
         low, high = known[known.bin == "low"], known[known.bin == "high"]
         gap = P_["5.1.accuracy.low-overlap"].value - P_["5.1.accuracy.high-overlap"].value
         m, lo, hi, n = P.interval_difference(correct(low), correct(high), low["unit"], high["unit"])
         rows.append(P.row("§5.1, Fig. 6 bottom", "accuracy: low-overlap − high-overlap pairs (points)" + note, gap,
                           m, lo, hi, n, P.effect(lo, hi, acc_gap.value, 1, n, gap if comparable else math.nan,
-                                                 acc.value, acc_gap.why)))
+                                                 acc.value, acc_gap.why), groups=units(low, high)))
     else:
         for claim in ("accuracy: non-cohyponyms − cohyponyms (points)", "accuracy: low − high overlap (points)"):
             rows.append(P.row("§5.1", claim, math.nan, untestable="no correctness labels (LABELS_CSV); none are invented"))
@@ -455,5 +459,6 @@ def paper_vs_here(df, comparable: bool = False):
     m, lo, hi, n = P.interval_difference(100 * co["iou"], 100 * non["iou"], co["unit"] if len(co) else None,
                                          non["unit"] if len(non) else None)
     rows.append(P.row("§5.1", "mIoU: cohyponyms − non-cohyponyms (points)", gap, m, lo, hi, n,
-                      P.effect(lo, hi, gap_m.value, 1, n, gap if comparable else math.nan, miou.value, gap_m.why)))
+                      P.effect(lo, hi, gap_m.value, 1, n, gap if comparable else math.nan, miou.value, gap_m.why),
+                      groups=units(co, non)))
     return P.table(rows)

@@ -349,16 +349,20 @@ def effect(low: float, high: float, smallest: float, sign: int = 1, n: int = 0, 
 
 
 def row(section: str, claim: str, paper: float, here: float = math.nan, low: float = math.nan,
-        high: float = math.nan, n: int = 0, verdict: Verdict | tuple | None = None, untestable: str = "") -> dict:
+        high: float = math.nan, n: int = 0, verdict: Verdict | tuple | None = None, untestable: str = "",
+        groups: Sequence[int] | None = None) -> dict:
     """One row of a paper-vs-here table; ``untestable`` (a reason) marks a claim this model cannot test.
-    Fewer than :data:`FEW` units get no verdict, whatever the rule would say."""
+    Fewer than :data:`FEW` units get no verdict, whatever the rule would say — for a difference of two groups,
+    fewer than that in either group (``groups``: each group's units)."""
+    few = min(groups) if groups is not None and len(groups) else n
     if untestable:
         verdict = Verdict(UNTESTABLE, untestable)
     elif not n:
         verdict = Verdict(UNTESTABLE, "no items of this kind in this run")
-    elif n < FEW and (verdict is None or verdict[0] != NOT_COMPARABLE):
+    elif few < FEW and (verdict is None or verdict[0] != NOT_COMPARABLE):
         rule = Verdict(*verdict) if verdict is not None else Verdict("", "")
-        verdict = Verdict(UNTESTABLE, f"only {n} unit(s) here, fewer than {FEW}: too few for a verdict "
+        where = "here" if few == n else "in the smaller group"
+        verdict = Verdict(UNTESTABLE, f"only {few} unit(s) {where}, fewer than {FEW}: too few for a verdict "
                           f"(a 95% interval covers far less than 95% at this n)", rule.rule, rule.margin)
     if verdict is None:
         raise ValueError(f"row {claim!r}: say which rule decides it (value, no_effect, effect) or why it is untestable")
