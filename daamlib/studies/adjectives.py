@@ -410,7 +410,7 @@ class BackgroundShiftDisplay:
                 a.set_xlabel("")
                 label_counts(a, df[y].notna().groupby(df.adjective).sum().to_dict())
             sns.barplot(data=spread, x="adjective", y="outside", order=order, hue="word", hue_order=["adjective", "noun"],
-                        palette=["0.35", "lightgray"], ax=ax[2], **ci_kwargs())
+                        palette=["0.35", "lightgray"], ax=ax[2], **ci_kwargs(bounds=(0, 100)))
             ax[2].set_ylabel("% of map mass outside the object", fontsize=8); ax[2].set_xlabel("")
             ax[2].set_ylim(0, 100); ax[2].legend(fontsize=8, title=None)
             label_counts(ax[2], df.adjective_spread.notna().groupby(df.adjective).sum().to_dict())

@@ -330,7 +330,7 @@ class Fig6Display:
             if ax is None:
                 _, ax = plt.subplots(2, 1, figsize=(6, 6.5), layout="constrained")
             sns.barplot(data=df, x="group", y="mIoU", order=groups, hue="pair",
-                        hue_order=["non-cohyponyms", "cohyponyms"], legend=False, ax=ax[0], **ci_kwargs())
+                        hue_order=["non-cohyponyms", "cohyponyms"], legend=False, ax=ax[0], **ci_kwargs(bounds=(0, 100)))
             ax[0].set_ylabel("mIoU of the two nouns' maps"); ax[0].set_xlabel(""); ax[0].set_ylim(bottom=0)
             counts = df.group.value_counts().to_dict()
             label_counts(ax[0], counts)

@@ -8,7 +8,7 @@ every interval is computed from the items themselves: the 95% t interval of the 
 (:func:`daamlib.studies.paper.interval`; deterministic, so figures are byte-identical run to run). A figure's
 interval treats every item as its own unit; the paper-vs-here tables resample the independent units (prompts,
 templates), so theirs can be wider. Heat-map overlays stay plain matplotlib (:func:`daamlib.heatmap.draw_overlay`).
-Categories with fewer than :data:`FEW` items (the verdicts' minimum) are marked ``†``.
+Categories with fewer than :data:`FEW` items (the verdicts' minimum) are marked ``†`` and drawn without an interval.
 """
 
 from __future__ import annotations
@@ -23,9 +23,14 @@ FEW = 10  # fewer items than this: the category is marked, not trusted (paper.FE
 
 
 def t_interval(values, bounds: tuple[float, float] | None = None) -> tuple[float, float]:
-    """The 95% t interval of the mean of ``values`` (seaborn's ``errorbar`` callable), clipped to ``bounds``."""
+    """The 95% t interval of the mean of ``values`` (seaborn's ``errorbar`` callable), clipped to ``bounds``;
+    none (NaN: seaborn draws nothing) for fewer than :data:`FEW` values, where it would cover far less than 95%."""
+    import numpy as np
+
     from .paper import interval
 
+    if np.count_nonzero(~np.isnan(np.asarray(values, dtype=float))) < FEW:
+        return float("nan"), float("nan")
     return tuple(interval(values, bounds=bounds)[1:3])
 
 
@@ -67,7 +72,7 @@ def label_counts(ax, counts: Mapping[str, int], axis: str = "x") -> None:
 def few_note(counts: Mapping[str, int]) -> str:
     """A caption line for the categories marked ``†`` (empty when there are none)."""
     few = [k for k, n in counts.items() if n < FEW]
-    return f"† fewer than {FEW} items: {', '.join(map(str, few))} (read as anecdotes)" if few else ""
+    return f"† fewer than {FEW} items: {', '.join(map(str, few))} (read as anecdotes; no interval drawn)" if few else ""
 
 
 def name_model(display, model: str = ""):

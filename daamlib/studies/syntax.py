@@ -181,7 +181,7 @@ class Table2Display:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             note = few_note(dict(zip(d.row, d.n)))
             ax.set_title("Table 2 analogue: Δ > 0 means the head's map contains the dependent's, Δ < 0 the reverse"
-                         + (f"\n{note}; no interval drawn" if note else ""), fontsize=8)
+                         + (f"\n{note}" if note else ""), fontsize=8)
         self.ax_, self.figure_ = ax, ax.figure
         return self
 
