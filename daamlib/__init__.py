@@ -18,6 +18,7 @@ from .kernel import aggregate, binarize
 from .pipeline import default_model, generate, load_pipeline
 from .stats import iod, ioh, iou, mean_ci
 from .trace import Trace, TraceError, UnsupportedPipelineError, trace
+from . import dit  # noqa: F401, E402 (registers the transformer tracer with trace, which never imports it)
 from .words import AmbiguousWordError, WordNotFoundError, align_words
 
 __all__ = [

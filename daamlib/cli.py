@@ -73,18 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .io import ExperimentError, save_experiment
-    from .items import check_seed, check_setting
     from .kernel import check_threshold
-    from .pipeline import check_device, check_prompt, default_model, generate, load_pipeline, resolve_settings
+    from .pipeline import check_device, default_model, generate, load_pipeline, model_defaults
+    from .settings import GenerationSettings, check_prompt
 
     out = Path(args.out)
     try:  # every option, before the model loads
         check_prompt(args.prompt)
         check_threshold(args.threshold)
-        check_seed(args.seed)
-        for name in ("steps", "guidance", "height", "width"):
-            if getattr(args, name) is not None:
-                check_setting(name, getattr(args, name))
+        asked = GenerationSettings.checked(seed=args.seed, steps=args.steps, guidance=args.guidance,
+                                           height=args.height, width=args.width,
+                                           negative_prompt=args.negative_prompt, encoder=args.encoder)
         check_device(args.device)
         check_out(out, overwrite=args.overwrite)
     except (TypeError, ValueError, ExperimentError) as e:
@@ -95,14 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pipe = load_pipeline(model, device=args.device, dtype=dtype, scheduler=args.scheduler)
         # what the model needs (its size factor) and its own settings (sampling.json), before generating
-        used = resolve_settings(pipe, args.steps, args.guidance, args.height, args.width)
+        used = asked.for_model(model_defaults(pipe))
     except (OSError, ValueError) as e:
         print(f"daam: error: {e}", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=False, desc=f"daam {model}")
-    hm = generate(pipe, args.prompt, seed=args.seed, steps=used["steps"], guidance_scale=used["guidance"],
-                  height=used["height"], width=used["width"], negative_prompt=args.negative_prompt,
-                  encoder=args.encoder)
+    hm = generate(pipe, args.prompt, settings=used)
 
     (out / "words").mkdir(parents=True, exist_ok=True)
     from PIL import Image
@@ -118,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         fig.savefig(out / "words" / f"{i:02d}_{_slug(wm.word.text)}.png", dpi=150, bbox_inches="tight")
         plt.close(fig)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    settings = {"model": model, "steps": used["steps"], "steps_completed": hm.steps_completed, "guidance": used["guidance"], "height": hm.size[0],
+    settings = {"model": model, "steps": used.steps, "steps_completed": hm.steps_completed, "guidance": used.guidance, "height": hm.size[0],
                 "width": hm.size[1], "negative_prompt": args.negative_prompt, "scheduler": type(pipe.scheduler).__name__,
                 "dtype": str(denoiser.dtype).removeprefix("torch."), "device": str(denoiser.device),
                 **({"encoder": args.encoder} if args.encoder else {})}

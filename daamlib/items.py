@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# the checks of single values live with the settings object, below every module that needs them
+from .settings import _plain, check_prompt, check_seed, check_setting
+
 SETTINGS = ("steps", "guidance", "height", "width", "negative_prompt")
 ALIASES = {"num_inference_steps": "steps", "guidance_scale": "guidance"}  # diffusers' names, accepted too
 REQUIRED = ("id", "prompt", "seed")
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; pandas and most JSON readers take signed 64-bit integers
-SIZE_MULTIPLE = 8  # every supported pipeline needs height and width divisible by 8 (some by more: see pipeline.size_multiple)
-MAX_SIDE = 16384  # pixels: as daamlib.io refuses larger experiments
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -48,62 +48,6 @@ class Item:
 
 def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
-
-
-def _plain(v):
-    """numpy / pandas scalars → Python ones, so that JSON and comparisons behave."""
-    return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
-
-
-def _as_int(v, name: str, minimum: int, maximum: int | None = None) -> int:
-    v = _plain(v)
-    if isinstance(v, str):
-        try:
-            v = float(v.strip())
-        except ValueError:
-            raise ValueError(f"{name} must be an integer, got {v!r}") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        raise ValueError(f"{name} must be an integer, got {v!r}")
-    if int(v) < minimum or (maximum is not None and int(v) > maximum):
-        bound = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
-        raise ValueError(f"{name} must be an integer {bound}, got {int(v)}")
-    return int(v)
-
-
-def _as_float(v, name: str) -> float:
-    v = _plain(v)
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {v!r}") from None
-    if isinstance(v, bool) or not math.isfinite(f):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    return f
-
-
-def check_seed(v) -> int:
-    """A seed as an integer in 0..2⁶³−1, or a ValueError naming the value and the range."""
-    return _as_int(v, "seed", 0, MAX_SEED)
-
-
-def check_setting(name: str, v):
-    """One setting (``steps``, ``guidance``, ``height``, ``width``, ``negative_prompt``) checked and normalised,
-    or a ValueError naming the value and the valid range; what the model itself needs is checked once it is
-    loaded (:func:`daamlib.pipeline.resolve_settings`)."""
-    if name == "steps":
-        return _as_int(v, "steps", 1, 10_000)
-    if name in ("height", "width"):
-        side = _as_int(v, name, SIZE_MULTIPLE, MAX_SIDE)
-        if side % SIZE_MULTIPLE:
-            near = max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
-            raise ValueError(f"{name} must be a multiple of {SIZE_MULTIPLE} (the models' latent factor), got {side}; "
-                             f"use e.g. {near}")
-        return side
-    if name == "guidance":
-        return _as_float(v, "guidance")
-    if not isinstance(v, str):
-        raise ValueError(f"{name} must be a string, got {type(v).__name__} {v!r}")
-    return v
 
 
 def check_id(item_id) -> str:
@@ -191,8 +135,6 @@ def read_items(items, defaults: Mapping[str, Any] | None = None) -> list[Item]:
 
     ``defaults`` gives settings for rows that leave them empty (``{"steps": 30}``).
     """
-    from .pipeline import check_prompt
-
     known = set(REQUIRED) | set(SETTINGS) | set(ALIASES)
     base = {}
     for k, v in (defaults or {}).items():

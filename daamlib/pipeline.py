@@ -3,6 +3,9 @@
 >>> pipe = load_pipeline("shapeworld")                          # a registered name      # doctest: +SKIP
 >>> pipe = load_pipeline("stabilityai/stable-diffusion-2-base", device="cuda", dtype=torch.float16)  # doctest: +SKIP
 >>> hm = generate(pipe, "a red circle above a blue square", seed=0)                    # doctest: +SKIP
+
+A request's settings are checked once (:class:`daamlib.settings.GenerationSettings`) and completed with what the
+model imposes (:func:`model_defaults`), read once per pipeline.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 from . import models
 from .heatmap import HeatMaps
+from .settings import GenerationSettings, ModelDefaults, check_prompt  # noqa: F401 (check_prompt: part of this API)
 from .trace import trace
 
 SCHEDULERS = ("ddim", "dpm", "euler", "pndm")
@@ -84,9 +88,15 @@ def size_multiple(pipe) -> int:
     vae = int(getattr(pipe, "vae_scale_factor", 8) or 8)
     if getattr(pipe, "unet", None) is not None or getattr(pipe, "transformer", None) is None:
         return max(8, vae)
+    return max(8, _pixels_per_token(pipe))
+
+
+def _pixels_per_token(pipe) -> int:
+    """A transformer's image pixels per token side: its family's to say (daamlib.dit, below this module; imported
+    when a transformer is used, so that ``import daamlib`` does not import it)."""
     from .dit import pixels_per_token
 
-    return max(8, pixels_per_token(pipe))
+    return pixels_per_token(pipe)
 
 
 def default_size(pipe) -> tuple[int, int]:
@@ -115,27 +125,30 @@ def _call_default(pipe, name: str):
     return None if p is None or p.default is inspect.Parameter.empty else p.default
 
 
+def model_defaults(pipe) -> ModelDefaults:
+    """What ``pipe`` imposes on a generation, read once: its size multiple (and pixels per image token for
+    transformers), its default size, and its steps and guidance (the model's own, :func:`sampling_defaults`, else
+    the pipeline's defaults)."""
+    own = sampling_defaults(pipe)
+    transformer = getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None
+    per_token = _pixels_per_token(pipe) if transformer else None
+    height, width = default_size(pipe)
+    steps, guidance = own.get("steps"), own.get("guidance")
+    return ModelDefaults(name=type(pipe).__name__, height=height, width=width,
+                         size_multiple=size_multiple(pipe) if per_token is None else max(8, per_token),
+                         steps=_call_default(pipe, "num_inference_steps") if steps is None else steps,
+                         guidance=_call_default(pipe, "guidance_scale") if guidance is None else guidance,
+                         scheduler=own.get("scheduler"), pixels_per_token=per_token)
+
+
 def resolve_settings(pipe, steps: int | None = None, guidance: float | None = None, height: int | None = None,
                      width: int | None = None) -> dict:
     """Every setting as the generation will use it, checked against the model: the values given, else the model's
     own (:func:`sampling_defaults`), else the pipeline's defaults; a side given alone is paired with the default of
-    the other. A ValueError names a value the model cannot take and the valid range."""
-    from .items import check_setting
-
-    s = resolve_sampling(pipe, steps, guidance)
-    s["steps"] = s["steps"] if s["steps"] is not None else _call_default(pipe, "num_inference_steps")
-    s["guidance"] = s["guidance"] if s["guidance"] is not None else _call_default(pipe, "guidance_scale")
-    dh, dw = default_size(pipe)
-    s["height"], s["width"] = dh if height is None else height, dw if width is None else width
-    for k, v in s.items():
-        if v is not None:
-            s[k] = check_setting(k, v)
-    m = size_multiple(pipe)
-    for k in ("height", "width"):
-        if s[k] % m:
-            raise ValueError(f"{k} must be a multiple of {m} for {type(pipe).__name__} (its VAE factor × patch size), "
-                             f"got {s[k]}; use e.g. {max(m, round(s[k] / m) * m)}")
-    return s
+    the other. A ValueError names a value the model cannot take and the valid range. The settings object itself:
+    ``GenerationSettings.checked(...).for_model(model_defaults(pipe))``."""
+    asked = GenerationSettings.checked(steps=steps, guidance=guidance, height=height, width=width)
+    return asked.for_model(model_defaults(pipe)).sampling()
 
 
 def resolve_sampling(pipe, steps: int | None = None, guidance: float | None = None) -> dict:
@@ -229,22 +242,12 @@ def weights_fingerprint(pipe) -> str:
     return h.hexdigest()[:16]
 
 
-def check_prompt(prompt) -> list[str]:
-    """The prompt(s) as a list, or a clear error for an empty or non-string prompt."""
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise TypeError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}: {prompt!r}")
-    for p in prompts:
-        if not p.strip():
-            raise ValueError("the prompt is empty; DAAM attributes pixels to the prompt's words, so give it at least one word")
-    return list(prompts)
-
-
 def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = None,
              guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
              negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
              keep_heads: bool = False, store_device: str | None = None, store=None, replay=None,
-             encoder: str | None = None, store_dtype=None, **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
+             encoder: str | None = None, store_dtype=None, settings: GenerationSettings | None = None,
+             **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
     """Generate with ``pipe`` under a trace; return the image's :class:`HeatMaps` (a list for several images).
 
     The seed drives a CPU ``torch.Generator``, so an image is the same on every device
@@ -255,23 +258,30 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
     are passed. ``encoder`` picks a transformer's text stream (:mod:`daamlib.dit`); ``store_dtype`` keeps the maps
     in float16 / bfloat16 (see :func:`trace`). ``store`` / ``replay`` are
     :class:`daamlib.replay.AttentionStore` s to fill / to inject (see :func:`trace`).
-    Other keywords go to the pipeline.
+    ``settings``: a :class:`~daamlib.settings.GenerationSettings` made by the caller (the runner, the CLI), instead
+    of ``seed`` … ``store_dtype``; once completed for this pipeline (:meth:`~GenerationSettings.for_model`) it is
+    used as it is. Other keywords go to the pipeline.
     """
-    from .items import check_seed
-
-    encoder = {} if encoder is None else {"encoder": encoder}
     check_prompt(prompt)
-    seed = check_seed(seed)
-    s = resolve_settings(pipe, steps, guidance_scale, height, width)
-    kwargs = {k: v for k, v in dict(num_inference_steps=s["steps"], guidance_scale=s["guidance"], height=s["height"],
-                                    width=s["width"], negative_prompt=negative_prompt).items() if v is not None}
+    if settings is None:
+        settings = GenerationSettings.checked(seed=seed, steps=steps, guidance=guidance_scale, height=height,
+                                              width=width, negative_prompt=negative_prompt, encoder=encoder,
+                                              store_dtype=store_dtype)
+    elif seed != 0 or any(v is not None for v in (steps, guidance_scale, height, width, negative_prompt, encoder,
+                                                    store_dtype)):
+        raise TypeError("generate() takes either settings=GenerationSettings(...) or seed, steps, guidance_scale, "
+                        "height, width, negative_prompt, encoder and store_dtype, not both; put them in the settings")
+    if any(v is None for v in settings.sampling().values()):
+        settings = settings.for_model(model_defaults(pipe))
+    kwargs = settings.pipeline_kwargs()
     accepts = _signature_of(pipe)
     for k in ("use_resolution_binning", "clean_caption"):  # PixArt: generate what was asked, align the prompt as given
         if k in accepts and k not in pipe_kwargs:
             kwargs[k] = False
-    generator = torch.Generator("cpu").manual_seed(seed)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    encoder = {} if settings.encoder is None else {"encoder": settings.encoder}
     with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay,
-               store_dtype=store_dtype, **encoder) as tc:
+               store_dtype=settings.store_dtype, **encoder) as tc:
         # a copy of a prompt list: some pipelines (ZImagePipeline) rewrite it in place with their chat template
         out = pipe(prompt=list(prompt) if isinstance(prompt, list) else prompt, generator=generator,
                    num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -41,12 +41,10 @@ REPLACEABLE_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "XFormersAttnProc
                           "AttnProcessorNPU")
 _MISSING = object()
 
-SUPPORTED = (
+SUPPORTED = (  # the UNet pipelines; each registered tracer adds its own (supported_pipelines)
     "StableDiffusionPipeline (SD 1.x, 2.x)",
     "StableDiffusionXLPipeline (SDXL)",
     "other diffusers pipelines whose `unet` is a UNet2DConditionModel with cross-attention",
-    "StableDiffusion3Pipeline (SD3, SD3.5), FluxPipeline (Flux.1), PixArtSigmaPipeline / PixArtAlphaPipeline, "
-    "QwenImagePipeline, Flux2KleinPipeline, ChromaPipeline (see daamlib.dit)",
 )
 
 
@@ -387,21 +385,51 @@ def installed(pipe, denoiser, handle, modules: dict, processor_for, encode_promp
             pipe.encode_prompt = own_encode
 
 
+# -- other denoisers: registered, never imported ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tracer:
+    """How :func:`trace` traces pipelines whose denoiser is not a UNet. A package registers one with
+    :func:`register_tracer` when it is imported (``daamlib/__init__.py`` imports :mod:`daamlib.dit`, which does), so
+    this module never imports it."""
+
+    name: str
+    claims: Callable[[object], bool]  # is the pipeline of this kind (e.g. a `transformer` and no `unet`)
+    modules: Callable[[object], dict | None]  # its traced modules by name; None: not of this kind after all
+    # (check_supported goes on to the UNet); raises UnsupportedPipelineError naming supported_pipelines()
+    trace: Callable[..., AbstractContextManager[Trace]]  # trace()'s arguments, fused included
+    supported: Callable[[], list[str]]  # the pipelines it traces, for error messages
+
+
+_TRACERS: dict[str, Tracer] = {}
+
+
+def register_tracer(tracer: Tracer) -> None:
+    """Let :func:`trace` (and :func:`check_supported`) hand the pipelines ``tracer`` claims to it."""
+    _TRACERS[tracer.name] = tracer
+
+
+def _tracer_for(pipe) -> Tracer | None:
+    return next((t for t in _TRACERS.values() if t.claims(pipe)), None)
+
+
+def supported_pipelines() -> list[str]:
+    """Every pipeline :func:`trace` takes, for error messages: the UNet ones, then each registered tracer's."""
+    return list(SUPPORTED) + [line for t in _TRACERS.values() for line in t.supported()]
+
+
 def check_supported(pipe) -> dict:
     """The cross-attention modules of ``pipe`` by name, or an :class:`UnsupportedPipelineError` naming the supported
     pipelines."""
     unet = getattr(pipe, "unet", None)
-    if unet is None and isinstance(getattr(pipe, "transformer", None), torch.nn.Module):
-        from .dit import attention_modules, family_of
-
-        if family_of(pipe) is None:
-            raise UnsupportedPipelineError(f"{type(pipe).__name__} is not a supported transformer pipeline; "
-                                           "supported: " + "; ".join(SUPPORTED))
-        return {name: m for name, (m, _, _) in attention_modules(pipe.transformer, family_of(pipe)).items()}
+    tracer = _tracer_for(pipe)
+    found = tracer.modules(pipe) if tracer is not None else None
+    if found is not None:
+        return found
     modules = cross_attention_modules(unet) if isinstance(unet, torch.nn.Module) else {}
     if not modules:
         raise UnsupportedPipelineError(
-            f"{type(pipe).__name__} has no UNet with cross-attention to trace; supported: " + "; ".join(SUPPORTED)
+            f"{type(pipe).__name__} has no UNet with cross-attention to trace; supported: "
+            + "; ".join(supported_pipelines())
         )
     return modules
 
@@ -430,18 +458,14 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     replay always computes it explicitly. Raises :class:`UnsupportedPipelineError` for a
     pipeline without a cross-attention UNet and :class:`TraceError` when already traced.
 
-    Diffusion transformers (SD3/3.5, Flux.1, PixArt, Qwen-Image) are traced by :mod:`daamlib.dit`, with the
-    same handle; ``encoder`` chooses the text stream whose tokens are kept there (``"all"``, ``"clip"``,
-    ``"t5"``, ``"lm"``).
+    Diffusion transformers (SD3/3.5, Flux.1 and .2, PixArt, Sana, Qwen-Image, Z-Image, Chroma) are traced by
+    :mod:`daamlib.dit` (a registered :class:`Tracer`), with the same handle; ``encoder`` chooses the text stream
+    whose tokens are kept there (``"all"``, ``"clip"``, ``"t5"``, ``"lm"``).
     """
-    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
-        from .dit import trace_transformer
-
-        if not fused:
-            raise ValueError("fused=False applies to UNet pipelines: a transformer's joint attention would "
-                             "materialise image tokens² probabilities per head; leave fused unset")
-        with trace_transformer(pipe, keep_heads=keep_heads, store_device=store_device, encoder=encoder,
-                               store_dtype=store_dtype, store=store, replay=replay) as handle:
+    tracer = _tracer_for(pipe)
+    if tracer is not None:
+        with tracer.trace(pipe, keep_heads=keep_heads, store_device=store_device, encoder=encoder,
+                          store_dtype=store_dtype, store=store, replay=replay, fused=fused) as handle:
             yield handle
         return
     unet = getattr(pipe, "unet", None)

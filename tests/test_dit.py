@@ -271,6 +271,49 @@ def test_fused_false_is_refused_for_a_transformer(dit):
             pass
 
 
+def test_every_family_module_is_registered_and_resolves_from_its_pipeline_names():
+    """One family, one file: the lazy mapping names exactly the modules in daamlib/dit/families (none left
+    unregistered), each pipeline class name resolves to the family whose module declares it, and each family has
+    its tiny test model."""
+    import pkgutil
+
+    import daamlib.dit.families
+    from daamlib.dit.registry import CFG_LAYOUTS, FAMILY_MODULES, Family, family_of, load_family
+    from daamlib.testing.tiny_dit import KINDS
+
+    assert {m.name for m in pkgutil.iter_modules(daamlib.dit.families.__path__)} == set(FAMILY_MODULES)
+    names = []
+    for module, pipelines in FAMILY_MODULES.items():
+        family = load_family(module)
+        assert isinstance(family, Family) and family.pipelines == pipelines, module
+        assert family.cfg in CFG_LAYOUTS and len(family.models) == len(pipelines), module
+        for name in pipelines:
+            assert family_of(type(name, (), {})()) is family
+        names.append(family.name)
+    assert sorted(names) == sorted(KINDS) and len(set(names)) == len(names)
+    assert family_of(type("OtherPipeline", (), {})()) is None
+
+
+def test_the_core_imports_no_family_until_one_is_traced():
+    """daamlib.trace never imports the transformer package, and importing daamlib imports no family module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, daamlib\n"
+            "print(sorted(m for m in sys.modules if m.startswith('daamlib.dit.families.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+    import ast
+    import importlib
+    from pathlib import Path
+
+    core = importlib.import_module("daamlib.trace")  # the module (daamlib.trace is the function)
+    tree = ast.parse(Path(core.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m == "dit" or m.startswith(("dit.", "daamlib.dit"))], imported
+
+
 def test_unsupported_transformer_pipeline_names_the_supported_set():
     class OtherPipeline:
         transformer = torch.nn.Linear(2, 2)

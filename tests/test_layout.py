@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CORE = ["daamlib", "daamlib.trace", "daamlib.kernel", "daamlib.words", "daamlib.heatmap", "daamlib.replay",
         "daamlib.io", "daamlib.items", "daamlib.models", "daamlib.pipeline", "daamlib.stats", "daamlib.runner",
-        "daamlib.explorer", "daamlib.cli"]
+        "daamlib.explorer", "daamlib.cli", "daamlib.settings", "daamlib.dit"]
 
 BLOCKER = """
 import importlib.abc, sys
@@ -48,7 +48,9 @@ def test_blocker_would_catch_a_core_import_of_the_studies():
 
 def test_core_source_never_names_the_studies_shapeworld_or_the_checkout():
     for name in CORE[1:]:
-        src = (REPO / (name.replace(".", "/") + ".py")).read_text()
+        path = REPO / name.replace(".", "/")
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]  # a package: every file
+        src = "".join(f.read_text() for f in files)
         for bad in ("from .studies", "from .shapeworld", "daamlib.studies", "daamlib.shapeworld", "REPO_ROOT",
                     "data/models", '"data"'):
             assert bad not in src, f"{name} mentions {bad!r}"

@@ -209,6 +209,13 @@ def pair_items(n: int, ontology: Mapping[str, tuple[str, ...]], seed: int = 0) -
             for i, (a, b, c) in enumerate(sample_pairs(n, ontology, seed=seed))]
 
 
+def items_for(source, n: int, ontology: Mapping[str, tuple[str, ...]], seed: int = 0) -> list[dict]:
+    """§5.1's items for a study source: the source's own ``pair_items`` when it has one (a world that keeps its
+    training captions apart, and may return fewer than ``n``), else :func:`pair_items`."""
+    own = getattr(source, "pair_items", None)
+    return own(n, ontology, seed) if own is not None else pair_items(n, ontology, seed)
+
+
 def item_rows(records: Sequence[Mapping], truth, threshold: float = 0.4):
     """Per item: the IoU of the two nouns' Eq. 7 maps, its overlap bin, and whether both nouns were generated
     (``correct``: from ``truth``, None when nobody labelled it)."""

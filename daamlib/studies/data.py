@@ -127,7 +127,8 @@ class HumanTruth:
 
 class Source:
     """A study's items and ground truth. Subclasses implement :meth:`items`; worlds may also offer
-    :meth:`ontology` and :meth:`pair_items` (§5.1) and :meth:`adjective_prompts` (§5.2)."""
+    :meth:`ontology` (§5.1; a world may also define ``pair_items``, see
+    :func:`daamlib.studies.cohyponyms.items_for`) and :meth:`adjective_prompts` (§5.2)."""
 
     truth: GroundTruth
 
@@ -144,12 +145,6 @@ class Source:
         be a dict ``{template: the adjectives it swaps among}`` when not every adjective suits every template."""
         return None
 
-    def pair_items(self, n: int, ontology: Mapping[str, tuple[str, ...]], seed: int = 0) -> list[dict]:
-        """§5.1's "a(n) X and a(n) Y" items (:func:`daamlib.studies.cohyponyms.pair_items`); a world may override
-        it to keep its training captions out (and may then return fewer than ``n``)."""
-        from .cohyponyms import pair_items
-
-        return pair_items(n, ontology, seed)
 
 
 class FileSource(Source):

@@ -1,0 +1,289 @@
+"""The recorder of a traced transformer: the attention kernel swapped for one that also returns log-sum-exp while
+a wrapped module runs, the taps that wrap each attention module's processor, and the recorder they report to, which
+keeps the conditional image rows' probabilities of the kept text tokens (and stores or replays them).
+
+It knows families only through :class:`daamlib.dit.registry.Family`'s fields.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import SDPA as _SDPA
+from ..attention import attention_with_lse, kept_probabilities
+from ..attention import float_mask as _float_mask
+from ..trace import TraceError, check_store_dtype
+from ..words import Alignment
+from .registry import Family
+from .tokens import _text_length, align_prompts
+
+
+# -- the kernel with LSE ----------------------------------------------------------------------------------
+_LOCAL = threading.local()
+_PATCH_LOCK = threading.Lock()
+_patched = 0
+
+
+def _tapped_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    tap = getattr(_LOCAL, "tap", None)
+    if tap is None or dropout_p or is_causal or enable_gqa:
+        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                     enable_gqa=enable_gqa)
+    return tap.attend(query, key, value, attn_mask, scale)
+
+
+def _patch_kernel(on: bool) -> None:
+    global _patched
+    with _PATCH_LOCK:
+        _patched += 1 if on else -1
+        F.scaled_dot_product_attention = _tapped_sdpa if _patched > 0 else _SDPA
+
+
+# -- recording ---------------------------------------------------------------------------------------------
+@dataclass
+class DitGeneration:
+    prompts: list[str | None]
+    alignments: list[Alignment | None]
+    cond: torch.Tensor | None  # encode_prompt's conditional text states, one row per image
+    columns: list[int] | None = None  # kept positions in the transformer's text input
+    maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    timesteps: list[float] = field(default_factory=list)
+    grid: tuple[int, int] | None = None
+    expected_steps: int | None = None
+
+
+class _DitRecorder:
+    def __init__(self, pipe, family: Family, encoder: str, keep_heads: bool, store_device, store_dtype=None,
+                 store=None, replay=None):
+        self.pipe, self.family, self.encoder = pipe, family, encoder
+        self.store, self.replay = store, replay  # daamlib.replay.AttentionStore to fill / to inject
+        self.keep_heads = keep_heads
+        self.store_device = None if store_device is None else torch.device(store_device)
+        self.store_dtype = check_store_dtype(store_dtype)
+        self.generations: list[DitGeneration] = []
+        self.current: DitGeneration | None = None
+        self.rows: list[tuple[int, int]] | None = None  # (batch row, image) of the conditional rows in this call
+        self.n_img = self.n_txt = 0
+        self.columns_t: torch.Tensor | None = None
+
+    # encode_prompt: words and the conditional text states
+    def on_encode(self, args: dict, result) -> None:
+        g = self.current
+        if g is not None and not g.timesteps and g.cond is not None:
+            return  # the negative prompt's own call (Flux / Qwen true CFG)
+        prompt = args.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else [None]
+        cond = result[0] if isinstance(result, tuple) else result
+        if isinstance(cond, list) and cond and all(torch.is_tensor(c) for c in cond):  # Z-Image: one tensor per prompt
+            cond = [c.detach() for c in cond]
+        elif torch.is_tensor(cond):
+            cond = cond.detach()
+        else:
+            cond = None
+        self.current = DitGeneration(prompts, [], cond)
+        self.generations.append(self.current)
+        columns, self.current.alignments = align_prompts(self.pipe, self.family.streams, self.encoder, prompts, cond,
+                                                         args)
+        if columns is not None:
+            self.current.columns = columns
+
+    # the transformer's forward: which rows are conditional, the grid, the step
+    def on_transformer_call(self, args, kwargs) -> None:
+        g = self.current
+        if self.family.unified:  # Z-Image: forward(x: list, t, cap_feats: list, ...)
+            ctx = kwargs.get("cap_feats", args[2] if len(args) > 2 else None)
+            hidden = args[0] if args else kwargs.get("x")
+        else:
+            ctx = kwargs.get("encoder_hidden_states")
+            hidden = args[0] if args else kwargs.get("hidden_states")
+        if g is None or ctx is None or hidden is None:
+            self.rows = None
+            return
+        self.rows = self._match_rows(ctx, g.cond)
+        if not self.rows:
+            return  # an unconditional call (true CFG's negative branch): not recorded
+        self.n_txt = _text_length(ctx)
+        grid = self._grid(hidden, kwargs)
+        self.n_img = grid[0] * grid[1]
+        if isinstance(hidden, list):
+            hidden = hidden[0]
+        g.grid = grid
+        if g.columns is None:
+            g.columns = list(range(self.n_txt))
+        self.columns_t = torch.tensor(g.columns, device=hidden.device, dtype=torch.long)
+        scheduler = getattr(self.pipe, "scheduler", None)
+        if not g.timesteps and getattr(scheduler, "timesteps", None) is not None:
+            g.expected_steps = len(scheduler.timesteps)
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        g.timesteps.append(t.flatten()[0].item() if torch.is_tensor(t) else float(t if t is not None else len(g.timesteps)))
+
+    @staticmethod
+    def _match_rows(ctx, cond) -> list[tuple[int, int]]:
+        """(batch row, image) of the rows whose text input is one of ``encode_prompt``'s conditional outputs
+        (tensors ``[B, L, D]``, or lists of ``[L_i, D]`` for Z-Image)."""
+        if cond is None:
+            return [(b, b) for b in range(len(ctx))]
+        if isinstance(cond, list) or isinstance(ctx, list):
+            ref = [c.to(ctx[0].device, ctx[0].dtype) for c in cond]
+        else:
+            ref = cond.to(ctx.device, ctx.dtype)
+            if ref.shape[1:] != ctx.shape[1:]:
+                return []
+        used, rows = set(), []
+        for b in range(len(ctx)):
+            j = next((j for j in range(len(ref)) if j not in used and ref[j].shape == ctx[b].shape
+                      and torch.equal(ref[j], ctx[b])), None)
+            if j is not None:
+                used.add(j)
+                rows.append((b, j))
+        return rows
+
+    def _grid(self, hidden, kwargs) -> tuple[int, int]:
+        cfg = self.pipe.transformer.config
+        if isinstance(hidden, list):  # Z-Image: [C, frames, H, W] latents per image, patchified inside
+            p = int(kwargs.get("patch_size", 2))
+            return hidden[0].shape[-2] // p, hidden[0].shape[-1] // p
+        if hidden.ndim == 4:  # [B, C, H, W] latents, patchified inside (SD3, PixArt)
+            p = cfg.patch_size
+            return hidden.shape[-2] // p, hidden.shape[-1] // p
+        shapes = kwargs.get("img_shapes")
+        if shapes:  # Qwen-Image: [(frames, h, w)] per image
+            first = shapes[0][0] if isinstance(shapes[0], list) else shapes[0]
+            return int(first[-2]), int(first[-1])
+        ids = kwargs.get("img_ids")
+        if ids is not None:  # Flux: (0, row, column) per token
+            ids = ids.reshape(-1, ids.shape[-1])[: hidden.shape[1]]
+            return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+        raise TraceError(f"cannot find the image grid of {type(self.pipe.transformer).__name__}'s input")
+
+    # one attention call of a wrapped module
+    def attend(self, tap: _Tap, q, k, v, mask, scale):
+        tap.calls += 1
+        rows = self.rows
+        Lq, Lk = q.shape[-2], k.shape[-2]
+        n_img, n_txt = self.n_img, self.n_txt
+        if not rows or self.current is None:
+            return _SDPA(q, k, v, attn_mask=mask, scale=scale)
+        u = self.family.unified
+        if u and Lq == Lk and tap.single:  # Z-Image's main blocks: per image [image, text], parts padded to u
+            img, txt0, kind = slice(0, n_img), n_img + (-n_img) % u, "single"
+        elif u:
+            return _SDPA(q, k, v, attn_mask=mask, scale=scale)
+        elif Lk == n_img + n_txt and Lq == Lk:  # joint attention: one softmax over text and image
+            img = slice(n_txt, Lk) if self.family.text_first else slice(0, n_img)
+            txt0 = 0 if self.family.text_first else n_img
+            kind = "single" if tap.single else "joint"
+        elif tap.cross and Lk == n_txt and Lq == n_img:
+            img, txt0, kind = slice(0, n_img), 0, "cross"
+        else:  # image self-attention (SD3.5's second attention, PixArt's attn1), IP-adapter tokens, ...
+            return _SDPA(q, k, v, attn_mask=mask, scale=scale)
+        tap.kind = kind
+        out, lse = attention_with_lse(q, k, v, mask, scale)
+        batch_rows = [r for r, _ in rows]
+        b = torch.tensor(batch_rows, device=q.device)
+        s = scale if scale is not None else q.shape[-1] ** -0.5
+        cols = self.columns_t + txt0
+        m = None
+        if mask is not None:  # index only the mask's own axes (it broadcasts): never expand it to [B, H, L, L]
+            m = _float_mask(mask, torch.float32)
+            m = m.index_select(0, b) if m.ndim == 4 and m.shape[0] > 1 else m
+            m = m[..., img, :] if m.ndim >= 2 and m.shape[-2] > 1 else m
+            m = m.index_select(-1, cols).transpose(-1, -2)  # key-major, as kept_probabilities wants it
+        # [Bc, H, K, N]: the conditional image rows are read in place, only the kept keys are gathered
+        p = kept_probabilities(q[:, :, img], k.index_select(2, cols), lse[:, :, img], s, batch_rows, m)
+        if self.store is not None or self.replay is not None:
+            p = self._store_or_replay(tap.name, p.transpose(-1, -2), out, v, b, img, cols).transpose(-1, -2)
+        if not self.keep_heads:
+            p = p.sum(1)  # [Bc, K, N]
+        h, w = self.current.grid
+        p = p.reshape(*p.shape[:-1], h, w)  # [Bc, (H,) K, h, w]
+        order = torch.tensor([j for _, j in rows], device=p.device)
+        p = p[torch.argsort(order)]
+        if self.store_dtype is not None:
+            p = p.to(self.store_dtype)
+        if self.store_device is not None:
+            p = p.to(self.store_device, non_blocking=True)
+        self.current.maps.setdefault(tap.name, []).append(p)
+        return out
+
+
+    def _store_or_replay(self, name: str, p, out, v, b, img, cols):
+        """Keep ``p`` (``[conditional rows, heads, image tokens, kept text tokens]``) in the store, or put the
+        stored one in its place: the image rows' output is rebuilt from the seed's image→text probabilities and
+        the variant's own image→rest ones, rescaled to the mass the seed left over (each row still sums to 1)."""
+        step = len(self.current.timesteps) - 1
+        if self.store is not None:
+            self.store.put(step, name, p)
+            self.store.n_tokens = p.shape[-1]
+        if self.replay is None or not self.replay.covers(step):
+            return p
+        self.replay.check_tokens(p.shape[-1])
+        seed = self.replay.get(step, name, p)
+        vt = v.index_select(2, cols).index_select(0, b).float()  # [Bc, H, K, D]
+        o = out[:, :, img].index_select(0, b).float()  # [Bc, H, N, D]
+        out[:, :, img].index_copy_(0, b, replayed_output(o, p, seed, vt).to(out.dtype))  # in place, the kernel's output
+        return seed
+
+
+def replayed_output(out: torch.Tensor, own: torch.Tensor, seed: torch.Tensor, v_txt: torch.Tensor) -> torch.Tensor:
+    """Attention output of image queries whose probabilities over the kept text keys are replaced.
+
+    ``out`` [..., N, D] is the model's own output, ``own`` / ``seed`` [..., N, K] its own and the seed's
+    probabilities over the K kept text keys, ``v_txt`` [..., K, D] their values. The row becomes the seed's
+    mass on those keys and the model's own distribution over every other key, scaled to the mass left
+    (``1 − Σ seed``), so it still sums to 1: prompt-to-prompt's cross-attention injection, for joint attention.
+    """
+    free = 1 - own.sum(-1, keepdim=True)  # the model's own mass on every other key (image tokens, unkept text)
+    left = 1 - seed.sum(-1, keepdim=True)
+    rest = torch.where(free > 1e-6, (out - own @ v_txt) * (left / free.clamp_min(1e-6)), torch.zeros_like(out))
+    return rest + seed @ v_txt
+
+
+class _Tap:
+    """Wraps one attention module's processor: while it runs, the attention kernel reports to the recorder."""
+
+    def __init__(self, recorder: _DitRecorder, inner, name: str, single: bool, cross: bool):
+        self.recorder, self.inner, self.name = recorder, inner, name
+        self.single, self.cross = single, cross
+        self.calls = 0
+        self.kind: str | None = None
+
+    def attend(self, q, k, v, mask, scale):
+        _LOCAL.tap = None  # a kernel call inside the recording itself goes straight through
+        try:
+            return self.recorder.attend(self, q, k, v, mask, scale)
+        finally:
+            _LOCAL.tap = self
+
+    def __call__(self, attn, *args, **kwargs):
+        self.calls = 0
+        outer = getattr(_LOCAL, "tap", None)
+        _LOCAL.tap = self
+        try:
+            out = self.inner(attn, *args, **kwargs)
+        finally:
+            _LOCAL.tap = outer
+        if self.calls == 0 and self.recorder.rows:
+            raise TraceError(
+                    f"{self.name}: the attention ran without torch's scaled_dot_product_attention (another attention "
+                    "backend, e.g. flash-attn or sage, or a compiled model), so its probabilities cannot be recorded; "
+                "use diffusers' native backend (no `attention_backend` set) while tracing")
+        return out
+
+
+def _tap_class(inner) -> type:
+    """A subclass of _Tap whose ``__call__`` has the wrapped processor's signature (diffusers filters the
+    keyword arguments it passes by that signature)."""
+    import inspect
+
+    sig = inspect.signature(type(inner).__call__)
+
+    def __call__(self, attn, *args, **kwargs):
+        return _Tap.__call__(self, attn, *args, **kwargs)
+
+    __call__.__signature__ = sig
+    return type(f"Traced{type(inner).__name__}", (_Tap,), {"__call__": __call__})
