@@ -17,6 +17,9 @@ generation   wall time with and without ``trace`` (interleaved, order alternatin
              into every word's map.
 memory       peak memory (RSS; max_memory_allocated on CUDA) of one generation with and without tracing,
              each in a fresh process, beside the bytes of the maps kept.
+calls        every attention call timed where it runs, inside whole generations (interleaved, order alternating):
+             plain SDPA against the traced call (the kernel with LSE, and the recording), per call and summed per
+             generation — whether the per-generation added work is the per-call work × calls, or more.
 kernel       one joint-attention call at the model's shapes (SD3-medium at 256²: 2 × 24 heads × (256 image + 333
              text) tokens × 64, K = 49 kept text tokens), alone: plain SDPA against the traced path (the kernel
              with LSE + recording), median of many calls, interleaved — the per-call cost without a whole
@@ -177,6 +180,77 @@ def bench_memory(model, size, steps, device) -> dict:
             "stored_MB": out["traced"]["stored_bytes"] / 1e6}
 
 
+def bench_calls(pipe, model, size, steps, runs, sync) -> dict:
+    """Every attention call of ``runs`` plain and ``runs`` traced generations, timed in situ: plain runs time
+    torch's SDPA as diffusers' processors call it; traced runs time the recorder's whole call (its kernel with
+    log-sum-exp, timed too, and the recording). Only the calls that see image and text together are compared
+    (the text encoders' own SDPA calls are told apart by count: the last ``calls`` of a plain run are excluded)."""
+    import torch.nn.functional as F
+
+    from daamlib.dit import recorder as R
+
+    times = {"sdpa": [], "attend": [], "kernel": []}
+    sdpa, attend, kernel = F.scaled_dot_product_attention, R._DitRecorder.attend, R.attention_with_lse
+
+    def timer(name, fn):
+        def run(*a, **k):
+            sync()
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            sync()
+            times[name].append(time.perf_counter() - t)
+            return out
+        return run
+
+    def generate(traced):
+        for v in times.values():
+            v.clear()
+        gen = torch.Generator("cpu").manual_seed(0)
+        kwargs = dict(num_inference_steps=steps, height=size, width=size, generator=gen, output_type="latent")
+        t0 = time.perf_counter()
+        if traced:
+            R._DitRecorder.attend, R.attention_with_lse = timer("attend", attend), timer("kernel", kernel)
+            try:
+                with daamlib.trace(pipe) as tc:
+                    pipe(PROMPT10, **kwargs)
+            finally:
+                R._DitRecorder.attend, R.attention_with_lse = attend, kernel
+            return {"total": time.perf_counter() - t0, "calls": list(times["attend"]), "kernel": list(times["kernel"]),
+                    "n": len(times["attend"]), "tc": tc}
+        F.scaled_dot_product_attention = timer("sdpa", sdpa)
+        try:
+            pipe(PROMPT10, **kwargs)
+        finally:
+            F.scaled_dot_product_attention = sdpa
+        return {"total": time.perf_counter() - t0, "calls": list(times["sdpa"])}
+
+    generate(True), generate(False)  # warm-up
+    plain, traced = [], []
+    for r in range(runs):
+        for kind in ((False, True) if r % 2 == 0 else (True, False)):
+            (traced if kind else plain).append(generate(kind))
+    n = traced[0]["n"]  # the calls that see image and text together, per generation
+    for x in plain:  # the transformer's calls are the largest: the text encoders' attention is tiny
+        x["calls"] = sorted(x["calls"])[-n:]
+    med = statistics.median
+    per_call = {"plain_ms": 1e3 * med([c for x in plain for c in x["calls"]]),
+                "traced_ms": 1e3 * med([c for x in traced for c in x["calls"]]),
+                "traced_kernel_ms": 1e3 * med([c for x in traced for c in x["kernel"]])}
+    sums_p, sums_t = [sum(x["calls"]) for x in plain], [sum(x["calls"]) for x in traced]
+    tot_p, tot_t = [x["total"] for x in plain], [x["total"] for x in traced]
+    return {"model": model, "size": size, "steps": steps, "runs": runs, "calls_per_generation": n,
+            "per_call": {**per_call, "added_ms": per_call["traced_ms"] - per_call["plain_ms"],
+                         "kernel_added_ms": per_call["traced_kernel_ms"] - per_call["plain_ms"]},
+            "per_generation": {
+                "calls_plain_s": summary(sums_p), "calls_traced_s": summary(sums_t),
+                "calls_added_ms": 1e3 * (med(sums_t) - med(sums_p)),
+                "calls_added_paired_ms": [1e3 * (t - p) for t, p in zip(sums_t, sums_p)],
+                "per_call_added_x_calls_ms": n * (per_call["traced_ms"] - per_call["plain_ms"]),
+                "total_plain_s": summary(tot_p), "total_traced_s": summary(tot_t),
+                "total_added_ms": 1e3 * (med(tot_t) - med(tot_p)),
+                "outside_calls_added_ms": 1e3 * ((med(tot_t) - med(sums_t)) - (med(tot_p) - med(sums_p)))}}
+
+
 def bench_kernel(device="cpu", n_img=256, n_txt=333, heads=24, dim=64, kept=49, blocks=24, repeats=40) -> dict:
     """Plain SDPA against the traced path for one joint-attention call (CFG batch of 2, image first as in SD3)."""
     from daamlib.dit import _SDPA, _DitRecorder, _Tap, family_of
@@ -256,6 +330,19 @@ def main(argv=None):
         results["memory"] = m
         print(f"peak memory: plain {m['plain_peak_MB']:.0f} MB, traced {m['traced_peak_MB']:.0f} MB "
               f"(+{m['extra_MB']:.1f} MB; maps kept {m['stored_MB']:.2f} MB)", flush=True)
+    if "calls" in sections:
+        pipe = load(args.model, args.device)
+        c = bench_calls(pipe, args.model, args.size, args.steps, args.runs, sync)
+        c["command"] = " ".join(sys.argv)
+        results["calls"] = c
+        pc, pg = c["per_call"], c["per_generation"]
+        print(f"in situ, {c['calls_per_generation']} calls per generation, {args.runs} runs per arm: per call plain "
+              f"{pc['plain_ms']:.2f} ms, traced {pc['traced_ms']:.2f} ms (kernel with LSE {pc['traced_kernel_ms']:.2f}); "
+              f"calls per generation +{pg['calls_added_ms']:.1f} ms (per call × calls: "
+              f"+{pg['per_call_added_x_calls_ms']:.1f} ms); whole generation {pg['total_added_ms']:+.0f} ms "
+              f"(plain {pg['total_plain_s']['min']:.2f}–{pg['total_plain_s']['max']:.2f} s); outside the calls "
+              f"{pg['outside_calls_added_ms']:+.0f} ms", flush=True)
+        del pipe
     if "kernel" in sections:
         k = bench_kernel(args.device)
         k["command"] = " ".join(sys.argv)

@@ -43,6 +43,11 @@ def test_transformer_benchmark_kernel_section_runs(bench_path, tmp_path, monkeyp
                     "--json", str(tmp_path / "dit.json")])
     g = json.loads((tmp_path / "dit.json").read_text())["generation"]
     assert g["model"] == "tiny-flux" and g["stored_MB"] > 0
+    bench_dit.main(["--model", "tiny-sd3", "--size", "64", "--runs", "1", "--sections", "calls", "--threads", "1",
+                    "--json", str(tmp_path / "dit.json")])
+    c = json.loads((tmp_path / "dit.json").read_text())["calls"]
+    assert c["calls_per_generation"] > 0 and c["per_call"]["traced_ms"] > 0  # the traced calls were timed in situ
+    assert len(c["per_generation"]["calls_added_paired_ms"]) == 1
 
 
 def test_floor_section_measures_the_models_own_calls(bench_path, tmp_path):
