@@ -180,6 +180,17 @@ def _dtype_keyword() -> str:
     return "dtype"
 
 
+def absent_components(folder: str | Path) -> dict[str, None]:
+    """The components a saved folder's ``model_index.json`` lists as absent (``[null, null]``: e.g. an SD3 folder
+    without T5), as ``{name: None}``: ``from_pretrained`` needs them passed explicitly, or it refuses the folder."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return {}
+    entries = json.loads(index.read_text())
+    return {k: None for k, v in entries.items()
+            if not k.startswith("_") and (v is None or (isinstance(v, list) and all(x is None for x in v)))}
+
+
 def load_pipeline(model_id: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                   scheduler: str | None = None):
     """Load a text-to-image pipeline: a registered name (:mod:`daamlib.models`), a local folder or a Hub id.
@@ -206,7 +217,8 @@ def load_pipeline(model_id: str | None = None, device: str | torch.device = "cpu
                                     f"a Hub id such as stabilityai/stable-diffusion-2-base, or one of: {names}")
         try:
             pipe = DiffusionPipeline.from_pretrained(source, **{_dtype_keyword(): dtype}, local_files_only=local,
-                                                     safety_checker=None, requires_safety_checker=False)
+                                                     safety_checker=None, requires_safety_checker=False,
+                                                     **(absent_components(source) if local else {}))
         except OSError as e:
             raise OSError(f"could not load {source!r}: {e}\nIf this machine is offline, download the model elsewhere "
                           "and pass its folder, or use the embedded model (shapeworld)") from e

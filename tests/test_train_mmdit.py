@@ -96,3 +96,7 @@ def test_saved_pipeline_loads_generates_and_traces(runs):
     assert hm.words == PROMPT.split()
     m = hm["circle"]
     assert m.heat.shape == (64, 64) and torch.isfinite(m.heat).all() and m.heat.max() > 0
+    # daamlib.load_pipeline passes the folder's absent components (no T5) itself, and reads its sampling.json
+    loaded = daamlib.load_pipeline(str(folder))
+    assert type(loaded).__name__ == "StableDiffusion3Pipeline" and loaded.text_encoder_3 is None
+    assert loaded.daam_sampling["steps"] == train_mmdit.SAMPLING_PLACEHOLDER["steps"]
