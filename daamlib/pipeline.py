@@ -216,9 +216,9 @@ def load_pipeline(model_id: str | None = None, device: str | torch.device = "cpu
             raise FileNotFoundError(f"model folder {source!r} does not exist; pass a folder with model_index.json, "
                                     f"a Hub id such as stabilityai/stable-diffusion-2-base, or one of: {names}")
         try:
+            absent = {**(absent_components(source) if local else {}), "safety_checker": None}
             pipe = DiffusionPipeline.from_pretrained(source, **{_dtype_keyword(): dtype}, local_files_only=local,
-                                                     safety_checker=None, requires_safety_checker=False,
-                                                     **(absent_components(source) if local else {}))
+                                                     requires_safety_checker=False, **absent)
         except OSError as e:
             raise OSError(f"could not load {source!r}: {e}\nIf this machine is offline, download the model elsewhere "
                           "and pass its folder, or use the embedded model (shapeworld)") from e
