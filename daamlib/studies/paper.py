@@ -153,15 +153,13 @@ def _units(values, units) -> tuple[np.ndarray, np.ndarray]:
 
 def _resampler(x: np.ndarray, unit: np.ndarray, stat: Callable | None, n_boot: int, rng):
     """``(estimate, bootstrap replicates, jackknife values)`` of ``stat`` over units; ``stat=None`` is the
-    mean of every value (each unit weighted by its values), computed without a Python loop."""
+    mean of every value (each unit weighted by its values), with its jackknife only (its interval is a t interval:
+    no replicates), computed without a Python loop."""
     k = int(unit.max()) + 1 if len(unit) else 0
     if stat is None:
         sums, counts = np.bincount(unit, weights=x, minlength=k), np.bincount(unit, minlength=k).astype(float)
-        est = sums.sum() / counts.sum()
-        idx = rng.integers(0, k, (n_boot, k))
-        boots = sums[idx].sum(1) / counts[idx].sum(1) if n_boot else np.empty(0)
         jack = (sums.sum() - sums) / np.maximum(counts.sum() - counts, 1e-300)
-        return float(est), boots, jack
+        return float(sums.sum() / counts.sum()), np.empty(0), jack
     members = [x[unit == j] for j in range(k)]
     est = float(stat(x))
     boots = np.array([stat(np.concatenate([members[j] for j in rng.integers(0, k, k)])) for _ in range(n_boot)])
@@ -212,7 +210,7 @@ def interval(values: Sequence[float], units: Sequence | None = None, stat: Calla
         return Estimate(math.nan, math.nan, math.nan, 0)
     if k == 1:
         return Estimate(float(x.mean() if stat is None else stat(x)), math.nan, math.nan, 1)
-    est, boots, jack = _resampler(x, unit, stat, n_boot if stat is not None else 0, np.random.default_rng(seed))
+    est, boots, jack = _resampler(x, unit, stat, n_boot, np.random.default_rng(seed))
     if stat is not None:
         return Estimate(est, *_bca(est, boots, jack, level), k)
     var, _ = _jackknife_t(est, jack)
@@ -236,8 +234,7 @@ def interval_difference(a: Sequence[float], b: Sequence[float], units_a: Sequenc
         return Estimate(math.nan, math.nan, math.nan, ka + kb)
     if ka < 2 or kb < 2:
         return Estimate(float(x.mean() - y.mean()), math.nan, math.nan, ka + kb)
-    rng = np.random.default_rng(0)
-    (ea, _, ja), (eb, _, jb) = _resampler(x, ux, None, 0, rng), _resampler(y, uy, None, 0, rng)
+    (ea, _, ja), (eb, _, jb) = _resampler(x, ux, None, 0, None), _resampler(y, uy, None, 0, None)
     (va, _), (vb, _) = _jackknife_t(ea, ja), _jackknife_t(eb, jb)
     est, se2 = ea - eb, va + vb
     if se2 == 0:
@@ -245,18 +242,6 @@ def interval_difference(a: Sequence[float], b: Sequence[float], units_a: Sequenc
     df = se2 ** 2 / (va ** 2 / (ka - 1) + vb ** 2 / (kb - 1))
     half = float(student.ppf((1 + level) / 2, df) * math.sqrt(se2))
     return Estimate(est, est - half, est + half, ka + kb)
-
-
-def bootstrap(values: Sequence[float], stat: Callable = np.mean, n_boot: int = 2000, seed: int = 0,
-              level: float = LEVEL, units: Sequence | None = None) -> Estimate:
-    """:func:`interval` under its older name (``stat`` first, as before)."""
-    return interval(values, units, None if stat is np.mean else stat, n_boot, seed, level)
-
-
-def bootstrap_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0,
-                         level: float = LEVEL) -> Estimate:
-    """:func:`interval_difference` of items that are each their own unit (``n_boot``, ``seed``: unused, kept)."""
-    return interval_difference(a, b, level=level)
 
 
 # -- verdicts ----------------------------------------------------------------------------------------
