@@ -206,10 +206,10 @@ def both_correct_with_unknowns(rows: list[dict]) -> dict:
 
 
 def write_missing_table(records: list[dict], annotator, out_dir: str | Path, threshold: float = 0.4,
-                        figure: bool = True):
+                        figure: bool = True, model: str = ""):
     """The missing-noun table of these runs (annotator as ground truth, sure nouns only; unknowns counted):
     ``missing_nouns.csv`` and ``.json``, the per-noun rows ``noun_rows.csv`` and ``missing_nouns.png`` in ``out_dir``."""
-    from ..studies.segmentation import MissingDisplay, missing_table, noun_map_rows
+    from ..studies.segmentation import missing_table, noun_map_rows, plot_missing
     from .studies import AnnotatorTruth
 
     rows = noun_map_rows(records, AnnotatorTruth(annotator), threshold)
@@ -225,7 +225,7 @@ def write_missing_table(records: list[dict], annotator, out_dir: str | Path, thr
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        d = MissingDisplay(rows, table).plot()
+        d = plot_missing(rows, model=model)  # its title names the model
         d.figure_.savefig(out / "missing_nouns.png", dpi=110)
         plt.close(d.figure_)
     return table
@@ -256,7 +256,7 @@ def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out
                "scheduler": type(pipe.scheduler).__name__, "unsure_below": UNSURE_BELOW, **summarize(rows),
                "annotator_ceiling": annotator_ceiling(copy.deepcopy(pipe.vae).float().cpu(), n, split, start)}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    table = write_missing_table(records, annotator, out_dir, threshold)
+    table = write_missing_table(records, annotator, out_dir, threshold, model=model)
     summary["missing_nouns"] = table.to_dict(orient="records")
     (Path(out_dir) / "quality.json").write_text(json.dumps(summary, indent=1))
     return summary
