@@ -135,7 +135,7 @@ def model_defaults(pipe) -> ModelDefaults:
     height, width = default_size(pipe)
     steps, guidance = own.get("steps"), own.get("guidance")
     return ModelDefaults(name=type(pipe).__name__, height=height, width=width,
-                         size_multiple=size_multiple(pipe) if per_token is None else max(8, per_token),
+                         size_multiple=size_multiple(pipe),
                          steps=_call_default(pipe, "num_inference_steps") if steps is None else steps,
                          guidance=_call_default(pipe, "guidance_scale") if guidance is None else guidance,
                          scheduler=own.get("scheduler"), pixels_per_token=per_token)
