@@ -119,6 +119,21 @@ def table2(pairs):
     ], ignore_index=True)
 
 
+def table2_groups(pairs) -> dict:
+    """Table 2's rows as groups of pairs whose IoD and IoH are defined: ``unrelated``, ``all head–dependent pairs``
+    (the ten relations), then each of the ten relations, the most frequent first (empty ones included)."""
+    ok = pairs[pairs["iod"].notna() & pairs["ioh"].notna()]
+    arcs = ok[ok.relation.isin(RELATIONS)]
+    counts = arcs.relation.value_counts()
+    return {"unrelated": ok[ok.relation == "unrelated"], "all head–dependent pairs": arcs,
+            **{r: arcs[arcs.relation == r] for r in sorted(RELATIONS, key=lambda r: -counts.get(r, 0))}}
+
+
+def prompt_units(g):
+    """The independent unit of each pair: the prompt it comes from (``item``), or None when the rows lack it."""
+    return g["item"] if "item" in g else None
+
+
 class Table2Display:
     """Table 2 as a chart, from the pair rows: per row of :func:`table2`, Δ = mIoD − mIoH (×100) — the quantity
     :func:`paper_vs_here` judges — as this run's mean with its 95% interval over prompts (the same interval as the
@@ -138,16 +153,11 @@ class Table2Display:
         from . import paper as P
         from .style import FEW
 
-        p = self.pairs[self.pairs["iod"].notna() & self.pairs["ioh"].notna()]
-        arcs = p[p.relation.isin(RELATIONS)]
-        groups = {"unrelated": p[p.relation == "unrelated"], "all head–dependent pairs": arcs}
-        rels = arcs.relation.value_counts()
-        groups.update({r: arcs[arcs.relation == r] for r in rels.index})
         rows = []
-        for name, g in groups.items():
+        for name, g in table2_groups(self.pairs).items():
             if not len(g):
                 continue
-            m, lo, hi, n = P.interval(100 * (g["iod"] - g["ioh"]).to_numpy(), g["item"] if "item" in g else None)
+            m, lo, hi, n = P.interval(100 * (g["iod"] - g["ioh"]).to_numpy(), prompt_units(g))
             paper = P.TABLE2.get(name)
             rows.append({"row": name, "pairs": len(g), "n": n, "delta": m, "low": lo if n >= FEW else math.nan,
                          "high": hi if n >= FEW else math.nan,
@@ -259,14 +269,8 @@ def paper_vs_here(pairs, comparable: bool = False):
     COCO), so its mIoU values are judged against the paper's numbers, not only its directions."""
     from . import paper as P
 
-    ok = pairs[pairs["iod"].notna() & pairs["ioh"].notna()]
-    arcs = ok[ok.relation.isin(RELATIONS)]
-    groups = {"unrelated": ok[ok.relation == "unrelated"], "all head–dependent pairs": arcs,
-              **{r: arcs[arcs.relation == r] for r in RELATIONS}}
+    groups = table2_groups(pairs)
     dom, miou, gap = P.MARGINS["dominance"], P.MARGINS["miou"], P.MARGINS["miou-gap"]
-
-    def units(g):
-        return g["item"] if "item" in g else None
 
     rows = []
     for name, (p_iod, p_ioh, p_iou, dominant) in P.TABLE2.items():
@@ -276,7 +280,7 @@ def paper_vs_here(pairs, comparable: bool = False):
         if g is None or not len(g):
             rows.append(P.row(src, claim, p_iod - p_ioh, untestable=f"no {name} pairs in these prompts"))
             continue
-        m, lo, hi, n = P.interval(100 * (g["iod"] - g["ioh"]).to_numpy(), units(g))
+        m, lo, hi, n = P.interval(100 * (g["iod"] - g["ioh"]).to_numpy(), prompt_units(g))
         if dominant:
             sign = 1 if dominant == "head" else -1
             verdict = P.effect(lo, hi, dom.value, sign, n, why=dom.why)
@@ -284,7 +288,7 @@ def paper_vs_here(pairs, comparable: bool = False):
             verdict = P.no_effect(lo, hi, dom.value, n, why=dom.why)
         rows.append(P.row(src, claim + f"; {len(g)} pairs", p_iod - p_ioh, m, lo, hi, n, verdict))
         if name in ("unrelated", "all head–dependent pairs"):
-            m, lo, hi, n = P.interval(100 * g["iou"].to_numpy(), units(g))
+            m, lo, hi, n = P.interval(100 * g["iou"].to_numpy(), prompt_units(g))
             rows.append(P.row(src, f"{name}: mIoU", p_iou, m, lo, hi, n,
                               P.value(p_iou, lo, hi, miou.value, n, comparable, miou.why)))
     nconj, all_ = groups["nconj:and"], groups["all head–dependent pairs"]
