@@ -6,6 +6,13 @@ tokens only (:func:`kept_probabilities`), so the full ``[queries, keys]`` matrix
 Where a fused kernel returns LSE (CPU: ``aten._scaled_dot_product_flash_attention_for_cpu``, the kernel SDPA itself runs there, so the output is
 bit-identical; CUDA: the memory-efficient kernel with ``compute_log_sumexp``) it is used, after a one-time check
 per device and dtype that its LSE matches an explicit one on a few queries; otherwise SDPA plus a chunked pass.
+
+The recorders ask :func:`output_and_lse` instead: the output computed the way the user set attention up, and LSE for
+the recorded rows and queries only. Where that way is torch's own SDPA running the fused kernel above, one call
+gives both; where the user patched ``F.scaled_dot_product_attention``, restricted SDPA's kernels
+(``torch.nn.attention.sdpa_kernel``, diffusers' ``_native_math`` backend), chose another backend, or a mask keeps the
+CUDA kernel from returning LSE, the user's kernel computes the output and LSE is computed beside it
+(:func:`lse_beside`), in blocks of queries no larger than the kept probabilities themselves: memory ∝ image × text.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 SDPA = F.scaled_dot_product_attention  # the original, whatever a trace swaps in
+_OUTER: list = []  # while a transformer trace patches F.scaled_dot_product_attention: what it replaced (the user's)
 _CHECKED: dict[tuple, bool] = {}  # (device type, dtype) -> the fused kernel's LSE checked good
 
 
@@ -52,6 +60,14 @@ def _fused(q, k, v, fmask, scale):
 
 def attention_with_lse(q, k, v, mask=None, scale=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(SDPA output, LSE over keys)`` for ``[B, H, L, D]`` inputs (LSE ``[B, H, L]``, float32)."""
+    fused = _fused_checked(q, k, v, mask, scale)
+    if fused is not None:
+        return fused[0], fused[1].float()
+    return SDPA(q, k, v, attn_mask=mask, scale=scale), _explicit_lse(q, k, float_mask(mask, q.dtype), scale)
+
+
+def _fused_checked(q, k, v, mask, scale):
+    """The fused kernel's ``(output, LSE)``, or None where there is none or its LSE failed the one-time check."""
     fmask = float_mask(mask, q.dtype)
     key = (q.device.type, q.dtype, fmask is None)
     if _CHECKED.get(key, True):
@@ -72,14 +88,83 @@ def attention_with_lse(q, k, v, mask=None, scale=None) -> tuple[torch.Tensor, to
                                   "match an explicit one; recording falls back to SDPA plus an explicit pass (slower, "
                                   "same maps)", stacklevel=3)
             if _CHECKED[key]:
-                return out, lse.float()
-    return SDPA(q, k, v, attn_mask=mask, scale=scale), _explicit_lse(q, k, fmask, scale)
+                return out, lse
+    return None
+
+
+def user_sdpa():
+    """The SDPA function the user's code would call now: ``F.scaled_dot_product_attention``, or, while a transformer
+    trace has patched it, what that patch replaced."""
+    f = F.scaled_dot_product_attention
+    return _OUTER[-1] if _OUTER and getattr(f, "_daam_tap", False) else f
+
+
+def user_kernel(q) -> object | None:
+    """None when the user's attention for ``q`` is torch's own SDPA free to run the fused kernel
+    :func:`attention_with_lse` uses (so its output is the model's own); otherwise the function that computes it
+    (a patched SDPA, or SDPA with its kernels restricted)."""
+    f = user_sdpa()
+    if f is not SDPA:
+        return f
+    if q.device.type == "cpu":
+        return None if torch.backends.cuda.flash_sdp_enabled() else SDPA  # SDPA's CPU choice: flash, else math
+    if q.device.type == "cuda":
+        return None if torch.backends.cuda.mem_efficient_sdp_enabled() else SDPA
+    return None
+
+
+def lse_beside(q, k, mask, scale, rows, queries=slice(None), kept: int = 0, chunk: int | None = None) -> torch.Tensor:
+    """Log-sum-exp over every key of the batch ``rows``' ``queries`` (a slice), ``[len(rows), H, Nq]`` float32,
+    computed explicitly in blocks of ``chunk`` queries, by default as many as keep a block's scores no larger than
+    the kept probabilities ``[H, kept, Nq]`` (or 16 MiB, whichever is larger): memory ∝ image × text. ``mask``: an
+    SDPA mask of the whole batch (it broadcasts)."""
+    s = scale if scale is not None else q.shape[-1] ** -0.5
+    fmask = float_mask(mask, torch.float32)
+    if fmask is not None and fmask.ndim == 2:  # diffusers' [B, keys] padding mask
+        fmask = fmask[:, None, None, :]
+    H, L = q.shape[1], k.shape[-2]
+    qs = q[:, :, queries]
+    Nq = qs.shape[-2]
+    chunk = chunk or max(1, min(Nq, max(H * kept * Nq, 2**22) // max(1, H * L)))
+    lse = torch.empty(len(rows), H, Nq, dtype=torch.float32, device=q.device)
+    for i, r in enumerate(rows):
+        kt = k[r].float().transpose(-1, -2) * s  # [H, D, L]
+        m = None
+        if fmask is not None:
+            m = fmask[r if fmask.shape[0] > 1 else 0]
+            if m.shape[-2] > 1:
+                m = m[..., queries, :]
+        for a in range(0, Nq, chunk):
+            scores = qs[r, :, a:a + chunk].float() @ kt
+            if m is not None:
+                scores += m[..., a:a + chunk, :] if m.shape[-2] > 1 else m
+            lse[i, :, a:a + chunk] = scores.logsumexp(-1)
+    return lse
+
+
+def output_and_lse(q, k, v, mask=None, scale=None, rows=None, queries=slice(None), kept: int = 0,
+                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention output of the whole batch, computed as the user's attention computes it, and LSE of the batch
+    ``rows``' ``queries`` only (``[len(rows), H, Nq]``). ``out``: the output already computed by the user's
+    attention (another backend): only LSE is computed, beside it."""
+    rows = list(range(q.shape[0])) if rows is None else list(rows)
+    if out is None:
+        kernel = user_kernel(q)
+        if kernel is None:
+            fused = _fused_checked(q, k, v, mask, scale)
+            if fused is not None:
+                o, lse = fused
+                index = torch.tensor(rows, device=lse.device)
+                return o, lse.index_select(0, index)[:, :, queries].float()
+            kernel = SDPA
+        out = kernel(q, k, v, attn_mask=mask, scale=scale)
+    return out, lse_beside(q, k, mask, scale, rows, queries, kept)
 
 
 def kept_probabilities(q, k, lse, scale: float, rows=None, mask=None, out=None) -> torch.Tensor:
     """``exp(k_j·q·scale + mask − LSE)``: the attention probabilities of the kept keys ``k`` ``[B, H, K, D]``
-    from queries ``q`` ``[B, H, N, D]`` with their log-sum-exp over *every* key ``lse`` ``[B, H, N]``, for the
-    batch ``rows`` (all by default). Returns ``[rows, H, K, N]`` float32, key-major: each kept token's row of
+    from queries ``q`` ``[B, H, N, D]`` with their log-sum-exp over *every* key ``lse`` ``[len(rows), H, N]`` (one
+    per row of ``rows``, in that order), for the batch ``rows`` (all by default). Returns ``[rows, H, K, N]`` float32, key-major: each kept token's row of
     queries is its map, in the layout maps are stored in, so no transpose follows.
 
     One ``baddbmm`` per row computes ``scale·k·qᵀ − LSE`` into the output, then ``exp_`` in place. The key-major
@@ -93,7 +178,7 @@ def kept_probabilities(q, k, lse, scale: float, rows=None, mask=None, out=None) 
     B, H, N, K = len(rows), q.shape[1], q.shape[2], k.shape[2]
     out = torch.empty(B, H, K, N, dtype=torch.float32, device=q.device) if out is None else out
     for i, r in enumerate(rows):
-        torch.baddbmm(lse[r].float().unsqueeze(-2), k[r].float(), q[r].float().transpose(-1, -2), beta=-1,
+        torch.baddbmm(lse[i].float().unsqueeze(-2), k[r].float(), q[r].float().transpose(-1, -2), beta=-1,
                       alpha=scale, out=out[i])
     if mask is not None:
         out += mask

@@ -203,6 +203,17 @@ class WordHeatMap:
         return self
 
 
+def sampler_steps(evaluations: int, order: int = 1, expected: int | None = None) -> int:
+    """Sampler steps that ``evaluations`` denoiser calls complete, for a scheduler of this ``order`` (evaluations per
+    step). A second-order scheduler (Heun) runs ``2n − 1`` evaluations for ``n`` steps, its last step being first-order
+    only: a finished run (``evaluations == expected``, or ``expected`` unknown) counts ⌈evaluations / order⌉, an
+    interrupted one only its whole steps, ⌊evaluations / order⌋."""
+    if order <= 1:
+        return evaluations
+    finished = expected is None or evaluations >= expected
+    return -(-evaluations // order) if finished else evaluations // order
+
+
 class HeatMaps:
     """All heat maps of one generated image, indexable by word, ``(word, occurrence)`` or token position.
 
@@ -221,7 +232,9 @@ class HeatMaps:
         n_steps = next(iter(maps.values())).shape[0] if maps else 0
         self.steps = list(range(n_steps)) if steps is None else list(steps)  # original step indices kept
         self.timesteps = list(timesteps) if timesteps is not None else []
-        self.steps_expected: int | None = None  # the steps the generation planned, when the trace knew them
+        self.steps_expected: int | None = None  # the sampler steps the generation planned, when the trace knew them
+        self.evaluations_expected: int | None = None  # the denoiser evaluations it planned (order × steps, about)
+        self.order = 1  # denoiser evaluations per sampler step (2 for Heun's scheduler; each is recorded)
         self._token_maps: torch.Tensor | None = None
 
     # -- description -------------------------------------------------------------------------
@@ -239,8 +252,10 @@ class HeatMaps:
 
     @property
     def steps_completed(self) -> int:
-        """Denoising steps whose maps were recorded (fewer than :attr:`steps_expected` when interrupted)."""
-        return len(self.steps)
+        """Sampler steps whose maps were recorded (fewer than :attr:`steps_expected` when interrupted). With a
+        second-order scheduler (Heun) each step evaluates the denoiser twice (the last step once) and both
+        evaluations are recorded, each with its timestep: :attr:`steps` and :attr:`timesteps` list evaluations."""
+        return sampler_steps(len(self.steps), self.order, self.evaluations_expected)
 
     @property
     def layers(self) -> list[str]:

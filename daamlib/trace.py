@@ -33,7 +33,7 @@ from functools import lru_cache
 
 import torch
 
-from .attention import attention_with_lse, float_mask, kept_probabilities, probabilities
+from .attention import SDPA, float_mask, kept_probabilities, output_and_lse, probabilities, user_sdpa
 from .words import Alignment, align_words
 
 # processors whose arithmetic is diffusers' plain attention: trace may replace them (same image, to rounding)
@@ -69,6 +69,7 @@ class Generation:
     timesteps: list[float] = field(default_factory=list)
     latent_size: tuple[int, int] | None = None
     expected_steps: int | None = None  # UNet calls the scheduler planned (its timesteps), read at the first call
+    order: int = 1  # evaluations per sampler step (the scheduler's order: 2 for Heun)
 
 
 STORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -122,6 +123,7 @@ class _Recorder:
         g = self.current
         if not g.timesteps and self.scheduler is not None and getattr(self.scheduler, "timesteps", None) is not None:
             g.expected_steps = len(self.scheduler.timesteps)
+            g.order = int(getattr(self.scheduler, "order", 1) or 1)
         g.latent_size = tuple(sample.shape[-2:])
         t = timestep.flatten()[0].item() if torch.is_tensor(timestep) else float(timestep)
         g.timesteps.append(t)
@@ -200,13 +202,13 @@ class RecordingAttnProcessor:
             # the whole batch through the fused kernel, which also returns log-sum-exp: the output is the model's
             # own (bit-identical on a CPU), and only the kept tokens' probabilities are computed, for the
             # conditional rows: exp(k_j·q·s − LSE), normalised over every key as the model's softmax is
-            out, lse = attention_with_lse(q, k, v, attention_mask)
+            out, lse = output_and_lse(q, k, v, attention_mask, None, range(b0, B), kept=K)  # the user's kernel's output
             mask = None
             if attention_mask is not None:  # [B, heads, 1|N, T] → the kept keys', key-major
                 mask = float_mask(attention_mask, torch.float32)[b0:, ..., :K].transpose(-1, -2)
             # with heads kept the probabilities themselves are stored: a fresh tensor, not the reused buffer
             buf = None if rec.keep_heads else rec.buffer("kept", (B - b0, H, K, N), q.device)
-            self._keep(kept_probabilities(q, k[:, :, :K], lse, s, range(b0, B), mask, buf), N)
+            self._keep(kept_probabilities(q[b0:], k[b0:, :, :K], lse, s, None, mask, buf), N)
             return out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype)
         # every row's softmax computed explicitly (in float32) and used for its output; the conditional rows' are
         # what a store keeps and a replay replaces. One path for both halves: on a CPU the explicit products cost
@@ -221,11 +223,18 @@ class RecordingAttnProcessor:
         if rec.replay is not None and rec.replay.covers(step):
             rec.replay.check_tokens(gen.n_tokens)
             cond = rec.replay.get(step, self.name, cond)  # the seed generation's attention
-        for r in range(B):  # straight into the output's [N, heads, d] layout
-            torch.bmm((full[r] if r < b0 else cond[r - b0]).to(v.dtype), v[r], out=out[r].transpose(0, 1))
+        kernel = user_sdpa()
+        if kernel is not SDPA:  # the user's own kernel computes the output; the softmax above is only recorded
+            if rec.replay is not None:
+                raise TraceError("replay injects attention probabilities, which a patched "
+                                 "scaled_dot_product_attention cannot take; restore torch's own to replay")
+            out = kernel(q, k, v, attn_mask=attention_mask).transpose(1, 2)
+        else:
+            for r in range(B):  # straight into the output's [N, heads, d] layout
+                torch.bmm((full[r] if r < b0 else cond[r - b0]).to(v.dtype), v[r], out=out[r].transpose(0, 1))
         kept = cond[..., :K].float().transpose(-1, -2)  # [Bc, heads, K, N]: the kept tokens only
         self._keep(kept.clone() if rec.keep_heads else kept, N)  # kept heads are stored: not a view of the buffer
-        return out.view(B, N, H * d)
+        return out.reshape(B, N, H * d)
 
     @staticmethod
     def _finish(attn, out, residual, input_ndim, b=None, c=None, h=None, w=None):
@@ -282,7 +291,7 @@ class Trace:
 
         Images are ordered as diffusers returns them: prompt 0's images, then prompt 1's, ...
         """
-        from .heatmap import HeatMaps
+        from .heatmap import HeatMaps, sampler_steps
 
         if not self._rec.generations:
             raise TraceError("no generation was recorded yet: call the pipeline inside `with trace(pipe)` first")
@@ -302,11 +311,14 @@ class Trace:
         hm = HeatMaps(alignment, self._maps(gen, index, alignment), size=self._size(gen), image=image,
                       timesteps=list(gen.timesteps))
         self._fit_image(hm)
-        hm.steps_expected = gen.expected_steps
+        hm.order = gen.order
+        hm.evaluations_expected = gen.expected_steps
+        hm.steps_expected = None if gen.expected_steps is None else sampler_steps(gen.expected_steps, gen.order)
         if gen.expected_steps and len(gen.timesteps) < gen.expected_steps:
-            warnings.warn(f"the generation was interrupted: its maps sum {len(gen.timesteps)} of the "
-                          f"{gen.expected_steps} steps it planned (HeatMaps.steps_completed); generate again to "
-                          "complete them", stacklevel=2)
+            warnings.warn(f"the generation was interrupted: its maps sum {hm.steps_completed} of the "
+                          f"{hm.steps_expected} steps it planned ({len(gen.timesteps)} of {gen.expected_steps} "
+                          "denoiser evaluations; HeatMaps.steps_completed); generate again to complete them",
+                          stacklevel=2)
         return hm
 
     # -- what differs between a UNet's trace and a transformer's (daamlib.dit.DitTrace overrides these) -----------
@@ -345,6 +357,19 @@ def _prompt_list(prompt) -> list:
     if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
         return list(prompt)
     raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}: {prompt!r}")
+
+
+def replaceable_processors() -> tuple[type, ...]:
+    """diffusers' own classes named in :data:`REPLACEABLE_PROCESSORS`: compared by identity, so a processor of the
+    user's that reuses one of their names (or subclasses one) is not taken for diffusers' plain attention."""
+    from diffusers.models import attention_processor
+
+    return tuple(c for c in (getattr(attention_processor, n, None) for n in REPLACEABLE_PROCESSORS) if c is not None)
+
+
+def _class_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__name__ if module.startswith("diffusers.") else f"{cls.__name__} from {module}"
 
 
 def check_not_traced(pipe, denoiser, what: str) -> None:
@@ -474,8 +499,8 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
         raise ValueError(f"encoder={encoder!r} applies to transformer pipelines; a UNet's maps use the prompt's "
                          "tokens of its (first) text encoder: leave encoder unset")
     check_not_traced(pipe, unet, "UNet")
-    custom = sorted({type(m.processor).__name__ for m in modules.values()
-                     if type(m.processor).__name__ not in REPLACEABLE_PROCESSORS})
+    plain = replaceable_processors()
+    custom = sorted({_class_name(type(m.processor)) for m in modules.values() if type(m.processor) not in plain})
     if custom:
         raise TraceError(
             f"the cross-attention layers use processors of your own ({', '.join(custom)}); trace records by "

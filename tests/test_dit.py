@@ -45,7 +45,7 @@ class NaiveReference:
     float64, every head kept. The model's own output is returned unchanged, so the trajectory is the plain one."""
 
     def __init__(self, pipe):
-        self.pipe, self.calls, self.inside = pipe, [], False
+        self.pipe, self.calls, self.skips, self.inside = pipe, [], [], False
 
     def __enter__(self):
         original = F.scaled_dot_product_attention
@@ -66,6 +66,7 @@ class NaiveReference:
         def pre(module, args, kwargs):
             self.inside = True
             self.calls.append([])
+            self.skips.append(kwargs.get("skip_layers") is not None)
             self.context = kwargs["encoder_hidden_states"].shape[1] if "encoder_hidden_states" in kwargs else None
 
         def post(module, args, kwargs, out):
@@ -82,11 +83,13 @@ class NaiveReference:
             h.remove()
 
     def maps(self, kind, image_index, n_images, columns, grid, size, cfg, calls_per_step=1):
-        """Σ over steps, blocks and heads of every head's bicubic upsampling: [tokens, H, W], clamped at 0 once."""
+        """Σ over steps, blocks and heads of every head's bicubic upsampling: [tokens, H, W], clamped at 0 once.
+        Skip-layer guidance's calls (the transformer given ``skip_layers``) are left out."""
         h, w = grid
         n_img = h * w
         total = None
-        for step_calls in self.calls[::calls_per_step]:  # with true CFG: the conditional call of each step
+        calls = [c for c, skip in zip(self.calls, self.skips) if not skip]
+        for step_calls in calls[::calls_per_step]:  # with true CFG: the conditional call of each step
             for p in step_calls:
                 B, H, Lq, Lk = p.shape
                 row = (B // 2 if cfg else 0) + image_index
@@ -158,6 +161,63 @@ def test_maps_equal_a_naive_reference_and_images_are_unchanged(dit, kind, prompt
         theirs = ref.maps(kind, i, len(prompts), gen.columns, gen.grid, hm.size, cfg, per_step)
         assert ours.shape == theirs.shape
         assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
+
+
+GUIDANCE_ONLY = [  # kind, call kwargs, reference calls per recorded step
+    ("sd3", dict(guidance_scale=5.0, skip_guidance_layers=[1], skip_layer_guidance_start=0.0,
+                 skip_layer_guidance_stop=0.6, num_inference_steps=4), 1),  # SD3.5's recommended guidance
+    ("flux", dict(true_cfg_scale=4.0, negative_prompt=PROMPTS[0]), 2),  # the negative branch with the prompt's text
+    ("qwen", dict(true_cfg_scale=4.0, negative_prompt=PROMPTS[0]), 2),
+]
+
+
+@pytest.mark.parametrize("kind, kw, per_step", GUIDANCE_ONLY, ids=[c[0] for c in GUIDANCE_ONLY])
+def test_calls_made_only_for_guidance_are_not_recorded(dit, kind, kw, per_step):
+    """Skip-layer guidance and true CFG's negative branch see the prompt's own text but are guidance: every sampler
+    step is recorded once, and the maps equal the reference's conditional calls."""
+    pipe = dit(kind)
+    kw = call_kwargs(kind, height=64, width=64, **kw)
+    with NaiveReference(pipe) as ref:
+        pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw)
+    with trace(pipe) as tc:
+        pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw)
+    gen, hm = tc.generations[-1], tc.heat_maps(0)
+    steps = kw["num_inference_steps"]
+    assert hm.steps_completed == hm.steps_expected == steps and len(gen.timesteps) == steps
+    assert len(set(gen.timesteps)) == steps and gen.guidance_calls > 0
+    theirs = ref.maps(kind, 0, 1, gen.columns, gen.grid, hm.size, kind == "sd3", per_step)
+    ours = hm.token_maps().double()
+    assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
+
+
+def test_a_second_order_scheduler_records_both_evaluations_of_a_step(dit):
+    """Heun's flow-matching scheduler evaluates twice at a repeated timestep ([1000, 667, 667, 334, 334, 1, 1] for 4
+    steps): both are real and recorded, each with its timestep; steps_completed counts sampler steps."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    pipe = dit("sd3")
+    saved = pipe.scheduler
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(saved.config)
+    try:
+        kw = call_kwargs("sd3", guidance_scale=5.0, num_inference_steps=4, height=64, width=64)
+        with NaiveReference(pipe) as ref:
+            pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw)
+        with trace(pipe) as tc:
+            pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw)
+    finally:
+        pipe.scheduler = saved
+    gen, hm = tc.generations[-1], tc.heat_maps(0)
+    assert gen.timesteps == [1000.0, 667.0, 667.0, 334.0, 334.0, 1.0, 1.0] and gen.guidance_calls == 0
+    assert hm.steps_completed == hm.steps_expected == 4 and hm.order == 2 and len(hm.steps) == 7
+    theirs = ref.maps("sd3", 0, 1, gen.columns, gen.grid, hm.size, True)
+    assert (hm.token_maps().double() - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
+
+
+def test_sampler_steps_of_first_and_second_order_schedulers():
+    from daamlib.heatmap import sampler_steps
+
+    assert sampler_steps(4) == 4 and sampler_steps(7, 2) == 4 and sampler_steps(7, 2, expected=7) == 4
+    assert sampler_steps(3, 2, expected=7) == 1 and sampler_steps(4, 2, expected=7) == 2  # interrupted: whole steps
 
 
 @pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma", "zimage"])
@@ -240,25 +300,32 @@ def test_keep_heads_select_and_stream_types(dit):
     assert [stream_type(n) for n in dit("pixart").transformer.attn_processors if "attn2" in n] == ["cross", "cross"]
 
 
-def test_a_processor_that_bypasses_the_kernel_is_refused(dit):
-    """A processor computing attention its own way (or another attention backend) cannot be tapped: refused."""
+def _by_hand(query, key, value, attn_mask=None, scale=None, **kw):
+    """Attention multiplied out by hand, in diffusers' [B, L, H, D] layout: no kernel function anywhere."""
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+    return ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1).matmul(v).transpose(1, 2)
+
+
+def test_a_processor_that_bypasses_every_kernel_is_refused(dit):
+    """A processor computing attention with neither SDPA nor a diffusers backend leaves nothing to tap: refused."""
+    import diffusers.models.transformers.transformer_flux as flux_module
+
     pipe = dit("flux")
     block = pipe.transformer.transformer_blocks[0].attn
     original = block.processor
 
     class ByHand(type(original)):
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-            saved = F.scaled_dot_product_attention
-            F.scaled_dot_product_attention = lambda query, key, value, **kw: (
-                (query @ key.transpose(-1, -2)) * query.shape[-1] ** -0.5).softmax(-1) @ value
+            saved = flux_module.dispatch_attention_fn
+            flux_module.dispatch_attention_fn = _by_hand
             try:
                 return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
             finally:
-                F.scaled_dot_product_attention = saved
+                flux_module.dispatch_attention_fn = saved
 
     block.set_processor(ByHand())
     try:
-        with pytest.raises(TraceError, match="ran without torch's scaled_dot_product_attention"):
+        with pytest.raises(TraceError, match="ran without torch's scaled_dot_product_attention or a diffusers"):
             generate(pipe, "a cat", steps=1)
     finally:
         block.set_processor(original)
@@ -570,3 +637,68 @@ def test_zimage_words_are_the_chat_templated_prompts_unpadded_tokens(dit):
         assert own[0] == len(pipe.tokenizer(zimage_template(pipe).split("{}")[0]).input_ids)
         assert list(hm.words) == prompt.split()
     assert sorted(tc.generations[-1].maps) == ["layers.0.attention.processor", "layers.1.attention.processor"]
+
+
+def _double_precision_sdpa(calls):
+    """A user's own kernel (as people plug one in): SDPA in float64, counted."""
+    torch_sdpa = F.scaled_dot_product_attention
+
+    def mine(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        calls.append(query.shape)
+        m = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.double()
+        return torch_sdpa(query.double(), key.double(), value.double(), attn_mask=m, dropout_p=dropout_p,
+                          is_causal=is_causal, scale=scale).to(query.dtype)
+
+    return mine
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux", "chroma"])
+def test_a_users_patched_sdpa_computes_the_output_and_stays_installed(dit, kind):
+    """The user's kernel computes every output while tracing (the image is the one it makes untraced), is called as
+    often as untraced, and is in place afterwards; the maps (LSE computed beside it) equal the naive reference's."""
+    pipe = dit(kind)
+    kw = call_kwargs(kind, guidance_scale=4.0, height=64, width=64)
+    saved, calls = F.scaled_dot_product_attention, []
+    mine = F.scaled_dot_product_attention = _double_precision_sdpa(calls)
+    try:
+        plain = pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+        untraced_calls = len(calls)
+        with NaiveReference(pipe) as ref:  # on top of the user's kernel: the same trajectory
+            pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw)
+        with trace(pipe) as tc:
+            traced = pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+        assert F.scaled_dot_product_attention is mine
+    finally:
+        F.scaled_dot_product_attention = saved
+    assert untraced_calls > 0 and len(calls) == 3 * untraced_calls
+    assert torch.equal(plain, traced)
+    gen, hm = tc.generations[-1], tc.heat_maps(0)
+    theirs = ref.maps(kind, 0, 1, gen.columns, gen.grid, hm.size, kind == "sd3", 2 if kind == "chroma" else 1)
+    assert (hm.token_maps().double() - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
+
+
+@pytest.mark.parametrize("backend", ["_native_math", "flex"])
+def test_a_diffusers_attention_backend_computes_the_output_and_the_maps_are_recorded_beside(dit, backend):
+    """``set_attention_backend``: the chosen backend makes the image (flex never calls SDPA; _native_math restricts
+    SDPA to its math kernel); the probabilities are computed beside it and equal the default backend's maps."""
+    import warnings
+
+    pipe = dit("flux")
+    kw = call_kwargs("flux", guidance_scale=3.5, height=64, width=64)
+    with trace(pipe) as tc:
+        pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw)
+    default = tc.heat_maps(0).token_maps()
+    pipe.transformer.set_attention_backend(backend)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # flex attention without torch.compile warns that it is slow
+            plain = pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+            with trace(pipe) as tc:
+                traced = pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+    finally:
+        pipe.transformer.reset_attention_backend()
+    assert torch.equal(plain, traced)
+    torch.testing.assert_close(tc.heat_maps(0).token_maps(), default, rtol=1e-4, atol=1e-5 * default.abs().max().item())
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    assert not any(hasattr(fn, "_daam_wraps") for fn in _AttentionBackendRegistry._backends.values())

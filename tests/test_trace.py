@@ -280,24 +280,42 @@ def test_traced_image_equals_untraced_default_attention(tiny, kind):
 
 
 
-def test_a_users_own_processor_is_refused_not_bypassed(tiny):
-    """Tracing replaces cross-attention processors; with a processor of the user's own that would silently
-    generate another image, so trace refuses and names it."""
+def _own_processor_named_as_diffusers():
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from daamlib import TraceError, trace
+    class AttnProcessor2_0(AttnProcessor2_0):  # noqa: F811  the user's own, under diffusers' name
+        def __call__(self, attn, hidden_states, *args, **kwargs):
+            return super().__call__(attn, hidden_states, *args, **kwargs) * 1.5
+
+    return AttnProcessor2_0
+
+
+def _reweighting():
+    from diffusers.models.attention_processor import AttnProcessor2_0
 
     class Reweighting(AttnProcessor2_0):
         pass
 
+    return Reweighting
+
+
+@pytest.mark.parametrize("make, name", [(_reweighting, "Reweighting from test_trace"),
+                                        (_own_processor_named_as_diffusers, "AttnProcessor2_0 from test_trace")])
+def test_a_users_own_processor_is_refused_not_bypassed(tiny, make, name):
+    """Tracing replaces cross-attention processors; with a processor of the user's own that would silently
+    generate another image, so trace refuses and names it — by class, not by name: one that reuses diffusers'
+    class name is the user's too."""
+    from daamlib import TraceError, trace
+
+    own = make()
     pipe = tiny("sd1")
     before = dict(pipe.unet.attn_processors)
-    pipe.unet.set_attn_processor({k: Reweighting() for k in before})
+    pipe.unet.set_attn_processor({k: own() for k in before})
     try:
-        with pytest.raises(TraceError, match=r"processors of your own \(Reweighting\).*set_default_attn_processor"):
+        with pytest.raises(TraceError, match=rf"processors of your own \({name}\).*set_default_attn_processor"):
             with trace(pipe):
                 pass
-        assert all(type(p).__name__ == "Reweighting" for p in pipe.unet.attn_processors.values())  # untouched
+        assert all(type(p) is own for p in pipe.unet.attn_processors.values())  # untouched
     finally:
         pipe.unet.set_attn_processor(before)
 
@@ -365,3 +383,35 @@ def test_traced_images_are_bit_identical_on_a_cpu(tiny, kind):
         with trace(pipe):
             traced = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], guidance_scale=guidance)
         assert torch.equal(plain, traced)
+
+
+def test_a_users_patched_sdpa_computes_cross_attention_too(tiny):
+    """A user who plugged in their own kernel by patching F.scaled_dot_product_attention: it computes the traced
+    cross-attention as it does untraced (the same image, the same number of calls), fused or not, and the maps from
+    LSE computed beside it equal the explicit softmax's (fused=False)."""
+    import torch.nn.functional as F
+
+    from daamlib import trace
+
+    pipe = tiny("sd1")
+    torch_sdpa, calls = F.scaled_dot_product_attention, []
+
+    def mine(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        calls.append(1)
+        return torch_sdpa(query.double(), key.double(), value.double(), attn_mask=attn_mask, scale=scale).to(query.dtype)
+
+    F.scaled_dot_product_attention = mine
+    maps = {}
+    try:
+        plain = run(pipe, "a red circle above a blue square")
+        untraced_calls = len(calls)
+        for fused in (True, False):
+            with trace(pipe, fused=fused) as tc:
+                traced = run(pipe, "a red circle above a blue square")
+            assert torch.equal(plain, traced)
+            maps[fused] = tc.heat_maps(0).token_maps()
+        assert F.scaled_dot_product_attention is mine
+    finally:
+        F.scaled_dot_product_attention = torch_sdpa
+    assert untraced_calls > 0 and len(calls) == 3 * untraced_calls
+    torch.testing.assert_close(maps[True], maps[False], rtol=1e-4, atol=1e-5 * maps[False].abs().max().item())

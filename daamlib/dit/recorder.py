@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..attention import SDPA as _SDPA
-from ..attention import attention_with_lse, kept_probabilities
+from ..attention import _OUTER, kept_probabilities, output_and_lse, user_sdpa
+from ..attention import SDPA as _SDPA  # noqa: F401  torch's own, for benchmarks
 from ..attention import float_mask as _float_mask
 from ..trace import TraceError, check_store_dtype
 from ..words import Alignment
@@ -26,21 +26,70 @@ from .tokens import _text_length, align_prompts
 _LOCAL = threading.local()
 _PATCH_LOCK = threading.Lock()
 _patched = 0
+_BACKENDS: dict = {}  # diffusers' attention backends as registered, while wrapped (see _wrap_backend)
 
 
 def _tapped_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     tap = getattr(_LOCAL, "tap", None)
     if tap is None or dropout_p or is_causal or enable_gqa:
-        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                     enable_gqa=enable_gqa)
+        return user_sdpa()(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                           scale=scale, enable_gqa=enable_gqa)
     return tap.attend(query, key, value, attn_mask, scale)
 
 
+_tapped_sdpa._daam_tap = True  # attention.user_sdpa looks through it to the function it replaced
+
+
+def _wrap_backend(fn):
+    """A diffusers attention backend (``[B, L, H, D]`` inputs) that, inside a tapped module, records beside the
+    backend's own output when the backend computed it without SDPA (flash-attn, sage, flex, xformers, ...): the
+    output is the backend's, the probabilities are computed from the same queries and keys."""
+
+    def backend(query, key, value, attn_mask=None, scale=None, **kwargs):
+        tap = getattr(_LOCAL, "tap", None)
+        before = None if tap is None else tap.calls
+        out = fn(query=query, key=key, value=value, attn_mask=attn_mask, scale=scale, **kwargs)
+        if (tap is None or tap.calls != before or kwargs.get("is_causal") or kwargs.get("dropout_p")
+                or kwargs.get("return_lse") or not torch.is_tensor(out)):
+            return out  # recorded through the SDPA tap already (native backends), or not an attention to record
+        t = (lambda x: x.transpose(1, 2))
+        tap.attend(t(query), t(key), t(value), attn_mask, scale, out=t(out))
+        return out
+
+    backend._daam_wraps = fn
+    return backend
+
+
+def _registry():
+    try:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+    except ImportError:  # an older diffusers: processors call SDPA directly
+        return None
+    return _AttentionBackendRegistry
+
+
 def _patch_kernel(on: bool) -> None:
+    """Install (or, when the last trace ends, remove) the tapped SDPA and the wrapped backends. Whatever
+    ``F.scaled_dot_product_attention`` was before (the user's patch included) is what it is again afterwards, and
+    what computes every output meanwhile."""
     global _patched
     with _PATCH_LOCK:
-        _patched += 1 if on else -1
-        F.scaled_dot_product_attention = _tapped_sdpa if _patched > 0 else _SDPA
+        registry = _registry()
+        if on:
+            _patched += 1
+            if _patched == 1:
+                _OUTER.append(F.scaled_dot_product_attention)
+                F.scaled_dot_product_attention = _tapped_sdpa
+                if registry is not None:
+                    _BACKENDS.update(registry._backends)
+                    registry._backends.update({name: _wrap_backend(fn) for name, fn in _BACKENDS.items()})
+        else:
+            _patched -= 1
+            if _patched == 0:
+                F.scaled_dot_product_attention = _OUTER.pop()
+                if registry is not None:
+                    registry._backends.update(_BACKENDS)
+                    _BACKENDS.clear()
 
 
 # -- recording ---------------------------------------------------------------------------------------------
@@ -53,7 +102,9 @@ class DitGeneration:
     maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     timesteps: list[float] = field(default_factory=list)
     grid: tuple[int, int] | None = None
-    expected_steps: int | None = None
+    expected_steps: int | None = None  # denoiser evaluations the scheduler planned (its timesteps)
+    order: int = 1  # evaluations per sampler step (the scheduler's order: 2 for Heun)
+    guidance_calls: int = 0  # calls with the prompt's text made for guidance only, not recorded
 
 
 class _DitRecorder:
@@ -69,6 +120,7 @@ class _DitRecorder:
         self.rows: list[tuple[int, int]] | None = None  # (batch row, image) of the conditional rows in this call
         self.n_img = self.n_txt = 0
         self.columns_t: torch.Tensor | None = None
+        self._latents: list[torch.Tensor] | None = None  # the last recorded call's conditional latents
 
     # encode_prompt: words and the conditional text states
     def on_encode(self, args: dict, result) -> None:
@@ -106,6 +158,18 @@ class _DitRecorder:
         self.rows = self._match_rows(ctx, g.cond)
         if not self.rows:
             return  # an unconditional call (true CFG's negative branch): not recorded
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        t = t.flatten()[0].item() if torch.is_tensor(t) else float(t if t is not None else len(g.timesteps))
+        latents = [hidden[b].detach() for b, _ in self.rows]
+        if kwargs.get("skip_layers") is not None or (g.timesteps and t == g.timesteps[-1] and self._latents is not None
+                                                      and len(latents) == len(self._latents)
+                                                      and all(torch.equal(a, b) for a, b in zip(latents, self._latents))):
+            # a call for guidance only: SD3's skip-layer guidance (skip_layers), or true CFG's negative branch with
+            # the prompt's own text (the same timestep, latents and text as the step's recorded call)
+            g.guidance_calls += 1
+            self.rows = None
+            return
+        self._latents = [x.clone() for x in latents]
         self.n_txt = _text_length(ctx)
         grid = self._grid(hidden, kwargs)
         self.n_img = grid[0] * grid[1]
@@ -118,8 +182,8 @@ class _DitRecorder:
         scheduler = getattr(self.pipe, "scheduler", None)
         if not g.timesteps and getattr(scheduler, "timesteps", None) is not None:
             g.expected_steps = len(scheduler.timesteps)
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        g.timesteps.append(t.flatten()[0].item() if torch.is_tensor(t) else float(t if t is not None else len(g.timesteps)))
+            g.order = int(getattr(scheduler, "order", 1) or 1)
+        g.timesteps.append(t)
 
     @staticmethod
     def _match_rows(ctx, cond) -> list[tuple[int, int]]:
@@ -161,18 +225,26 @@ class _DitRecorder:
         raise TraceError(f"cannot find the image grid of {type(self.pipe.transformer).__name__}'s input")
 
     # one attention call of a wrapped module
-    def attend(self, tap: _Tap, q, k, v, mask, scale):
+    def attend(self, tap: _Tap, q, k, v, mask, scale, out=None):
+        """One attention call ``[B, H, L, D]`` inside ``tap``'s module: its output (``out`` when another backend
+        computed it already), with the conditional image rows' probabilities of the kept text tokens recorded."""
         tap.calls += 1
         rows = self.rows
         Lq, Lk = q.shape[-2], k.shape[-2]
         n_img, n_txt = self.n_img, self.n_txt
+        if out is None:
+            def passthrough():
+                return user_sdpa()(q, k, v, attn_mask=mask, scale=scale)
+        else:
+            def passthrough():
+                return out
         if not rows or self.current is None:
-            return _SDPA(q, k, v, attn_mask=mask, scale=scale)
+            return passthrough()
         u = self.family.unified
         if u and Lq == Lk and tap.single:  # Z-Image's main blocks: per image [image, text], parts padded to u
             img, txt0, kind = slice(0, n_img), n_img + (-n_img) % u, "single"
         elif u:
-            return _SDPA(q, k, v, attn_mask=mask, scale=scale)
+            return passthrough()
         elif Lk == n_img + n_txt and Lq == Lk:  # joint attention: one softmax over text and image
             img = slice(n_txt, Lk) if self.family.text_first else slice(0, n_img)
             txt0 = 0 if self.family.text_first else n_img
@@ -180,10 +252,10 @@ class _DitRecorder:
         elif tap.cross and Lk == n_txt and Lq == n_img:
             img, txt0, kind = slice(0, n_img), 0, "cross"
         else:  # image self-attention (SD3.5's second attention, PixArt's attn1), IP-adapter tokens, ...
-            return _SDPA(q, k, v, attn_mask=mask, scale=scale)
+            return passthrough()
         tap.kind = kind
-        out, lse = attention_with_lse(q, k, v, mask, scale)
         batch_rows = [r for r, _ in rows]
+        out, lse = output_and_lse(q, k, v, mask, scale, batch_rows, img, len(self.columns_t), out)
         b = torch.tensor(batch_rows, device=q.device)
         s = scale if scale is not None else q.shape[-1] ** -0.5
         cols = self.columns_t + txt0
@@ -194,7 +266,7 @@ class _DitRecorder:
             m = m[..., img, :] if m.ndim >= 2 and m.shape[-2] > 1 else m
             m = m.index_select(-1, cols).transpose(-1, -2)  # key-major, as kept_probabilities wants it
         # [Bc, H, K, N]: the conditional image rows are read in place, only the kept keys are gathered
-        p = kept_probabilities(q[:, :, img], k.index_select(2, cols), lse[:, :, img], s, batch_rows, m)
+        p = kept_probabilities(q[:, :, img], k.index_select(2, cols), lse, s, batch_rows, m)
         if self.store is not None or self.replay is not None:
             p = self._store_or_replay(tap.name, p.transpose(-1, -2), out, v, b, img, cols).transpose(-1, -2)
         if not self.keep_heads:
@@ -252,10 +324,10 @@ class _Tap:
         self.calls = 0
         self.kind: str | None = None
 
-    def attend(self, q, k, v, mask, scale):
+    def attend(self, q, k, v, mask, scale, out=None):
         _LOCAL.tap = None  # a kernel call inside the recording itself goes straight through
         try:
-            return self.recorder.attend(self, q, k, v, mask, scale)
+            return self.recorder.attend(self, q, k, v, mask, scale, out)
         finally:
             _LOCAL.tap = self
 
@@ -269,9 +341,10 @@ class _Tap:
             _LOCAL.tap = outer
         if self.calls == 0 and self.recorder.rows:
             raise TraceError(
-                    f"{self.name}: the attention ran without torch's scaled_dot_product_attention (another attention "
-                    "backend, e.g. flash-attn or sage, or a compiled model), so its probabilities cannot be recorded; "
-                "use diffusers' native backend (no `attention_backend` set) while tracing")
+                f"{self.name}: the attention ran without torch's scaled_dot_product_attention or a diffusers attention "
+                "backend (a processor that multiplies queries and keys itself, or a compiled model), so there are no "
+                "queries and keys to record from; use a processor that calls diffusers' dispatch_attention_fn or SDPA "
+                "while tracing")
         return out
 
 
