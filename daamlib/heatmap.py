@@ -123,7 +123,7 @@ class HeatMapsDisplay:
         import matplotlib.pyplot as plt
 
         hm, items = self.heat_maps, self.words
-        n = len(items) + (hm.image is not None)
+        n = max(1, len(items) + (hm.image is not None))  # an empty prompt without its image: one empty panel
         ncols = ncols or min(n, 6)
         nrows = -(-n // ncols)
         if fig is None:
@@ -141,7 +141,11 @@ class HeatMapsDisplay:
         overlays = [ax.images[-1] for ax in axes[k:] if ax.images]  # each word's map (drawn last on its axis)
         if threshold is None and overlays:
             fig.colorbar(overlays[-1], ax=list(axes), shrink=0.6, ticks=[0, 0.5, 1], label="map (min–max)")
-        fig.suptitle(hm.prompt + (f"  (τ = {threshold})" if threshold is not None else ""), fontsize=9)
+        if not items:  # the start and end tokens are not words: nothing to overlay
+            axes[-1].text(0.5, 0.5, "no words to map:\nthe prompt is empty", ha="center", va="center",
+                          transform=axes[-1].transAxes, fontsize=8)
+        title = hm.prompt if hm.prompt.strip() else "(empty prompt)"
+        fig.suptitle(title + (f"  (τ = {threshold})" if threshold is not None else ""), fontsize=9)
         self.ax_, self.figure_ = axes, fig
         return self
 

@@ -13,6 +13,7 @@ and names the file and the fix when something is missing or damaged.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ FORMAT = "daam-experiment/1"
 MAPS, META, IMAGE = "maps.safetensors", "meta.json", "image.png"
 META_SUM = "meta.sha256"  # the SHA-256 of meta.json: an edited meta.json (swapped tokens, another size) is caught
 MAX_SIDE = 16384  # the largest image side an experiment may describe (pixels)
+MAX_CELL = 64  # the most pixels one map cell may span per side (Flux.2: a VAE factor of 16 × packing 2 = 32)
 
 
 class ExperimentError(RuntimeError):
@@ -38,9 +40,12 @@ class ExperimentError(RuntimeError):
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except PermissionError as e:
+        raise _read_error(e, path) from None
     return h.hexdigest()
 
 
@@ -67,6 +72,7 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
     power loss an experiment is either absent or complete.
     """
     from PIL import Image
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -74,11 +80,19 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
         raise ExperimentError(f"{path} is a file, not an experiment folder; choose another output path")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise ExperimentError(f"{path} already holds an experiment; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        save_file({k: v.contiguous().cpu() for k, v in heat_maps.maps.items()}, tmp / MAPS)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as e:
+        raise _write_error(e, path) from None
+    try:
+        try:
+            save_file({k: v.contiguous().cpu() for k, v in heat_maps.maps.items()}, tmp / MAPS)
+        except SafetensorError as e:  # safetensors reports OS errors (a full disk) as its own, with the OS's text
+            raise _write_error(OSError(errno.ENOSPC if "StorageFull" in str(e) or "No space" in str(e) else errno.EIO,
+                                       str(e)), path / MAPS) from None
+        os.chmod(tmp / MAPS, _FILE_MODE)  # safetensors creates it 0600; the other files get the umask's mode
         files = {MAPS: _sha256(tmp / MAPS)}
         if heat_maps.image is not None:
             Image.fromarray(heat_maps.image).save(tmp / IMAGE)
@@ -99,6 +113,7 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
             "size": list(heat_maps.size),
             "steps": heat_maps.steps,
             "timesteps": heat_maps.timesteps,
+            "order": getattr(heat_maps, "order", 1),  # denoiser evaluations per sampler step (2: Heun)
             "layers": {k: list(v.shape) for k, v in heat_maps.maps.items()},
             "files": files,
         }
@@ -115,19 +130,53 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
         else:
             os.replace(tmp, path)
         _fsync(path.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 
 
-def check_files(path: str | os.PathLike, full: bool = False) -> list[str]:
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()  # what open() gives a new file here: the mode every file of an experiment gets
+
+
+def _write_error(e: OSError, path: Path) -> ExperimentError:
+    """A one-line error for a failed write, naming the file and the fix; nothing already saved is touched."""
+    where = getattr(e, "filename", None) or path
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ExperimentError(f"no space left to write {where}: free some space (or choose an output folder on "
+                               "another disk) and run again; experiments already saved are complete and kept")
+    if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ExperimentError(f"cannot write {where}: {e.strerror or e} — the folder is read-only or belongs to "
+                               "another user; choose an output folder you can write to")
+    return ExperimentError(f"could not write {where}: {e.strerror or e}; nothing was saved under that name")
+
+
+def _read_error(e: OSError, f: Path) -> ExperimentError:
+    if isinstance(e, PermissionError):
+        return ExperimentError(f"cannot read {f}: permission denied — it belongs to another user; ask them to "
+                               "`chmod -R a+rX` the run folder, or copy it")
+    return ExperimentError(f"cannot read {f}: {e.strerror or e}")
+
+
+def check_files(path: str | os.PathLike, full: bool = False, deep: bool = False) -> list[str]:
     """What is wrong with the files of the experiment folder ``path`` (an empty list: nothing found).
 
     The cheap check (default) reads no data: ``meta.json`` must be readable, every file it lists present, the
     safetensors file as long as its own header says, the PNG complete (signature and closing ``IEND`` chunk).
     It catches truncated, emptied and deleted files in microseconds per item. ``full=True`` also compares every
-    file's SHA-256 with ``meta.json`` (reads everything: catches bit flips and replaced files).
+    file's SHA-256 with ``meta.json`` (reads everything: catches bit flips and replaced files; the runner and
+    :func:`daamlib.runner.load_results` always do, at about 0.6 ms per MB). ``deep=True`` (``--verify``) also loads
+    the experiment as :func:`load_experiment` does: maps parsed and their shapes compared with meta.json, the image
+    decoded.
     """
     import struct
 
@@ -146,7 +195,12 @@ def check_files(path: str | os.PathLike, full: bool = False) -> list[str]:
             problems.append(f"{name} is missing" if name in (MAPS, IMAGE) else f"{name!r} is not a file of an experiment")
             continue
         size = f.stat().st_size
-        with open(f, "rb") as fh:
+        try:
+            fh = open(f, "rb")
+        except OSError as e:
+            problems.append(str(_read_error(e, f)))
+            continue
+        with fh:
             if name == MAPS:
                 head = fh.read(8)
                 n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
@@ -164,8 +218,16 @@ def check_files(path: str | os.PathLike, full: bool = False) -> list[str]:
                 if sig != b"\x89PNG\r\n\x1a\n" or fh.read(12)[4:8] != b"IEND":
                     problems.append(f"{name} is truncated or damaged ({size} bytes)")
                     continue
-        if full and _sha256(f) != digest:
-            problems.append(f"{name} does not match its checksum in {META}")
+        try:
+            if full and _sha256(f) != digest:
+                problems.append(f"{name} does not match its checksum in {META}")
+        except ExperimentError as e:
+            problems.append(str(e))
+    if deep and not problems:
+        try:
+            load_experiment(path)
+        except ExperimentError as e:
+            problems.append(str(e))
     return problems
 
 
@@ -176,12 +238,19 @@ def read_meta(path: Path) -> dict:
     if not f.is_file():
         raise ExperimentError(f"{f} is missing: {path} is not a complete experiment; re-run it to regenerate")
     sum_file = path / META_SUM
-    if sum_file.is_file() and sum_file.read_text().strip() != _sha256(f):
-        raise ExperimentError(f"{f} does not match its checksum in {META_SUM}: it was edited or damaged, so its words, "
-                              "sizes and file list cannot be trusted — re-run the experiment")
     try:
-        meta = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        if sum_file.is_file() and sum_file.read_text(errors="replace").strip() != _sha256(f):
+            raise ExperimentError(f"{f} does not match its checksum in {META_SUM}: it was edited or damaged, so its "
+                                  "words, sizes and file list cannot be trusted — re-run the experiment")
+        text = f.read_text()
+    except OSError as e:
+        raise _read_error(e, getattr(e, "filename", None) or f) from None
+    except UnicodeDecodeError as e:
+        raise ExperimentError(f"{f} is not valid JSON ({type(e).__name__}); it was damaged or edited by hand — "
+                              "re-run the experiment") from e
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ExperimentError(f"{f} is not valid JSON ({type(e).__name__}); it was damaged or edited by hand — "
                               "re-run the experiment") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -219,6 +288,8 @@ def check_meta(meta: dict) -> str | None:
     timesteps = meta.get("timesteps") or []
     if not isinstance(timesteps, list) or (timesteps and len(timesteps) != len(steps)):
         return "field 'timesteps' must be empty or hold one time step per step"
+    if not (_is_int(meta.get("order", 1)) and 1 <= meta.get("order", 1) <= 8):
+        return "field 'order' must be the scheduler's order, an integer from 1 to 8"
     if not isinstance(layers, dict) or not layers:
         return "field 'layers' must name the recorded layers and their shapes"
     for name, shape in layers.items():
@@ -227,6 +298,11 @@ def check_meta(meta: dict) -> str | None:
         if shape[0] != len(steps) or shape[-3] != len(tokens) or shape[-2] > size[0] or shape[-1] > size[1]:
             return (f"layer {str(name)[:60]!r} of shape {shape} does not fit {len(steps)} steps, {len(tokens)} tokens "
                     f"and an image of {size[0]}×{size[1]}")
+    grid = (max(shape[-2] for shape in layers.values()), max(shape[-1] for shape in layers.values()))
+    cell = (size[0] / grid[0], size[1] / grid[1])
+    if not all(1 <= c <= MAX_CELL for c in cell) or max(cell) > 1.5 * min(cell):
+        return (f"size {size[0]}×{size[1]} does not fit maps whose finest grid is {grid[0]}×{grid[1]} (one map cell "
+                f"would be {cell[0]:.3g}×{cell[1]:.3g} pixels; models make square cells of 8 to {MAX_CELL // 2})")
     if not isinstance(words, list):
         return "field 'words' must be a list"
     for w in words:
@@ -239,7 +315,38 @@ def check_meta(meta: dict) -> str | None:
             ok = False
         if not ok:
             return f"word {str(w)[:80]} is not a word of the prompt with token positions among its tokens"
+        if _spells(w["text"], [tokens[t] for t in w["tokens"]]) is False:
+            return (f"word {w['text']!r} is not spelled by its tokens {[tokens[t] for t in w['tokens']]}: the tokens "
+                    "and words do not belong together")
     return None
+
+
+_MARKS = ("</w>", "Ġ", "▁", "##", "Ċ")  # word-boundary marks of CLIP, byte-level BPE, SentencePiece and WordPiece
+
+
+def _spells(word: str, tokens: list[str]) -> bool | None:
+    """Whether the letters and digits of ``word`` appear in its tokens' text, in each text stream the tokens come from
+    (``clip:``, ``t5:``, ``lm:`` prefixes); None when that cannot be told: non-ASCII text (byte-level tokens do not
+    spell it), an unknown-token marker, or a word without tokens."""
+    if not tokens or any(t.split(":", 1)[-1] in _UNKNOWN for t in tokens):
+        return None
+    streams: dict[str, str] = {}
+    for t in tokens:
+        stream, _, text = t.partition(":") if t.split(":", 1)[0] in _STREAMS and ":" in t else ("", "", t)
+        streams[stream] = streams.get(stream, "") + text
+    letters = "".join(c for c in word.lower() if c.isalnum())
+    verdicts = []
+    for text in streams.values():
+        for m in _MARKS:
+            text = text.replace(m, "")
+        if not (word.isascii() and text.isascii()):
+            return None
+        verdicts.append(not letters or letters in "".join(c for c in text.lower() if c.isalnum()))
+    return all(verdicts)
+
+
+_STREAMS = ("clip", "t5", "lm")  # the stream prefixes of a transformer's tokens (daamlib.dit.tokens)
+_UNKNOWN = ("<unk>", "[UNK]", "<|unk|>")
 
 
 def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
@@ -290,4 +397,5 @@ def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
         except (OSError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
             raise ExperimentError(f"{path / IMAGE} is not a readable image ({e}); re-run the experiment") from e
     hm = HeatMaps(alignment, maps, tuple(meta["size"]), image, meta.get("timesteps"), meta["steps"])
+    hm.order = meta.get("order", 1)
     return hm, meta

@@ -50,6 +50,16 @@ def check_same_tokens(pipe, prompts: Iterable[str]) -> None:
                           + ". Choose words of the same token count (a colour that is one token in this tokenizer)")
 
 
+def model_signature(pipe) -> tuple[str, str]:
+    """(denoiser class, first 12 hex digits of its config's SHA-256): what a replay must match."""
+    import hashlib
+    import json
+
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    config = json.dumps(dict(getattr(denoiser, "config", {}) or {}), sort_keys=True, default=str)
+    return type(denoiser).__name__, hashlib.sha256(config.encode()).hexdigest()[:12]
+
+
 class AttentionStore:
     """Full conditional cross-attention probabilities ``[images, heads, queries, keys]`` per (step, layer).
 
@@ -63,6 +73,20 @@ class AttentionStore:
         self.steps = None if steps is None else set(steps)
         self.probs: dict[tuple[int, str], torch.Tensor] = {}
         self.n_tokens: int | None = None  # tokens of the prompt that was recorded (start … end)
+        self.model: tuple[str, str] | None = None  # (denoiser class, config digest) of the pipeline that recorded it
+
+    def note_model(self, pipe) -> None:
+        """Remember which model records into this store (``trace(pipe, store=...)`` calls it)."""
+        self.model = model_signature(pipe)
+
+    def check_model(self, pipe) -> None:
+        """Refuse, before anything is generated, to replay onto another model than the one that recorded: its
+        layers, heads and grids would not line up, and the errors that follow would blame the prompt or steps."""
+        mine = model_signature(pipe)
+        if self.model is not None and mine != self.model:
+            raise ReplayError(f"this store was recorded with another model ({self.model[0]}, config {self.model[1]}) "
+                              f"than this pipeline's ({mine[0]}, config {mine[1]}); replay onto the model that "
+                              "recorded it, or record the seed prompt again with this one")
 
     def __len__(self) -> int:
         return len(self.probs)

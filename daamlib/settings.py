@@ -16,6 +16,7 @@ every other module may import it, and none needs to import back up for a check.
 from __future__ import annotations
 
 import math
+from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,11 +34,20 @@ def _plain(v):
 
 def _as_int(v, name: str, minimum: int, maximum: int | None = None) -> int:
     v = _plain(v)
-    if isinstance(v, str):
+    if isinstance(v, str):  # exactly: "9007199254740993" stays itself ("3.0" and "1e3" are whole numbers too)
         try:
-            v = float(v.strip())
+            v = int(v.strip())
         except ValueError:
-            raise ValueError(f"{name} must be an integer, got {v!r}") from None
+            try:
+                d = Decimal(v.strip())
+            except InvalidOperation:
+                raise ValueError(f"{name} must be an integer, got {v!r}") from None
+            if not d.is_finite() or d != d.to_integral_value():
+                raise ValueError(f"{name} must be an integer, got {v!r}") from None
+            v = int(d)
+    elif isinstance(v, float) and v.is_integer() and abs(v) >= 2**53:
+        raise ValueError(f"{name} {v:.0f} came as a float of 2⁵³ or more, where floats skip integers, so it may not be the "
+                         "number written; give it as an integer or as text (e.g. read the table with dtype=str)")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
         raise ValueError(f"{name} must be an integer, got {v!r}")
     if int(v) < minimum or (maximum is not None and int(v) > maximum):

@@ -372,6 +372,14 @@ def _class_name(cls: type) -> str:
     return cls.__name__ if module.startswith("diffusers.") else f"{cls.__name__} from {module}"
 
 
+def note_store_and_replay(pipe, store, replay) -> None:
+    """A replay is checked against the model that recorded it, before anything runs; a store notes its model."""
+    if replay is not None:
+        replay.check_model(pipe)
+    if store is not None:
+        store.note_model(pipe)
+
+
 def check_not_traced(pipe, denoiser, what: str) -> None:
     """Refuse a second trace of ``pipe``, or of its denoiser (``what``: "UNet", "transformer") through another
     pipeline that shares it."""
@@ -508,6 +516,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
             "Remove them first (pipe.unet.set_default_attn_processor(), or unload the adapter), or record "
             "your processor's probabilities yourself")
 
+    note_store_and_replay(pipe, store, replay)
     recorder = _Recorder(keep_heads, store_device, store, replay, getattr(pipe, "scheduler", None), store_dtype, fused)
     encode = pipe.encode_prompt
     signature = _signature(type(pipe).encode_prompt)

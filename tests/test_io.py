@@ -130,7 +130,31 @@ def damage_pickle_planted(p):
     edit(p, lambda m: m["files"].__setitem__("maps.safetensors", hashlib.sha256(f.read_bytes()).hexdigest()))
 
 
+def damage_tokens_swapped_forged(p):  # the same swap with meta.sha256 recomputed: the tokens no longer spell the words
+    meta = json.loads((p / "meta.json").read_text())
+    w = meta["words"]
+    w[1]["tokens"], w[4]["tokens"] = w[4]["tokens"], w[1]["tokens"]
+    forge(p, json.dumps(meta))
+
+
+def damage_tokens_swapped_unsummed(p):  # ... or with meta.sha256 deleted
+    damage_tokens_swapped(p)
+    (p / "meta.sha256").unlink()
+
+
+def damage_size_inflated_unsummed(p):  # 16384² declared for a 64² item without its image: 1 GB per word map
+    meta = json.loads((p / "meta.json").read_text())
+    (p / "image.png").unlink()
+    del meta["files"]["image.png"]
+    meta["size"] = [16384, 16384]
+    (p / "meta.json").write_text(json.dumps(meta))
+    (p / "meta.sha256").unlink()
+
+
 @pytest.mark.parametrize("damage, message", [
+    (damage_tokens_swapped_forged, r"word 'giraffe' is not spelled by its tokens \['z', 'ebra</w>'\]"),
+    (damage_tokens_swapped_unsummed, r"word 'giraffe' is not spelled by its tokens"),
+    (damage_size_inflated_unsummed, r"size 16384×16384 does not fit maps whose finest grid is 32×32"),
     (damage_missing, "maps.safetensors is missing"),
     (damage_truncated, "does not match the checksum"),
     (damage_meta_edited, r"lacks \['tokens'\]"),
@@ -163,3 +187,53 @@ def test_path_that_is_a_file_or_absent(heat_maps, tmp_path):
         save_experiment(f, heat_maps)
     with pytest.raises(ExperimentError, match="no experiment at"):
         load_experiment(tmp_path / "nope")
+
+
+def test_files_get_one_mode_and_write_errors_name_the_file(heat_maps, tmp_path, monkeypatch):
+    """maps.safetensors gets the mode the other files get (safetensors alone makes it 0600); a full disk while
+    writing the maps is a one-line error naming the file, and nothing is left under the final name."""
+    import stat
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    path = save_experiment(tmp_path / "exp", heat_maps)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(ExperimentError, match=r"no space left to write .*exp2/maps.safetensors: free some space"):
+        save_experiment(tmp_path / "exp2", heat_maps)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # no temporary left, the first experiment kept
+
+
+def test_an_unreadable_file_is_named_with_the_fix(heat_maps, tmp_path, monkeypatch):
+    """Another user's 0600 file (simulated: the tests may run as root, who reads everything)."""
+    import builtins
+
+    from daamlib.io import check_files
+
+    path = save_experiment(tmp_path / "exp", heat_maps)
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if str(file).endswith("maps.safetensors"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    found = check_files(path, full=True)
+    assert len(found) == 1 and "cannot read" in found[0] and "permission denied" in found[0] and "chmod" in found[0]
+
+
+def test_the_schedulers_order_round_trips(heat_maps, tmp_path):
+    heat_maps.order = 2
+    try:
+        hm, meta = load_experiment(save_experiment(tmp_path / "exp", heat_maps))
+    finally:
+        heat_maps.order = 1
+    assert meta["order"] == 2 and hm.order == 2

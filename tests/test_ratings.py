@@ -102,3 +102,37 @@ def test_one_person_one_vote_per_pair(tmp_path):
     pd.DataFrame(rows).to_csv(path, index=False)
     t = mean_opinion_by_pos(load_ratings(path)).set_index("pos")
     assert t.loc["NOUN", "MOS"] == 3.5 and t.loc["NOUN", "raters_per_pair"] == 2  # median(5, 2), not of (4, 5, 2)
+
+
+HEADER = "item_id,word,occurrence,pos,rater,rating,label,timestamp"
+GOOD_ROW = 'img0,circle,0,NOUN,r1,4,good,2026-12-07T10:00:00'
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a text file"),
+    (f"{HEADER}\nimg0,caf\xe9,0,NOUN,r1,4,good,x\n".encode("latin-1"), "not UTF-8.*CSV UTF-8"),
+    (f"{HEADER}\n{GOOD_ROW}\nimg0,blue,0,ADJ,r1".encode(), "line 3: 5 fields where the header has 8.*cut off"),
+    (b"id,score\n1,2\n", "lacks the columns"),
+], ids=["empty", "binary", "latin-1", "truncated", "foreign"])
+def test_a_damaged_ratings_file_is_named_and_never_rewritten(hm, tmp_path, content, message):
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"ratings file {path}.*{message}" if content else message):
+        load_ratings(path)
+    with pytest.raises(ValueError, match=message):
+        RatingWidget(make_items(hm), path, rater="r1")
+    assert path.read_bytes() == content  # untouched
+
+
+def test_a_ratings_file_saved_again_by_a_spreadsheet_is_read(hm, tmp_path):
+    """Excel's "CSV UTF-8": a byte-order mark, CRLF line ends, every field quoted."""
+    path = tmp_path / "ratings.csv"
+    quoted = ",".join(f'"{f}"' for f in GOOD_ROW.split(","))
+    path.write_bytes(b"\xef\xbb\xbf" + f"{HEADER}\r\n{quoted}\r\n".encode())
+    df = load_ratings(path)
+    assert list(df["item_id"]) == ["img0"] and list(df["rating"]) == [4]
+    ui = RatingWidget(make_items(hm), path, rater="r1")
+    assert ui.position == 1 and ("r1", "img0", "circle", "0") in ui.rated()  # resumes after the rated item
+    ui.buttons[2].click()
+    assert list(load_ratings(path)["word"]) == ["circle", "blue"]

@@ -75,3 +75,38 @@ def test_replay_into_a_different_size_is_refused(tiny):
     with pytest.raises(ReplayError, match="same number of steps"):
         with trace(pipe, replay=store):
             run(pipe, "a red circle", num_inference_steps=3)
+
+
+def test_replay_onto_another_model_is_refused_before_generating_and_says_so(tiny):
+    """A store recorded with SD-1 replayed onto SD-2: the error names the models, not the prompt length or steps."""
+    store = AttentionStore()
+    with trace(tiny("sd1"), store=store):
+        run(tiny("sd1"), "a red circle above a blue square")
+    other = tiny("sd2")
+    calls = []
+    hook = other.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ReplayError, match=r"recorded with another model \(UNet2DConditionModel, config \w+\) "
+                                              r"than this pipeline's \(UNet2DConditionModel, config \w+\)"):
+            with trace(other, replay=store):
+                run(other, "a red circle above a blue square")
+    finally:
+        hook.remove()
+    assert not calls
+
+
+def test_an_empty_prompt_plots_without_a_crash(tiny):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    pipe = tiny("sd1")
+    with trace(pipe) as tc:
+        out = pipe("", num_inference_steps=1, output_type="np", generator=torch.Generator().manual_seed(0))
+    hm = tc.heat_maps(0)
+    assert hm.words == []
+    display = hm.plot()
+    assert display.figure_._suptitle.get_text() == "(empty prompt)"
+    tc.heat_maps(0, image=out.images[0]).plot()  # the image and the note
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

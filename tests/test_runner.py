@@ -259,20 +259,98 @@ def test_damaged_items_are_found_listed_and_repaired_byte_identical(reference, p
     assert events[-3:] == ["damaged", "start", "done"]
 
 
-def test_verify_catches_what_the_cheap_check_cannot(reference, pipe, model_dir, table, tmp_path):
-    """A flipped byte inside the maps keeps their size and header: only the checksum pass (--verify) sees it."""
+def flip(f, at):
+    data = bytearray(f.read_bytes())
+    data[at] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def test_a_bit_flip_is_caught_on_resume_and_on_load_without_asking(reference, pipe, model_dir, table, tmp_path):
+    """A flipped byte inside the maps or inside the PNG's pixel data keeps size, header and PNG chunks: the structural
+    check cannot see it, the checksums every resume and load compare can — even with overwrite, which regenerates
+    only changed settings."""
     from daamlib.io import check_files
 
     out = shutil.copytree(reference, tmp_path / "run")
-    maps = out / "items" / "Zebra.1" / "maps.safetensors"
-    data = bytearray(maps.read_bytes())
-    data[-3] ^= 0xFF
-    maps.write_bytes(bytes(data))
-    assert check_files(out / "items" / "Zebra.1") == []
+    flip(out / "items" / "Zebra.1" / "maps.safetensors", -3)
+    flip(out / "items" / "cat-0" / "image.png", 60)  # inside IDAT: signature and IEND intact
+    assert check_files(out / "items" / "Zebra.1") == [] and check_files(out / "items" / "cat-0") == []
     assert "does not match its checksum" in check_files(out / "items" / "Zebra.1", full=True)[0]
-    records = run_experiments(pipe, table, out, model_name=str(model_dir), progress=False, verify=True)
-    assert [r["status"] for r in records].count("repaired") == 1
+    with pytest.raises(ExperimentError, match=r"cat-0: image.png does not match its checksum"):
+        load_results(out, ITEMS)
+    records = run_experiments(pipe, table, out, model_name=str(model_dir), progress=False, overwrite=True)
+    assert {r["id"]: r["status"] for r in records if r["status"] != "skipped"} == {"cat-0": "repaired",
+                                                                                   "Zebra.1": "repaired"}
     assert_same_outputs(out, reference)
+
+
+def test_verify_also_loads_every_item(reference, pipe, model_dir, table, tmp_path, monkeypatch):
+    """--verify: each finished item is loaded as load_experiment loads it (found damaged here by a load that fails)."""
+    import daamlib.io
+
+    out = shutil.copytree(reference, tmp_path / "run")
+    real = daamlib.io.load_experiment
+
+    def failing(path):
+        if Path(path).name == "wide-3":
+            raise ExperimentError("wide-3: maps do not load")
+        return real(path)
+
+    monkeypatch.setattr(daamlib.io, "load_experiment", failing)
+    assert run_experiments(pipe, table, out, model_name=str(model_dir), progress=False)[3]["status"] == "skipped"
+    with pytest.raises(ExperimentError, match="wide-3: maps do not load"):
+        load_results(out, ITEMS, verify=True)
+    monkeypatch.setattr(daamlib.io, "load_experiment", real)
+
+
+def test_an_emptied_record_is_rebuilt_from_the_item_and_kept_aside(reference, pipe, model_dir, table, tmp_path):
+    """A manifest record emptied by a crash (written, not yet on disk) no longer stops anything: resume and
+    load_results rebuild it from the item's meta.json, keep the damaged file beside and log it."""
+    out = shutil.copytree(reference, tmp_path / "run")
+    (out / "manifest" / "wide-3.json").write_bytes(b"")
+    (out / "manifest" / "neg-4.json").write_bytes(b'{"id": "neg-4", "pro')  # truncated
+    assert load_results(out, ITEMS)[4]["prompt"] == ITEMS[4]["prompt"]  # rebuilt by the reader too
+    (out / "manifest" / "wide-3.json").write_bytes(b"")
+    records = run_experiments(pipe, table, out, model_name=str(model_dir), progress=False)
+    assert {r["status"] for r in records} == {"skipped"} and starts(out, "wide-3") == 1
+    assert load_results(out, ITEMS)[3]["settings"] == load_results(reference, ITEMS)[3]["settings"]
+    assert len(list((out / "manifest").glob(".wide-3.json.damaged-*"))) == 2
+    assert "record rebuilt" in (out / "log" / "wide-3.jsonl").read_text()
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_finished_items_stay(reference, model_dir, table, tmp_path,
+                                                                          monkeypatch, capsys):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from daamlib.runner import main
+
+    out = shutil.copytree(reference, tmp_path / "run")
+    shutil.rmtree(out / "items" / "neg-4")
+    (out / "manifest" / "neg-4.json").unlink()
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    assert main([str(table), "--model", str(model_dir), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    line = err.splitlines()[-1]  # after the loading bars
+    assert "Traceback" not in err and line.startswith("daamlib.runner: error: no space left to write")
+    assert "neg-4/maps.safetensors" in line
+    assert sorted(p.name for p in (out / "items").iterdir()) == sorted(set(IDS) - {"neg-4"})
+    monkeypatch.undo()
+    assert len(load_results(out)) == len(IDS) - 1
+
+
+def test_seeds_are_read_exactly_beyond_float_precision(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text("id,prompt,seed\na,a cat,9007199254740993\nb,a cat,9007199254740992\nc,a cat,3.0\n")
+    assert [i.seed for i in read_items(path)] == [9007199254740993, 9007199254740992, 3]
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(ValueError, match="a float of 2⁵³ or more"):
+        read_items(pd.DataFrame({"id": ["a"], "prompt": ["a cat"], "seed": [9007199254740993.0]}))
 
 
 def test_settings_left_to_defaults_are_recorded_as_used_and_old_runs_still_resume(reference, pipe, model_dir, table,

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from ..trace import (Trace, Tracer, UnsupportedPipelineError, _signature, check_not_traced, installed,
-                     supported_pipelines)
+                     note_store_and_replay, supported_pipelines)
 from .recorder import _DitRecorder, _patch_kernel, _tap_class
 from .registry import Family, family_of, pixels_per_token, supported
 from .tokens import ENCODERS
@@ -77,6 +77,7 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
     if not modules:
         raise UnsupportedPipelineError(f"{type(transformer).__name__} has no attention between image and text tokens")
     check_not_traced(pipe, transformer, "transformer")
+    note_store_and_replay(pipe, store, replay)
 
     rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device, store_dtype, store, replay)
     encode = pipe.encode_prompt

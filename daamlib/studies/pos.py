@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import textwrap
 import time
 from collections.abc import Mapping, Sequence
@@ -105,8 +106,7 @@ class RatingWidget:
     def _read(self) -> list[dict]:
         if not self.csv_path.exists():
             return []
-        with open(self.csv_path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        return list(csv.DictReader(io.StringIO(ratings_text(self.csv_path), newline="")))
 
     def _update(self, change) -> list[dict]:
         """Re-read the CSV under a lock, apply ``change(rows) -> rows``, and replace the file atomically."""
@@ -203,17 +203,61 @@ class RatingWidget:
                                f"rated by {html.escape(self.rater)}")
 
 
+class RatingsFileError(ValueError):
+    """A ratings CSV that cannot be read as one: empty, not text, not UTF-8, without the columns, or cut off."""
+
+
+REQUIRED_COLUMNS = ("item_id", "word", "pos", "rater", "rating", "label")
+
+
+def ratings_text(path: str | Path) -> str:
+    """The text of the ratings CSV at ``path``, checked before anything reads or rewrites it: UTF-8 (a byte-order
+    mark and CRLF line ends, as spreadsheets save it, are fine), the columns present, every row whole. Anything else
+    is a :class:`RatingsFileError` naming the file and what to do; nothing is rewritten."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RatingsFileError(f"cannot read the ratings file {path}: {e.strerror or e}") from None
+    fix = "restore it from a backup, or move it aside to start a new ratings file"
+    if not data.strip():
+        raise RatingsFileError(f"the ratings file {path} is empty ({len(data)} bytes): {fix}")
+    if b"\x00" in data:
+        raise RatingsFileError(f"the ratings file {path} is not a text file (NUL bytes at byte {data.index(0)}): {fix}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RatingsFileError(f"the ratings file {path} is not UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                               "a spreadsheet saved it in another encoding: save it again as 'CSV UTF-8'") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise RatingsFileError(f"the ratings file {path} lacks the columns {missing} (its header: {header[:8]}); "
+                                   f"expected {', '.join(FIELDS)}")
+        for row in reader:
+            if row and len(row) != len(header):
+                raise RatingsFileError(
+                    f"the ratings file {path}, line {reader.line_num}: {len(row)} fields where the header has "
+                    f"{len(header)}; the row was cut off (a crash or a full disk while saving) or edited: fix or remove "
+                    "that line (nothing was rewritten)")
+    except csv.Error as e:
+        raise RatingsFileError(f"the ratings file {path}, line {reader.line_num}: not valid CSV ({e})") from None
+    return text
+
+
 def load_ratings(path: str | Path):
-    """Read a ratings CSV, checking its columns and values."""
+    """Read a ratings CSV, checking its file (:func:`ratings_text`), columns and values."""
     import pandas as pd
 
-    df = pd.read_csv(path, dtype={"item_id": str, "word": str, "pos": str, "rater": str, "label": str})
-    missing = [c for c in ("item_id", "word", "pos", "rater", "rating", "label") if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path} lacks columns {missing}; expected {', '.join(FIELDS)}")
-    bad = df["rating"].notna() & ~df["rating"].isin(list(SCALE))
+    text = ratings_text(path)
+    df = pd.read_csv(io.StringIO(text), dtype={"item_id": str, "word": str, "pos": str, "rater": str, "label": str})
+    rating = pd.to_numeric(df["rating"], errors="coerce")
+    bad = (df["rating"].notna() & rating.isna()) | (rating.notna() & ~rating.isin(list(SCALE)))
     if bad.any():
-        raise ValueError(f"{path} has ratings outside 1–5 in rows {list(df.index[bad][:5])}")
+        raise RatingsFileError(f"the ratings file {path} has ratings outside 1–5 in rows {list(df.index[bad][:5])}")
+    df["rating"] = rating
     return df
 
 
