@@ -190,7 +190,7 @@ def bench_calls(pipe, model, size, steps, runs, sync) -> dict:
     from daamlib.dit import recorder as R
 
     times = {"sdpa": [], "attend": [], "kernel": []}
-    sdpa, attend, kernel = F.scaled_dot_product_attention, R._DitRecorder.attend, R.attention_with_lse
+    sdpa, attend, kernel = F.scaled_dot_product_attention, R._DitRecorder.attend, R.output_and_lse
 
     def timer(name, fn):
         def run(*a, **k):
@@ -209,12 +209,12 @@ def bench_calls(pipe, model, size, steps, runs, sync) -> dict:
         kwargs = dict(num_inference_steps=steps, height=size, width=size, generator=gen, output_type="latent")
         t0 = time.perf_counter()
         if traced:
-            R._DitRecorder.attend, R.attention_with_lse = timer("attend", attend), timer("kernel", kernel)
+            R._DitRecorder.attend, R.output_and_lse = timer("attend", attend), timer("kernel", kernel)
             try:
                 with daamlib.trace(pipe) as tc:
                     pipe(PROMPT10, **kwargs)
             finally:
-                R._DitRecorder.attend, R.attention_with_lse = attend, kernel
+                R._DitRecorder.attend, R.output_and_lse = attend, kernel
             return {"total": time.perf_counter() - t0, "calls": list(times["attend"]), "kernel": list(times["kernel"]),
                     "n": len(times["attend"]), "tc": tc}
         F.scaled_dot_product_attention = timer("sdpa", sdpa)

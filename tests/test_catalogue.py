@@ -24,6 +24,7 @@ from daamlib import (AmbiguousWordError, ExperimentError, TraceError, Unsupporte
 from daamlib.heatmap import WordHeatMap
 from daamlib.kernel import binarize
 from daamlib.pipeline import set_scheduler
+from daamlib.replay import ReplayError
 from daamlib.runner import DamagedItemsError, ItemError, SettingsChangedError, load_results, run_experiments
 from daamlib.words import Word
 
@@ -403,6 +404,127 @@ def users_processor(c):
         pass
 
 
+def users_processor_named_as_diffusers(c):
+    from diffusers.models.attention_processor import AttnProcessor2_0 as Diffusers
+
+    class AttnProcessor2_0(Diffusers):  # the user's own, under diffusers' class name
+        pass
+
+    pipe = type(c.pipe)(**c.pipe.components)
+    pipe.unet = __import__("copy").deepcopy(c.pipe.unet)
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    with trace(pipe):
+        pass
+
+
+def users_sdpa_kept(c):
+    import torch.nn.functional as F
+
+    torch_sdpa, calls = F.scaled_dot_product_attention, []
+
+    def mine(*args, **kwargs):
+        calls.append(1)
+        return torch_sdpa(*args, **kwargs)
+
+    F.scaled_dot_product_attention = mine
+    try:
+        with trace(c.pipe):
+            c.pipe("a cat", num_inference_steps=1, output_type="pt")
+        assert calls and F.scaled_dot_product_attention is mine
+    finally:
+        F.scaled_dot_product_attention = torch_sdpa
+
+
+def empty_prompt_plot(c):
+    import matplotlib.pyplot as plt
+
+    with trace(c.pipe) as tc:
+        c.pipe("", num_inference_steps=1, output_type="pt")
+    tc.heat_maps(0).plot()
+    plt.close("all")
+
+
+def replay_other_model(c):
+    from daamlib.replay import AttentionStore
+    from daamlib.testing.tiny import tiny_pipeline
+
+    store = AttentionStore()
+    with trace(c.pipe, store=store):
+        c.pipe("a cat", num_inference_steps=1, output_type="pt")
+    other = tiny_pipeline("sd2")
+    with trace(other, replay=store):
+        other("a cat", num_inference_steps=1, output_type="pt")
+
+
+def bit_flip_repaired(c):
+    out = c.run_out()
+    png = out / "items" / "one" / "image.png"
+    before = png.read_bytes()
+    data = bytearray(before)
+    data[60] ^= 0xFF  # inside the pixel data: the PNG's chunks stay intact
+    png.write_bytes(bytes(data))
+    assert [r["status"] for r in c.runner(ONE, out=out)] == ["repaired"]
+    assert png.read_bytes() == before
+
+
+def emptied_record_rebuilt(c):
+    out = c.run_out()
+    (out / "manifest" / "one.json").write_bytes(b"")
+    assert [r["status"] for r in c.runner(ONE, out=out)] == ["skipped"]
+    assert load_results(out)[0]["prompt"] == "a cat" and list((out / "manifest").glob(".one.json.damaged-*"))
+
+
+def disk_full(c):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    real, safetensors.torch.save_file = safetensors.torch.save_file, full
+    try:
+        save_experiment(c.tmp / "full", c.hm)
+    finally:
+        safetensors.torch.save_file = real
+
+
+def _unsummed(c, change):
+    path = c.exp()
+    meta = json.loads((path / "meta.json").read_text())
+    change(meta, path)
+    (path / "meta.json").write_text(json.dumps(meta))
+    (path / "meta.sha256").unlink()
+    load_experiment(path)
+
+
+def meta_tokens_swapped(c):
+    def swap(meta, path):
+        w = meta["words"]
+        w[1]["tokens"], w[4]["tokens"] = w[4]["tokens"], w[1]["tokens"]
+
+    _unsummed(c, swap)
+
+
+def meta_size_inflated(c):
+    def inflate(meta, path):
+        (path / "image.png").unlink(missing_ok=True)
+        meta["files"].pop("image.png", None)
+        meta["size"] = [16384, 16384]
+
+    _unsummed(c, inflate)
+
+
+def ratings_file(content: bytes):
+    def action(c):
+        from daamlib.studies.pos import load_ratings
+
+        (c.tmp / "ratings.csv").write_bytes(content)
+        load_ratings(c.tmp / "ratings.csv")
+
+    return action
+
+
 def shared_unet(c):
     twin = type(c.pipe)(**c.pipe.components)
     with trace(c.pipe):
@@ -630,7 +752,35 @@ CASES = [
      r"1 finished item\(s\) .* damaged:\n  one: image\.png is missing", r"it regenerates damaged items"),
     # -- issue 13 §2: a trace never changes what the model computes without saying so ------------------------
     ("trace-users-own-processor", users_processor, TraceError,
-     r"processors of your own \(Reweighting\)", r"set_default_attn_processor"),
+     r"processors of your own \(Reweighting from test_catalogue\)", r"set_default_attn_processor"),
+    # -- issue 27: every step counted once, the user's attention kept, damage caught without asking ------------------
+    ("trace-processor-under-diffusers-name", users_processor_named_as_diffusers, TraceError,
+     r"processors of your own \(AttnProcessor2_0 from test_catalogue\)", r"set_default_attn_processor"),
+    ("trace-users-patched-sdpa (outcome: it computes the output and stays installed)", users_sdpa_kept, None, None,
+     None),
+    ("trace-empty-prompt-plot (outcome: plotted, no crash)", empty_prompt_plot, None, None, None),
+    ("replay-onto-another-model", replay_other_model, ReplayError,
+     r"recorded with another model \(UNet2DConditionModel, config \w+\) than this pipeline's",
+     r"replay onto the model that recorded it"),
+    ("runner-bit-flip-in-image (outcome: repaired without --verify)", bit_flip_repaired, None, None, None),
+    ("runner-emptied-manifest-record (outcome: rebuilt, kept aside)", emptied_record_rebuilt, None, None, None),
+    ("runner-disk-full-writing-maps", disk_full, ExperimentError,
+     r"no space left to write .*maps\.safetensors", r"free some space .* experiments already saved are complete"),
+    ("meta-tokens-swapped-without-checksum", meta_tokens_swapped, ExperimentError,
+     r"word 'cat' is not spelled by its tokens \['dog</w>'\]", r"re-run the experiment"),
+    ("meta-size-inflated-without-checksum", meta_size_inflated, ExperimentError,
+     r"size 16384×16384 does not fit maps whose finest grid is \d+×\d+", r"re-run the experiment"),
+    ("table-seed-float-beyond-2**53", lambda c: c.runner(__import__("pandas").DataFrame(
+        {"id": ["one"], "prompt": ["a cat"], "seed": [9007199254740993.0]})), ItemError,
+     r"seed 9007199254740992 came as a float of 2⁵³ or more", r"give it as an integer or as text"),
+    ("ratings-file-truncated-row", ratings_file(b"item_id,word,occurrence,pos,rater,rating,label,timestamp\n"
+                                                b"i,cat,0,NOUN,r"), ValueError,
+     r"ratings file .*ratings\.csv, line 2: 5 fields where the header has 8", r"fix or remove that line"),
+    ("ratings-file-latin-1", ratings_file("item_id,word,occurrence,pos,rater,rating,label,timestamp\n"
+                                          "i,café,0,NOUN,r,4,good,t\n".encode("latin-1")), ValueError,
+     r"ratings file .*ratings\.csv is not UTF-8", r"save it again as 'CSV UTF-8'"),
+    ("ratings-file-empty", ratings_file(b""), ValueError, r"ratings file .*ratings\.csv is empty",
+     r"move it aside to start a new ratings file"),
     ("trace-shared-unet", shared_unet, TraceError,
      r"UNet is already being traced through another pipeline", r"trace one pipeline at a time"),
     ("trace-encode-prompt-override-restored (outcome)", encode_prompt_restored, None, None, None),
