@@ -127,18 +127,23 @@ def lse_beside(q, k, mask, scale, rows, queries=slice(None), kept: int = 0, chun
     Nq = qs.shape[-2]
     chunk = chunk or max(1, min(Nq, max(H * kept * Nq, 2**22) // max(1, H * L)))
     lse = torch.empty(len(rows), H, Nq, dtype=torch.float32, device=q.device)
+    work = torch.empty(H * min(chunk, Nq) * L, dtype=torch.float32, device=q.device)  # one block's scores, reused
     for i, r in enumerate(rows):
-        kt = k[r].float().transpose(-1, -2) * s  # [H, D, L]
+        kt = k[r].float().transpose(-1, -2)  # [H, D, L]: a view when the keys are float32
         m = None
         if fmask is not None:
             m = fmask[r if fmask.shape[0] > 1 else 0]
             if m.shape[-2] > 1:
                 m = m[..., queries, :]
         for a in range(0, Nq, chunk):
-            scores = qs[r, :, a:a + chunk].float() @ kt
+            n = min(chunk, Nq - a)
+            scores = work[: H * n * L].view(H, n, L)
+            torch.matmul(qs[r, :, a:a + n].float() * s, kt, out=scores)
             if m is not None:
-                scores += m[..., a:a + chunk, :] if m.shape[-2] > 1 else m
-            lse[i, :, a:a + chunk] = scores.logsumexp(-1)
+                scores += m[..., a:a + n, :] if m.shape[-2] > 1 else m
+            top = scores.amax(-1, keepdim=True)
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row with every key masked
+            lse[i, :, a:a + n] = scores.sub_(top).exp_().sum(-1).log_() + top.squeeze(-1)
     return lse
 
 

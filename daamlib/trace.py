@@ -69,6 +69,19 @@ class Generation:
     timesteps: list[float] = field(default_factory=list)
     latent_size: tuple[int, int] | None = None
     expected_steps: int | None = None  # UNet calls the scheduler planned (its timesteps), read at the first call
+
+    def conditional_rows(self, batch: int) -> tuple[int, int]:
+        """The UNet batch rows ``[start, end)`` of the conditional images. The batch is chunks of one row per image:
+        ``[cond]``, ``[uncond, cond]`` with classifier-free guidance, ``[cond, perturbed]`` with perturbed-attention
+        guidance (PAG) and ``[uncond, cond, perturbed]`` with both: the conditional chunk is the second with
+        guidance, else the first."""
+        n = len(self.prompts) * self.images_per_prompt
+        first = 1 if self.guidance else 0
+        if n < 1 or batch % n or batch // n < first + 1:
+            raise TraceError(f"the UNet batch of {batch} rows is not chunks of {n} image(s) with the conditional "
+                             f"chunk {'second' if self.guidance else 'first'}; this pipeline batches guidance in a "
+                             "way trace does not know")
+        return first * n, (first + 1) * n
     order: int = 1  # evaluations per sampler step (the scheduler's order: 2 for Heun)
 
 
@@ -193,29 +206,27 @@ class RecordingAttnProcessor:
         records the conditional rows' kept probabilities; returns the output as ``[B, N, heads·d]``."""
         gen, rec = self.recorder.current, self.recorder
         B, H, N, d = q.shape
-        if gen.guidance and B % 2:
-            raise TraceError(f"classifier-free guidance expects an even UNet batch, got {B}")
-        b0 = B // 2 if gen.guidance else 0  # first conditional row; the unconditional half is never recorded
+        b0, b1 = gen.conditional_rows(B)  # the conditional images' rows; the others are never recorded
         K = gen.n_tokens or k.shape[2]
         s = d ** -0.5  # what AttnProcessor2_0's SDPA call uses
         if rec.fused and rec.store is None and rec.replay is None:
             # the whole batch through the fused kernel, which also returns log-sum-exp: the output is the model's
             # own (bit-identical on a CPU), and only the kept tokens' probabilities are computed, for the
             # conditional rows: exp(k_j·q·s − LSE), normalised over every key as the model's softmax is
-            out, lse = output_and_lse(q, k, v, attention_mask, None, range(b0, B), kept=K)  # the user's kernel's output
+            out, lse = output_and_lse(q, k, v, attention_mask, None, range(b0, b1), kept=K)  # the user's kernel's output
             mask = None
             if attention_mask is not None:  # [B, heads, 1|N, T] → the kept keys', key-major
-                mask = float_mask(attention_mask, torch.float32)[b0:, ..., :K].transpose(-1, -2)
+                mask = float_mask(attention_mask, torch.float32)[b0:b1, ..., :K].transpose(-1, -2)
             # with heads kept the probabilities themselves are stored: a fresh tensor, not the reused buffer
-            buf = None if rec.keep_heads else rec.buffer("kept", (B - b0, H, K, N), q.device)
-            self._keep(kept_probabilities(q[b0:], k[b0:, :, :K], lse, s, None, mask, buf), N)
+            buf = None if rec.keep_heads else rec.buffer("kept", (b1 - b0, H, K, N), q.device)
+            self._keep(kept_probabilities(q[b0:b1], k[b0:b1, :, :K], lse, s, None, mask, buf), N)
             return out.transpose(1, 2).reshape(B, N, H * d).to(q.dtype)
         # every row's softmax computed explicitly (in float32) and used for its output; the conditional rows' are
         # what a store keeps and a replay replaces. One path for both halves: on a CPU the explicit products cost
         # what the fused kernel does, and the output is written in place (no second kernel call, no copy)
         out = torch.empty(B, N, H, d, dtype=v.dtype, device=v.device)  # the layout to_out reads
         full = probabilities(q, k, s, None, attention_mask, rec.buffer("scores", (B, H, N, k.shape[2]), q.device))
-        cond = full[b0:]  # [Bc, heads, N, T], over every key
+        cond = full[b0:b1]  # [Bc, heads, N, T], over every key
         step = len(gen.timesteps) - 1
         if rec.store is not None:  # a copy: the buffer is written again by the next call
             rec.store.put(step, self.name, cond.to(q.dtype, copy=True))
@@ -231,7 +242,7 @@ class RecordingAttnProcessor:
             out = kernel(q, k, v, attn_mask=attention_mask).transpose(1, 2)
         else:
             for r in range(B):  # straight into the output's [N, heads, d] layout
-                torch.bmm((full[r] if r < b0 else cond[r - b0]).to(v.dtype), v[r], out=out[r].transpose(0, 1))
+                torch.bmm((cond[r - b0] if b0 <= r < b1 else full[r]).to(v.dtype), v[r], out=out[r].transpose(0, 1))
         kept = cond[..., :K].float().transpose(-1, -2)  # [Bc, heads, K, N]: the kept tokens only
         self._keep(kept.clone() if rec.keep_heads else kept, N)  # kept heads are stored: not a view of the buffer
         return out.reshape(B, N, H * d)

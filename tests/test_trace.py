@@ -39,13 +39,18 @@ class NaiveRecorder:
             del m.get_attention_scores
         self.pipe.unet.set_attn_processor(dict(self.original))
 
-    def token_maps(self, image_index, n_images, cfg, n_tokens, latent, size, heads_of):
+    def token_maps(self, image_index, n_images, cfg, n_tokens, latent, size, heads_of, chunk=None):
+        """``chunk``: (the conditional chunk, chunks in the batch), for batches other than [uncond, cond] or [cond]."""
         total = 0
         for name, p in self.calls:
             heads = heads_of[name]
             B = p.shape[0] // heads
             p = p.reshape(B, heads, *p.shape[1:])  # [B, heads, N, 77]
-            cond = p[B // 2:] if cfg else p
+            if chunk is not None:
+                n = B // chunk[1]
+                cond = p[chunk[0] * n:(chunk[0] + 1) * n]
+            else:
+                cond = p[B // 2:] if cfg else p
             assert cond.shape[0] == n_images
             N = p.shape[2]
             h, w = next((math.ceil(latent[0] / 2**k), math.ceil(latent[1] / 2**k)) for k in range(8)
@@ -415,3 +420,26 @@ def test_a_users_patched_sdpa_computes_cross_attention_too(tiny):
         F.scaled_dot_product_attention = torch_sdpa
     assert untraced_calls > 0 and len(calls) == 3 * untraced_calls
     torch.testing.assert_close(maps[True], maps[False], rtol=1e-4, atol=1e-5 * maps[False].abs().max().item())
+
+
+@pytest.mark.parametrize("guidance, chunk", [(5.0, (1, 3)), (1.0, (0, 2))], ids=["cfg+pag", "pag"])
+def test_perturbed_attention_guidance_records_the_conditional_chunk_only(tiny, guidance, chunk):
+    """PAG batches [uncond, cond, perturbed] (or [cond, perturbed] without CFG): only the conditional chunk is
+    recorded, and the maps equal the naive reference's for it; the image is unchanged."""
+    from diffusers import StableDiffusionPAGPipeline
+
+    from daamlib import trace
+
+    base = tiny("sd1")
+    pipe = StableDiffusionPAGPipeline(**base.components, pag_applied_layers=["mid"])
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(guidance_scale=guidance, pag_scale=3.0)
+    rec, ref_images = reference(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], **kw)
+    with trace(pipe) as tc:
+        images = run(pipe, ["a cat", "a red circle above a blue square"], seed=[0, 1], **kw)
+    assert (images - ref_images).abs().max() <= 1e-5
+    for i in range(2):
+        hm = tc.heat_maps(i)
+        want = rec.token_maps(i, 2, guidance > 1, len(hm.tokens), tc.generations[-1].latent_size, hm.size,
+                              heads_of(pipe), chunk)
+        torch.testing.assert_close(hm.token_maps(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
