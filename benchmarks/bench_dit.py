@@ -46,7 +46,7 @@ from daamlib.dit import attention_modules
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_trace import Timed  # noqa: E402 (the same timing wrapper as the UNet benchmark)
 
-PROMPT10 = "a giraffe and a zebra standing in a field of grass"  # 10 words
+PROMPT10 = "a giraffe and a zebra standing in a field of grass"  # 11 words (the name is historical)
 
 
 def sd3_medium(seed: int = 0):

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import daamlib  # noqa: E402
 
-PROMPT = "a giraffe and a zebra standing in a field of grass"  # 10 words
+PROMPT = "a giraffe and a zebra standing in a field of grass"  # 11 words
 PROMPTS = {"shapeworld": "a red circle above a blue square"}  # words of the embedded model's world
 SIZES = {"sd2-512": 512, "sdxl-1024": 1024, "shapeworld": 64, "tiny": 64}
 

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import daamlib  # noqa: E402
 from daamlib.trace import cross_attention_modules  # noqa: E402
 
-PROMPT10 = "a giraffe and a zebra standing in a field of grass"  # 10 words
+PROMPT10 = "a giraffe and a zebra standing in a field of grass"  # 11 words (the name is historical)
 DEFAULT_SIZES = {"tiny": 64, "shapeworld": 64, "sd2-256": 256, "sd2-512": 512}
 
 

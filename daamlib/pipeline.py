@@ -11,6 +11,8 @@ model imposes (:func:`model_defaults`), read once per pipeline.
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -254,6 +256,40 @@ def weights_fingerprint(pipe) -> str:
     return h.hexdigest()[:16]
 
 
+SMALL_MODEL = 100_000_000  # denoiser parameters below which a CPU generation runs at one thread by default
+
+
+@contextmanager
+def cpu_threads(pipe):
+    """The torch threads a generation on the CPU runs with, the caller's setting restored afterwards
+    (``torch.set_num_threads`` is process-wide). ``DAAM_THREADS``: a number of threads, or ``all`` for torch's own
+    setting; unset, a small model (a denoiser under 100 M parameters: the embedded ones, the tiny test models)
+    runs at one thread. Its matrices are too small to gain from a second thread (README, Threads), and with the
+    other cores busy torch's threads wait on each other: 20–100× slower on a shared 2-core machine."""
+    setting = os.environ.get("DAAM_THREADS", "").strip().lower()
+    device = getattr(pipe, "device", None)
+    if setting == "all" or getattr(device, "type", None) != "cpu":
+        yield
+        return
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise ValueError(f"DAAM_THREADS must be a positive number of threads or 'all', got {setting!r}")
+        n = int(setting)
+    else:
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        size = sum(p.numel() for p in denoiser.parameters()) if isinstance(denoiser, torch.nn.Module) else None
+        n = 1 if size is not None and size < SMALL_MODEL else None
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = None,
              guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
              negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
@@ -292,8 +328,8 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
             kwargs[k] = False
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     encoder = {} if settings.encoder is None else {"encoder": settings.encoder}
-    with trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay,
-               store_dtype=settings.store_dtype, **encoder) as tc:
+    with cpu_threads(pipe), trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay,
+                                  store_dtype=settings.store_dtype, **encoder) as tc:
         # a copy of a prompt list: some pipelines (ZImagePipeline) rewrite it in place with their chat template
         out = pipe(prompt=list(prompt) if isinstance(prompt, list) else prompt, generator=generator,
                    num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)

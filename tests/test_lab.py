@@ -3,7 +3,8 @@ widget render and respond to clicks and key presses made on the page (not to ker
 
 Needs Debian's ``chromium`` (``.ci/run`` installs it as root) and Playwright for Python (``.[test]``);
 skips, saying which is missing, where neither can be had. Screenshots go to ``$DAAM_SCREENSHOTS``
-(``figures`` for the README's), else ``out/lab/``.
+(``figures`` for the README's), else ``out/lab-screenshots/``. JupyterLab is started as ``make lab`` starts it
+(:mod:`daamlib.lab`), and the last test checks that the checkout's ``git status`` is what it was before.
 """
 
 import csv
@@ -39,7 +40,7 @@ pytestmark = [
                        reason="JupyterLab is not installed: pip install -e '.[notebooks]'"),
     pytest.mark.skipif(not MODEL.is_file(), reason="the embedded model is not in data/models/shapeworld"),
 ]
-SHOTS = Path(os.environ.get("DAAM_SCREENSHOTS", REPO / "out" / "lab"))
+SHOTS = Path(os.environ.get("DAAM_SCREENSHOTS", REPO / "out" / "lab-screenshots"))
 
 
 def free_port() -> int:
@@ -48,22 +49,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def with_parameters(name: str, workspace: Path, **params) -> None:
-    """Copy a notebook into the workspace with some parameters changed in its parameters cell."""
-    nb = json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text())
-    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
-    cell["source"] = "".join(cell["source"]) + "".join(f"\n{k} = {v!r}" for k, v in params.items())
-    (workspace / "notebooks" / f"{name}.ipynb").write_text(json.dumps(nb))
+def checkout_state() -> dict:
+    """`git status --porcelain` of the checkout, with the content hash of every path it lists (so that a file
+    already modified before the test must also be unchanged after it)."""
+    import hashlib
+
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    state = {}
+    for line in out.splitlines():
+        path = REPO / line[3:].split(" -> ")[-1].strip('"')
+        state[line] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return state
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """JupyterLab on a free loopback port with a token, serving a workspace with copies of the notebooks
-    (so that their outputs land in the workspace, never in the checkout's figures/)."""
+    """JupyterLab started as README says (`make lab`: daamlib.lab's command, root flags included) on a free
+    loopback port with a token, on the checkout itself; the working copies of the notebooks go to a temporary folder
+    here instead of out/lab/, so that a developer's own copies are left alone."""
+    from daamlib.lab import command
+
     ws = tmp_path_factory.mktemp("lab")
-    (ws / "notebooks").mkdir()
-    with_parameters("00_quickstart", ws)
-    with_parameters("02_pos_attribution", ws, N_PROMPTS=2, WORDS_PER_POS=2, STEPS=5, RATER="lab-test")
+    before = checkout_state()
     # every cell in the page (no windowing: cells out of view are still in the DOM), and no news toast
     settings = ws / ".jupyter" / "lab" / "user-settings" / "@jupyterlab"
     for ext, values in (("notebook-extension/tracker", {"windowingMode": "none"}),
@@ -71,11 +79,8 @@ def lab(tmp_path_factory):
         (settings / ext).parent.mkdir(parents=True, exist_ok=True)
         (settings / f"{ext}.jupyterlab-settings").write_text(json.dumps(values))
     port, token = free_port(), "daam-test-token"
-    jupyter = Path(sys.executable).parent / "jupyter-lab"
-    cmd = [str(jupyter) if jupyter.exists() else "jupyter-lab", "--no-browser", "--allow-root", "--ip", "127.0.0.1",
-           "--port", str(port), f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ws}",
-           "--LabApp.news_url=", "--ServerApp.open_browser=False"]
-    proc = subprocess.Popen(cmd, cwd=ws, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    cmd = command(REPO, str(ws / "copies"), port, token, browser=False) + ["--LabApp.news_url="]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "JUPYTER_CONFIG_DIR": str(ws / ".jupyter")})
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
@@ -89,17 +94,39 @@ def lab(tmp_path_factory):
         pytest.fail("JupyterLab did not start within 60 s")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield {"url": url, "token": token, "workspace": ws, "browser": browser}
+        yield {"url": url, "token": token, "workspace": ws, "browser": browser, "before": before}
         browser.close()
     proc.terminate()
     proc.wait(timeout=30)
 
 
-def open_and_run_all(lab, name: str):
+def open_notebook(lab, name: str):
     page = lab["browser"].new_page(viewport={"width": 1300, "height": 1000})
     # a workspace of its own (reset): only this notebook open, none restored from an earlier page
     page.goto(f"{lab['url']}/lab/workspaces/{name.replace('_', '-')}/tree/notebooks/{name}.ipynb?reset&token={lab['token']}")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'] >> visible=true", timeout=120_000)
+    return page
+
+
+def edit_parameters_and_save(page, lab, name: str, lines: list[str]) -> None:
+    """Type lines at the end of the parameters cell, as a user would, and save with Ctrl+S (the working copy)."""
+    editor = page.locator(".jp-CodeCell", has_text="FIGURES_DIR = None").locator(".cm-content").first
+    editor.click()
+    page.keyboard.press("Control+End")
+    for line in lines:
+        page.keyboard.press("Enter")
+        page.keyboard.type(line)
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+s")
+    copy = lab["workspace"] / "copies" / "notebooks" / f"{name}.ipynb"
+    for _ in range(100):
+        if copy.is_file() and all(line in copy.read_text() for line in (json.dumps(x)[1:-1] for x in lines)):
+            return
+        page.wait_for_timeout(100)
+    pytest.fail(f"the edited parameters were not saved to the working copy {copy}")
+
+
+def run_all(page):
     started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]"))
     for _ in range(4):  # the kernel's connection can lag its "idle" indicator: then Run All is lost; try again
         page.locator(".jp-Notebook >> visible=true").first.click()  # focus the notebook: the Run menu acts on it
@@ -134,7 +161,7 @@ def wait_for_new_src(page, img, old: str, what: str) -> str:
 
 
 def test_explorer_renders_and_redraws_on_clicks_and_keys(lab, shoot_on_failure):
-    page = shoot_on_failure["page"] = open_and_run_all(lab, "00_quickstart")
+    page = shoot_on_failure["page"] = run_all(open_notebook(lab, "00_quickstart"))  # its defaults, as README runs it
     dropdown = page.locator(".widget-dropdown select").first
     dropdown.wait_for(timeout=180_000)
     explorer = page.locator(".widget-vbox", has=dropdown).first
@@ -161,14 +188,19 @@ def test_explorer_renders_and_redraws_on_clicks_and_keys(lab, shoot_on_failure):
 
 
 def test_rating_widget_records_a_click_and_a_key_press_in_the_csv(lab, shoot_on_failure):
-    page = shoot_on_failure["page"] = open_and_run_all(lab, "02_pos_attribution")
+    """RATER set in the parameters cell, typed and saved in the page; the ratings go to OUT_DIR/ratings.csv."""
+    page = shoot_on_failure["page"] = open_notebook(lab, "02_pos_attribution")
+    out = lab["workspace"] / "out02"
+    edit_parameters_and_save(page, lab, "02_pos_attribution", ["N_PROMPTS = 2", "WORDS_PER_POS = 2", "STEPS = 5",
+                                                                'RATER = "lab-test"', f'OUT_DIR = "{out}"'])
+    run_all(page)
     good = page.locator("button", has_text="4 good").first
     good.wait_for(timeout=240_000)
     widget = page.locator(".widget-vbox", has=good).first
     widget.scroll_into_view_if_needed()
     widget.screenshot(path=str(SHOTS / "lab_rating.png"))
     good.click()
-    csv_path = lab["workspace"] / "out" / "02_pos_attribution" / "ratings.csv"
+    csv_path = out / "ratings.csv"
     for _ in range(100):
         if csv_path.is_file() and len(list(csv.DictReader(csv_path.open()))) == 1:
             break
@@ -184,3 +216,9 @@ def test_rating_widget_records_a_click_and_a_key_press_in_the_csv(lab, shoot_on_
         page.wait_for_timeout(100)
     assert [r["rating"] for r in rows] == ["4", "2"]
     assert "2 of" in widget.locator(".widget-html-content").last.inner_text()
+
+
+def test_the_checkout_is_unchanged_after_both_notebooks_ran(lab):
+    """Running 00 at its defaults and 02 with an edited, saved parameters cell (the tests above) changed no tracked
+    file and left no untracked one: saves went to working copies, outputs under out/ (git-ignored)."""
+    assert checkout_state() == lab["before"]

@@ -2,6 +2,7 @@
 found by name through entry points, and notebooks that only tell the story."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,9 +90,11 @@ def test_a_registered_folder_brings_its_own_sampling_settings(tmp_path, tiny):
 
 @pytest.mark.parametrize("path", sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
 def test_notebooks_only_tell_the_story(path):
-    """Code cells of at most 8 lines, one parameters cell, and no branch on which model runs."""
+    """Code cells of at most 8 lines (the parameters cell aside: one parameter per line), one parameters cell, and
+    no branch on which model runs."""
     cells = json.loads(path.read_text())["cells"]
-    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    code = ["".join(c["source"]) for c in cells
+            if c["cell_type"] == "code" and "parameters" not in c.get("metadata", {}).get("tags", [])]
     longest = max(len(src.splitlines()) for src in code)
     assert longest <= 8, f"{path.name}: a code cell of {longest} lines"
     assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in cells) == 1
@@ -101,15 +104,72 @@ def test_notebooks_only_tell_the_story(path):
             assert "EMBEDDED" not in src and "shapeworld" not in src.lower(), f"{path.name}: a model branch in {src!r}"
 
 
-def test_non_default_runs_never_write_to_the_tracked_figures(tmp_path, monkeypatch, capsys):
+def test_only_make_figures_writes_the_tracked_figures():
+    """Every notebook's FIGURES_DIR is None (its OUT_DIR/figures); make figures alone passes ../figures."""
     from daamlib.studies.workbook import figures_dir
 
-    monkeypatch.chdir(REPO / "notebooks")
-    defaults = {"MODEL_ID": "shapeworld", "N_PROMPTS": 100, "SEED": 0, "GALLERY_N": 6, "STEPS": None, "GUIDANCE": None,
-                "SCHEDULER": None, "DEVICE": "cpu", "PAPER_COMPARABLE": False, "THRESHOLDS": [0.3, 0.4, 0.5], "PROMPTS_CSV": None, "MASKS_DIR": None,
-                "OUT_DIR": "../out/01_segmentation", "FIGURES_DIR": "../figures"}
-    assert str(figures_dir("../figures", defaults, "01_segmentation")) == "../figures"  # make figures
-    changed = {**defaults, "N_PROMPTS": 10}
-    assert figures_dir("../figures", changed, "01_segmentation") == Path("../out/01_segmentation/figures")
-    assert "non-default parameters (N_PROMPTS)" in capsys.readouterr().out
-    assert figures_dir(tmp_path, changed, "01_segmentation") == tmp_path  # an explicit FIGURES_DIR is kept
+    assert figures_dir(None, "../out/01_segmentation") == Path("../out/01_segmentation/figures")
+    assert figures_dir("../figures", "../out/01_segmentation") == Path("../figures")
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cell = next(c for c in json.loads(path.read_text())["cells"]
+                    if "parameters" in c.get("metadata", {}).get("tags", []))
+        params: dict = {}
+        exec("".join(cell["source"]), {}, params)
+        assert params["FIGURES_DIR"] is None and params["OUT_DIR"] == f"../out/{path.stem}", path.name
+    assert "-p FIGURES_DIR ../figures" in (REPO / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_papermill_lists_every_parameter_with_its_comment(path):
+    """One parameter per line with a comment, so `papermill --help-notebook` lists each (and a -p for any of them
+    is never an "unknown parameter")."""
+    import subprocess
+    import sys
+
+    cell = next(c for c in json.loads(path.read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    lines = "".join(cell["source"]).splitlines()
+    names = [line.split("=", 1)[0].strip() for line in lines]
+    assert all(n.isidentifier() and n.isupper() for n in names), lines
+    assert all("  # " in line for line in lines), [line for line in lines if "  # " not in line]
+    out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)], capture_output=True,
+                         text=True, timeout=120)
+    listed = [m.group(1) for m in re.finditer(r"^  (\w+): ", out.stdout, re.M)]
+    assert listed == names, out.stdout[-2000:]
+
+
+def test_a_small_model_generates_at_one_thread_and_the_callers_setting_is_restored(tiny, monkeypatch):
+    """torch.set_num_threads is process-wide: generate() sets one thread for a small model on the CPU (never
+    pathological on a busy machine: README, Threads) and puts the caller's setting back; DAAM_THREADS overrides."""
+    import torch
+
+    import daamlib
+
+    pipe = tiny("sd1")
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(lambda *a: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        daamlib.generate(pipe, "a cat", steps=1)
+        assert seen[-1] == 1 and torch.get_num_threads() == 2
+        monkeypatch.setenv("DAAM_THREADS", "all")
+        daamlib.generate(pipe, "a cat", steps=1)
+        assert seen[-1] == 2
+        monkeypatch.setenv("DAAM_THREADS", "zero")
+        with pytest.raises(ValueError, match="DAAM_THREADS must be a positive number of threads or 'all'"):
+            daamlib.generate(pipe, "a cat", steps=1)
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+
+
+def test_a_result_that_differs_only_in_package_versions_is_not_rewritten(tmp_path):
+    from daamlib.studies.workbook import record_results
+
+    run = {"parameters": {"N_PROMPTS": 3}, "model": "m", "versions": {"torch": "2.13.0"}}
+    record_results({"miou": 1.5}, "r", tmp_path, run)
+    before = (tmp_path / "r.json").read_bytes()
+    record_results({"miou": 1.5}, "r", tmp_path, {**run, "versions": {"torch": "2.14.0"}})
+    assert (tmp_path / "r.json").read_bytes() == before
+    record_results({"miou": 1.6}, "r", tmp_path, {**run, "versions": {"torch": "2.14.0"}})
+    assert b"2.14.0" in (tmp_path / "r.json").read_bytes()  # a changed number rewrites it, with its versions

@@ -63,6 +63,10 @@ class Family:
     # recorder needs no branch on it (it finds the conditional rows by matching encode_prompt's output)
     unified: int = 0  # Z-Image: per image one [image, text] sequence, each part padded to a multiple of this
     blocks: str | None = None  # only attention modules under this prefix see image and text together
+    # for people (README's family table is generated from these: python -m daamlib.docs)
+    attention: str = ""  # how text meets image
+    text: str = ""  # the text streams and how the prompt is tokenized for them (encoder=)
+    guidance: str = ""  # classifier-free guidance as the pipeline does it
 
     def supported(self) -> list[str]:
         """The family's lines in an error's list of supported pipelines."""

@@ -2,12 +2,14 @@
 
 >>> check_params(N_PROMPTS=20, STEPS=30, THRESHOLDS=[0.3, 0.4], SEED=0)   # raises on a bad value
 >>> out = output_dir("../out/01_segmentation")                            # created
->>> save_figure(display, "01_segmentation_tau_sweep", "../figures")        # <dir>/<name>.png, then closed
+>>> FIGURES_DIR = figures_dir(None, "../out/01_segmentation")              # ../out/01_segmentation/figures
+>>> save_figure(display, "01_segmentation_tau_sweep", FIGURES_DIR)         # <dir>/<name>.png, then closed
 >>> record_results({"miou": 61.2}, "01_segmentation", "../figures")        # <dir>/<name>.json
 
 Relative paths are taken from the current folder, which is ``notebooks/`` for a notebook opened in
-JupyterLab and for ``make figures`` (papermill ``--cwd notebooks``); the parameter cells say
-``"../figures"`` and ``"../out/..."`` accordingly. Nothing here knows where the repository is.
+JupyterLab (``make lab``) and for ``make figures`` (papermill ``--cwd notebooks``); the parameter cells say
+``"../out/..."`` accordingly, and ``make figures`` passes ``FIGURES_DIR="../figures"``. Nothing here knows where the
+repository is.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def save_figure(figure, name: str, figures_dir: str | Path, dpi: int = 150):
     import matplotlib.pyplot as plt
 
     fig = getattr(figure, "figure_", figure)
-    fig.savefig(output_dir(figures_dir) / f"{name}.png", dpi=dpi, bbox_inches="tight")
+    # no "Software: matplotlib x.y" in the PNG: the same picture from another matplotlib is the same file
+    fig.savefig(output_dir(figures_dir) / f"{name}.png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return fig
 
@@ -96,38 +99,29 @@ def record_results(results: dict, name: str, figures_dir: str | Path, run: dict 
     if run is not None:
         results = {**results, "run": run}
     path = output_dir(figures_dir) / f"{name}.json"
-    path.write_text(json.dumps(results, indent=1, default=float, allow_nan=True))
+    text = json.dumps(results, indent=1, default=float, allow_nan=True)
+    if not _same_but_versions(path, text):  # new package versions alone do not rewrite a result
+        path.write_text(text)
     return results
 
 
-def _notebook_defaults(name: str) -> dict | None:
-    """The parameters cell's values of ``<name>.ipynb`` in the current folder (None when it is not there)."""
-    path = Path(f"{name}.ipynb")
-    if not path.is_file():
-        return None
-    cells = json.loads(path.read_text())["cells"]
-    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if cell is None:
-        return None
-    found: dict = {}
-    exec("".join(cell["source"]), {}, found)  # the project's own parameters cell: plain literals
-    return found
+def _same_but_versions(path: Path, text: str) -> bool:
+    """Whether the JSON file at ``path`` holds ``text`` but for the package versions of its provenance."""
+    try:
+        old, new = json.loads(path.read_text()), json.loads(text)
+    except (OSError, ValueError):
+        return False
+    for d in (old, new):
+        if isinstance(d.get("run"), dict):
+            d["run"] = {k: v for k, v in d["run"].items() if k != "versions"}
+    return json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
 
 
-def figures_dir(figures: str | Path, namespace: dict, name: str) -> Path:
-    """Where this run's figures, tables and results go: ``figures`` as given, except that a run whose parameters
-    differ from the notebook's defaults while ``FIGURES_DIR`` is left at its default writes to
-    ``OUT_DIR/figures`` instead, so that only ``make figures`` (defaults) ever refreshes the tracked ``figures/``."""
-    defaults = _notebook_defaults(name)
-    if defaults is None or str(figures) != str(defaults.get("FIGURES_DIR")):
-        return Path(figures)
-    changed = sorted(k for k, v in defaults.items() if k not in ("OUT_DIR", "FIGURES_DIR") and namespace.get(k) != v)
-    if not changed:
-        return Path(figures)
-    own = Path(namespace.get("OUT_DIR", defaults.get("OUT_DIR", "."))) / "figures"
-    print(f"non-default parameters ({', '.join(changed)}): figures, tables and results go to {own}, "
-          f"not to {figures} (pass FIGURES_DIR to choose)")
-    return own
+def figures_dir(figures: str | Path | None, out_dir: str | Path) -> Path:
+    """Where this run's figures, tables and results go: ``figures`` when given, else ``<out_dir>/figures``. The
+    notebooks' ``FIGURES_DIR`` is None, so JupyterLab, papermill and the tests write under ``out/``; only ``make
+    figures`` passes ``"../figures"`` and refreshes the tracked ``figures/``."""
+    return Path(figures) if figures is not None else Path(out_dir) / "figures"
 
 
 def provenance(namespace: dict, pipe=None) -> dict:

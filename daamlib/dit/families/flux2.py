@@ -14,4 +14,9 @@ def chat_template(pipe, args: dict | None = None) -> str:
 
 
 FAMILY = Family("flux2", ("Flux2KleinPipeline",), ("Flux.2 [klein]",), text_first=True, packed=True,
-                cfg="separate call", streams=(Stream("lm", "tokenizer", template=chat_template, pads=True),))
+                cfg="separate call", streams=(Stream("lm", "tokenizer", template=chat_template, pads=True),),
+                attention=('double- and single-stream blocks, `[text, image]`, padding attended (unmasked, as the '
+                           'pipeline does)'),
+                text=("`lm`: Qwen3's tokens of the chat-templated text (nothing dropped; the prompt follows the "
+                      "template's user prefix)"),
+                guidance='a separate negative call')

@@ -22,4 +22,9 @@ FAMILY = Family("flux2-dev", ("Flux2Pipeline",), ("Flux.2 [dev]",), text_first=T
                 streams=(
                     Stream("lm", "tokenizer.tokenizer", template=mistral_chat_template, pads=True,
                            special_tokens=False),
-                ))
+                ),
+                attention=('double- and single-stream blocks, `[text, image]`, left padding attended (unmasked, as '
+                           'the pipeline does)'),
+                text=("`lm`: Mistral Small 3.1's tokens of the processor's chat template (system message, then "
+                      '`[INST]` prompt `[/INST]`; nothing dropped)'),
+                guidance='guidance-distilled: one branch')

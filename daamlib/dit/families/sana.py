@@ -23,4 +23,9 @@ def sana_drop(pipe, args: dict | None = None) -> int:
 
 FAMILY = Family("sana", ("SanaPipeline",), ("Sana",), text_first=True, packed=False, cfg="batch", streams=(
     Stream("lm", "tokenizer", template=sana_template, drop=sana_drop, pads=True, lower=True),
-))
+),
+    attention='cross-attention (`attn2`; self-attention is linear and not traced), padding masked',
+    text=("`lm`: Gemma 2's tokens of the lower-cased prompt after the complex human instruction; the pipeline keeps "
+          'the start token and the last `max_sequence_length − 1` positions (`select_index`), so the positions follow'
+          ' that'),
+    guidance='batch `[uncond, cond]`')

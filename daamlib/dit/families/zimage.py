@@ -15,4 +15,8 @@ def zimage_template(pipe, args: dict | None = None) -> str:
 
 
 FAMILY = Family("zimage", ("ZImagePipeline",), ("Z-Image",), text_first=False, packed=False, cfg="list", unified=32,
-                blocks="layers.", streams=(Stream("lm", "tokenizer", template=zimage_template),))
+                blocks="layers.", streams=(Stream("lm", "tokenizer", template=zimage_template),),
+                attention=('its main blocks: one sequence per image, `[image, text]`, each part padded to a multiple '
+                           'of 32 (the padding attended); the image-only and text-only refiner blocks are not traced'),
+                text="`lm`: Qwen3's unpadded tokens of the chat-templated prompt (thinking on), one tensor per prompt",
+                guidance='a list `[cond…, uncond…]` in one call')
