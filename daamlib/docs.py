@@ -12,8 +12,9 @@ that differ (``tests/test_docs.py`` runs it, so README and its sources cannot di
 models     the model registry (:func:`daamlib.models.registered`): every registered name
 families   the traced transformer families (:func:`daamlib.dit.registry.families`): the family table
 paper      every ``figures/NN_slug_paper_vs_here.csv`` (``make figures``): the paper-vs-here table
-threads    ``benchmarks/results/bench_threads.json`` (``python benchmarks/bench_threads.py``)
-floor      ``benchmarks/results/bench_trace_cpu_floor*.json`` (three runs of the floor benchmark)
+threads    ``benchmarks/results/bench_threads*.json`` (``python benchmarks/bench_threads.py``)
+floor      ``benchmarks/results/bench_trace_cpu_floor_r*.json`` (three runs of the floor benchmark)
+gpu        the published configurations in :data:`GPU_MODELS`: GPU memory of one traced generation, computed
 """
 
 from __future__ import annotations
@@ -83,11 +84,16 @@ def paper() -> str:
 
 def threads() -> str:
     """Before (torch's own threads, ``bench_threads_torch.json``) and after (daamlib's default, ``bench_threads.json``)."""
-    runs = [("torch's threads (before)", json.loads((ROOT / "benchmarks/results/bench_threads_torch.json").read_text())),
-            ("daamlib's default (now)", json.loads((ROOT / "benchmarks/results/bench_threads.json").read_text()))]
+    def load(*names):
+        found = [json.loads((ROOT / "benchmarks/results" / n).read_text()) for n in names
+                 if (ROOT / "benchmarks/results" / n).is_file()]
+        return {**found[0], "cells": [c for f in found for c in f["cells"]]}
+
+    runs = [("torch's threads (before)", load("bench_threads_torch.json", "bench_threads_torch_notebook.json")),
+            ("daamlib's default (now)", load("bench_threads.json", "bench_threads_notebook.json"))]
     cores = runs[0][1]["cores"]
     settings, loads = ("1", "2", "default"), ("idle", "busy")
-    label = {"generate": "one generation", "cli": "the CLI, whole process"}
+    label = {"generate": "one generation", "cli": "the CLI, whole process", "notebook": "notebook 00, papermill"}
     head = " | ".join(f"{load}, {t if t != 'default' else f'default ({cores})'} thread{'s' if t != '1' else ''}"
                       for load in loads for t in settings)
     n = len(runs[0][1]["cells"][0]["runs"])
@@ -105,7 +111,7 @@ def threads() -> str:
 
 
 def floor() -> str:
-    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks/results").glob("bench_trace_cpu_floor*.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks/results").glob("bench_trace_cpu_floor_r*.json"))]
     rows = [f"| 3 steps, medians over {len(runs)} runs [min–max] | default ÷ floor | default ÷ LSE floor "
             "| `fused=False` ÷ floor |", "|---|---|---|---|"]
     models = list(dict.fromkeys(f["model"] for r in runs for f in r.get("floor", [])))

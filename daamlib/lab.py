@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daamlib.lab: error: no notebooks/ folder in {root}; run it from the repository's root "
               "(as `make lab` does)", file=sys.stderr)
         return 2
+    if not (root / a.working_dir).resolve().is_relative_to(root.resolve()):
+        print(f"daamlib.lab: error: --working-dir {a.working_dir} is outside {root}; JupyterLab only serves files "
+              "inside its root: choose a folder under it (out/ is git-ignored)", file=sys.stderr)
+        return 2
     cmd = command(root, a.working_dir, a.port, a.token, a.browser)
     print(f"JupyterLab on {root}: notebooks are opened and saved as working copies in {a.working_dir}/notebooks/ "
           "(tracked files are never written); outputs go to out/NN_slug/", flush=True)

