@@ -391,17 +391,22 @@ def damaged_run_load(c):
     load_results(out)
 
 
+def trace_with_processor(c, processor):
+    """Trace a copy of the pipeline whose every attention layer has ``processor`` (the shared UNet stays as it is)."""
+    pipe = type(c.pipe)(**c.pipe.components)
+    pipe.unet = __import__("copy").deepcopy(c.pipe.unet)
+    pipe.unet.set_attn_processor(processor)
+    with trace(pipe):
+        pass
+
+
 def users_processor(c):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     class Reweighting(AttnProcessor2_0):
         pass
 
-    pipe = type(c.pipe)(**c.pipe.components)
-    pipe.unet = __import__("copy").deepcopy(c.pipe.unet)
-    pipe.unet.set_attn_processor(Reweighting())
-    with trace(pipe):
-        pass
+    trace_with_processor(c, Reweighting())
 
 
 def users_processor_named_as_diffusers(c):
@@ -410,11 +415,7 @@ def users_processor_named_as_diffusers(c):
     class AttnProcessor2_0(Diffusers):  # the user's own, under diffusers' class name
         pass
 
-    pipe = type(c.pipe)(**c.pipe.components)
-    pipe.unet = __import__("copy").deepcopy(c.pipe.unet)
-    pipe.unet.set_attn_processor(AttnProcessor2_0())
-    with trace(pipe):
-        pass
+    trace_with_processor(c, AttnProcessor2_0())
 
 
 def users_sdpa_kept(c):

@@ -19,12 +19,16 @@ module's processor, so a processor of the user's own runs as it is. While a wrap
 attention kernel itself (``torch.nn.functional.scaled_dot_product_attention``, which diffusers' processors
 and its native attention backend call) is swapped for one that also returns LSE: on a CPU
 ``aten._scaled_dot_product_flash_attention_for_cpu`` (the kernel SDPA runs there anyway: outputs are
-bit-identical), on CUDA the memory-efficient kernel with ``compute_log_sumexp``; elsewhere the original
-kernel plus LSE from a chunked pass. The only added arithmetic is ``q_img · k_txtᵀ`` and an ``exp`` for the
+bit-identical), on CUDA the memory-efficient kernel with ``compute_log_sumexp``. Where the user's attention is not
+that kernel (a patched SDPA, SDPA's kernels restricted, another diffusers backend, whose registered functions are
+wrapped while tracing), or no fused kernel returns LSE (CUDA with a mask), the user's attention computes the output
+and LSE is computed beside it for the conditional image rows only (:func:`daamlib.attention.output_and_lse`). The only added arithmetic is ``q_img · k_txtᵀ`` and an ``exp`` for the
 conditional rows and the kept text tokens: memory and time ∝ image tokens × text tokens, never image
 tokens². Which rows are conditional is found by matching the transformer's text input against
 ``encode_prompt``'s output, so it holds for any batch layout ([uncond, cond] in SD3 and PixArt, separate
-calls for Flux's ``true_cfg_scale`` and Qwen-Image).
+calls for Flux's ``true_cfg_scale`` and Qwen-Image). A call made only for guidance is not recorded: SD3's skip-layer
+guidance (``skip_layers``), and a negative branch whose text is the prompt's own (the step's timestep, latents and
+text again).
 
 Words and tokens. Each family declares its text *streams* in the order they sit in the transformer's
 text input (SD3: CLIP's 77 then T5's ``max_sequence_length``; Flux.1 and PixArt: T5; Qwen-Image: the
