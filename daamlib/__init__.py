@@ -15,7 +15,7 @@ the embedded model in ``daamlib.shapeworld``; the core imports neither. Nothing 
 from .heatmap import HeatMaps, WordHeatMap
 from .io import ExperimentError, load_experiment, save_experiment
 from .kernel import aggregate, binarize
-from .pipeline import default_model, generate, load_pipeline
+from .pipeline import default_model, edit_pipeline, generate, load_pipeline
 from .stats import iod, ioh, iou, mean_ci
 from .trace import Trace, TraceError, UnsupportedPipelineError, trace
 from . import dit  # noqa: F401, E402 (registers the transformer tracer with trace, which never imports it)
@@ -27,6 +27,6 @@ __all__ = [
     "align_words", "WordNotFoundError", "AmbiguousWordError",
     "iou", "iod", "ioh", "mean_ci",
     "save_experiment", "load_experiment", "ExperimentError",
-    "generate", "load_pipeline", "default_model",
+    "generate", "edit_pipeline", "load_pipeline", "default_model",
 ]
 __version__ = "0.1.0"

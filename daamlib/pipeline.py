@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -259,6 +260,41 @@ def weights_fingerprint(pipe) -> str:
 SMALL_MODEL = 100_000_000  # denoiser parameters below which a CPU generation runs at one thread by default
 
 
+def _image_size(image) -> tuple[int, int]:
+    """(height, width) of an image given to a pipeline: PIL, a [..., H, W] tensor, an [H, W, C] array, or a list."""
+    if isinstance(image, (list, tuple)):
+        image = image[0]
+    if hasattr(image, "size") and not callable(image.size) and not torch.is_tensor(image):
+        if isinstance(image.size, tuple):  # PIL: (width, height)
+            return image.size[1], image.size[0]
+    if torch.is_tensor(image):
+        return int(image.shape[-2]), int(image.shape[-1])
+    shape = getattr(image, "shape", None)
+    if shape is not None and len(shape) >= 2:  # numpy [H, W, C] or [H, W]
+        return int(shape[0]), int(shape[1])
+    raise TypeError(f"cannot tell the size of an image of type {type(image).__name__}; pass height= and width=")
+
+
+def edit_pipeline(pipe, inpaint: bool = False):
+    """The img2img (or, with ``inpaint``, the inpainting) pipeline of ``pipe``'s model, sharing its components
+    (diffusers' ``AutoPipelineFor….from_pipe``: SD 1.x/2.x, SDXL, Flux.1 and others), with its sampling settings
+    kept; an :class:`UnsupportedPipelineError` when diffusers has none for this model."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    from .trace import UnsupportedPipelineError
+
+    auto = AutoPipelineForInpainting if inpaint else AutoPipelineForImage2Image
+    try:
+        edited = auto.from_pipe(pipe)
+    except ValueError as e:
+        raise UnsupportedPipelineError(f"diffusers has no {'inpainting' if inpaint else 'img2img'} pipeline for "
+                                       f"{type(pipe).__name__} ({e}); edit with a model that has one") from None
+    for attr in ("daam_sampling",):  # (name_or_path is its config's, carried by from_pipe)
+        if hasattr(pipe, attr):
+            setattr(edited, attr, getattr(pipe, attr))
+    return edited
+
+
 @contextmanager
 def cpu_threads(pipe):
     """The torch threads a generation on the CPU runs with, the caller's setting restored afterwards
@@ -319,6 +355,9 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
                                                     store_dtype)):
         raise TypeError("generate() takes either settings=GenerationSettings(...) or seed, steps, guidance_scale, "
                         "height, width, negative_prompt, encoder and store_dtype, not both; put them in the settings")
+    image = pipe_kwargs.get("image")
+    if image is not None and settings.height is None and settings.width is None and "height" in _signature_of(pipe):
+        settings = replace(settings, **dict(zip(("height", "width"), _image_size(image))))  # an edit keeps its size
     if any(v is None for v in settings.sampling().values()):
         settings = settings.for_model(model_defaults(pipe))
     kwargs = settings.pipeline_kwargs()

@@ -44,6 +44,8 @@ _MISSING = object()
 SUPPORTED = (  # the UNet pipelines; each registered tracer adds its own (supported_pipelines)
     "StableDiffusionPipeline (SD 1.x, 2.x)",
     "StableDiffusionXLPipeline (SDXL)",
+    "StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline (SD 1.x, 2.x editing: the steps from strength on)",
+    "StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline (SDXL editing)",
     "other diffusers pipelines whose `unet` is a UNet2DConditionModel with cross-attention",
 )
 
@@ -134,11 +136,10 @@ class _Recorder:
         if self.current is None:  # a pipeline that never called encode_prompt
             self.begin([None], [None], sample.shape[0], guidance=False)
         g = self.current
-        if not g.timesteps and self.scheduler is not None and getattr(self.scheduler, "timesteps", None) is not None:
-            g.expected_steps = len(self.scheduler.timesteps)
-            g.order = int(getattr(self.scheduler, "order", 1) or 1)
-        g.latent_size = tuple(sample.shape[-2:])
         t = timestep.flatten()[0].item() if torch.is_tensor(timestep) else float(timestep)
+        if not g.timesteps and self.scheduler is not None:
+            g.expected_steps, g.order = planned_evaluations(self.scheduler, t)
+        g.latent_size = tuple(sample.shape[-2:])
         g.timesteps.append(t)
 
     def grid(self, n_queries: int) -> tuple[int, int]:
@@ -348,6 +349,23 @@ class Trace:
 
     def _fit_image(self, hm) -> None:
         """Adjust the maps' size to the image given, where a pipeline resizes its output (none for UNets)."""
+
+
+def planned_evaluations(scheduler, first: float | None = None) -> tuple[int | None, int]:
+    """(denoiser evaluations the scheduler will run from here, its order), read at a generation's first call, whose
+    timestep is ``first``. An img2img or inpainting pipeline starts part-way, at ``strength``: it sets the scheduler's
+    begin index (or, for a scheduler without one, starts at the first call's timestep) and runs only the timesteps
+    from there, so those are what is planned."""
+    timesteps = getattr(scheduler, "timesteps", None)
+    if timesteps is None:
+        return None, 1
+    order = int(getattr(scheduler, "order", 1) or 1)
+    begin = getattr(scheduler, "begin_index", None)
+    if begin is None and first is not None:
+        found = [i for i, t in enumerate(timesteps.tolist() if torch.is_tensor(timesteps) else list(timesteps))
+                 if abs(float(t) - first) < 1e-6]
+        begin = found[0] if found else 0
+    return max(0, len(timesteps) - int(begin or 0)), order
 
 
 def _image_size(pipe, latent_size):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..attention import _OUTER, kept_probabilities, output_and_lse, user_sdpa
 from ..attention import SDPA as _SDPA  # noqa: F401  torch's own, for benchmarks
 from ..attention import float_mask as _float_mask
-from ..trace import TraceError, check_store_dtype
+from ..trace import TraceError, check_store_dtype, planned_evaluations
 from ..words import Alignment
 from .registry import Family
 from .tokens import _text_length, align_prompts
@@ -180,9 +180,8 @@ class _DitRecorder:
             g.columns = list(range(self.n_txt))
         self.columns_t = torch.tensor(g.columns, device=hidden.device, dtype=torch.long)
         scheduler = getattr(self.pipe, "scheduler", None)
-        if not g.timesteps and getattr(scheduler, "timesteps", None) is not None:
-            g.expected_steps = len(scheduler.timesteps)
-            g.order = int(getattr(scheduler, "order", 1) or 1)
+        if not g.timesteps and scheduler is not None:  # (Flux passes timestep / 1000: the begin index decides)
+            g.expected_steps, g.order = planned_evaluations(scheduler)
         g.timesteps.append(t)
 
     @staticmethod

@@ -44,6 +44,7 @@ FAMILY_MODULES: dict[str, tuple[str, ...]] = {
     "flux2": ("Flux2KleinPipeline",),
     "zimage": ("ZImagePipeline",),
     "flux2_dev": ("Flux2Pipeline",),
+    "flux_edit": ("FluxImg2ImgPipeline", "FluxInpaintPipeline"),
 }
 CFG_LAYOUTS = ("batch", "separate call", "distilled", "list")
 

@@ -31,7 +31,7 @@ import torch
 
 from .tiny import CORPUS, _text_config, tokenizer_dir
 
-KINDS = ("sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma", "zimage")
+KINDS = ("sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma", "zimage", "flux-edit")
 QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not "
               "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")  # Qwen3's template, its chat part
@@ -197,6 +197,13 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
 
     if kind not in KINDS:
         raise ValueError(f"unknown tiny transformer kind {kind!r}; choose one of {KINDS}")
+    if kind == "flux-edit":  # FluxImg2ImgPipeline on tiny Flux's parts (FluxInpaintPipeline takes the same ones)
+        from diffusers import FluxImg2ImgPipeline
+
+        pipe = FluxImg2ImgPipeline(**tiny_dit_pipeline("flux", seed).components)
+        pipe.default_sample_size = 32
+        pipe.set_progress_bar_config(disable=True)
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     t5_tok = T5TokenizerFast.from_pretrained(t5_tokenizer_dir())
     if kind == "sd3":
         from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline

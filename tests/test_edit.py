@@ -1,0 +1,149 @@
+"""Editing pipelines traced exactly (issue 30): img2img and inpainting start part-way, at ``strength``; their maps
+sum the steps actually run and equal the naive reference's, and the traced image is the untraced one."""
+
+import pytest
+import torch
+
+from test_trace import check_against_reference
+
+PROMPTS = ["a red circle", "a giraffe and a zebra standing in a field"]  # two lengths
+
+
+def edit_pipeline(tiny, kind: str, edit: str):
+    import diffusers
+
+    base = tiny(kind)
+    name = {("sd1", "img2img"): "StableDiffusionImg2ImgPipeline", ("sd1", "inpaint"): "StableDiffusionInpaintPipeline",
+            ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
+            ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline"}[kind, edit]
+    pipe = getattr(diffusers, name)(**base.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def inputs(edit: str, height: int, width: int) -> dict:
+    g = torch.Generator().manual_seed(7)
+    kw = {"image": torch.rand(1, 3, height, width, generator=g), "strength": 0.5, "num_inference_steps": 4}
+    if edit == "inpaint":
+        mask = torch.zeros(1, 1, height, width)
+        mask[..., height // 4: height // 2, width // 4:] = 1  # the region to repaint
+        kw["mask_image"] = mask
+        kw["strength"] = 0.75
+        kw.update(height=height, width=width)  # inpainting generates at the size asked (default: the model's)
+    return kw
+
+
+CASES = [(kind, edit, guidance, size) for kind in ("sd1", "sdxl") for edit in ("img2img", "inpaint")
+         for guidance, size in ((5.0, (64, 96)), (1.0, (64, 64)))]
+
+
+@pytest.mark.parametrize("kind, edit, guidance, size", CASES,
+                         ids=[f"{k}-{e}-{'cfg' if g > 1 else 'nocfg'}-{s[0]}x{s[1]}" for k, e, g, s in CASES])
+def test_an_edit_is_traced_exactly_over_the_steps_it_runs(tiny, kind, edit, guidance, size):
+    pipe = edit_pipeline(tiny, kind, edit)
+    kw = inputs(edit, *size)
+    for index in range(2):
+        tc, hm = check_against_reference(pipe, PROMPTS, seed=[0, 1], image_index=index, guidance_scale=guidance, **kw)
+        run = int(kw["num_inference_steps"] * kw["strength"])
+        assert hm.steps_completed == hm.steps_expected == run == len(tc.generations[-1].timesteps)
+        assert hm.size == size
+
+
+FLUX = [(edit, kw, per_step) for edit in ("img2img", "inpaint")
+        for kw, per_step in ((dict(true_cfg_scale=4.0, negative_prompt="a photo", height=64, width=96), 2),
+                             (dict(guidance_scale=3.5, height=96, width=64), 1))]
+
+
+@pytest.mark.parametrize("edit, kw, per_step", FLUX,
+                         ids=[f"flux-{e}-{'cfg' if p > 1 else 'nocfg'}" for e, _, p in FLUX])
+def test_a_flux_edit_is_traced_exactly_over_the_steps_it_runs(edit, kw, per_step):
+    """FluxImg2ImgPipeline and FluxInpaintPipeline: maps equal the naive reference (every head, block and step, in
+    float64), images equal untraced ones, two prompts of different lengths, CFG (true CFG's separate call) on and off."""
+    from diffusers import FluxInpaintPipeline
+
+    from daamlib import trace
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+    from test_dit import NaiveReference, call_kwargs
+
+    pipe = tiny_dit_pipeline("flux-edit")
+    if edit == "inpaint":
+        pipe = FluxInpaintPipeline(**pipe.components)
+        pipe.set_progress_bar_config(disable=True)
+    extra = inputs(edit, kw["height"], kw["width"])
+    extra.pop("num_inference_steps"), extra.pop("height", None), extra.pop("width", None)
+    kw = call_kwargs("flux", num_inference_steps=4, **kw, **extra)
+    prompts = list(PROMPTS)
+    kw_n = {k: v for k, v in kw.items() if k != "negative_prompt"}
+    neg = {"negative_prompt": [kw["negative_prompt"]] * 2} if "negative_prompt" in kw else {}
+    plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw_n, **neg).images
+    with NaiveReference(pipe) as ref:
+        pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw_n, **neg)
+    with trace(pipe) as tc:
+        traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw_n, **neg).images
+    assert (plain - traced).abs().max().item() <= 1e-6
+    gen = tc.generations[-1]
+    run = int(4 * kw["strength"])
+    for i in range(2):
+        hm = tc.heat_maps(i)
+        assert hm.steps_completed == hm.steps_expected == run == len(gen.timesteps)
+        assert hm.size == tuple(extra["image"].shape[-2:])
+        theirs = ref.maps("flux", i, 2, gen.columns, gen.grid, hm.size, False, per_step)
+        assert (hm.token_maps().double() - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
+
+
+def test_daam_edit_writes_an_edit_and_its_maps(tmp_path, capsys):
+    """`daam edit IMAGE PROMPT` (img2img) and with `--mask` (inpainting) on the embedded model: the image, what was
+    edited, every word's map, and an experiment whose settings say which edit ran, from where, over how many steps."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from daamlib.cli import main
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    mask = np.zeros((64, 96), dtype=np.uint8)
+    mask[16:40, 24:72] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert main(["edit", str(tmp_path / "in.png"), "a blue circle above a red square", "--strength", "0.5",
+                 "--steps", "4", "--out", str(tmp_path / "i2i")]) == 0
+    meta = json.loads((tmp_path / "i2i" / "experiment" / "meta.json").read_text())
+    s = meta["settings"]
+    assert (s["edit"], s["pipeline"], s["strength"], s["steps_run"], s["steps_completed"]) == (
+        "img2img", "StableDiffusionImg2ImgPipeline", 0.5, 2, 2)
+    assert meta["size"] == [64, 96] and (tmp_path / "i2i" / "input.png").is_file()
+    assert main(["edit", str(tmp_path / "in.png"), "a blue circle", "--mask", str(tmp_path / "mask.png"),
+                 "--steps", "3", "--out", str(tmp_path / "inpaint")]) == 0
+    s = json.loads((tmp_path / "inpaint" / "experiment" / "meta.json").read_text())["settings"]
+    assert (s["edit"], s["pipeline"], s["mask"]) == ("inpaint", "StableDiffusionInpaintPipeline",
+                                                     str(tmp_path / "mask.png"))
+    assert (tmp_path / "inpaint" / "mask.png").is_file() and len(list((tmp_path / "inpaint" / "words").iterdir())) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["edit", "{tmp}/none.png", "a cat"], "cannot read the image .*none.png"),
+    (["edit", "{tmp}/in.png", "a cat", "--mask", "{tmp}/small.png"], "the mask .*small.png is 8×8 but the image"),
+    (["edit", "{tmp}/in.png", "a cat", "--strength", "1.5"], r"--strength must be in \(0, 1\], got 1.5"),
+])
+def test_daam_edit_refuses_bad_inputs_before_loading_a_model(tmp_path, capsys, args, message):
+    import re
+
+    from PIL import Image
+
+    from daamlib.cli import main
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    assert main([a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "o")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_generate_keeps_an_edits_image_size(tiny):
+    import daamlib
+
+    pipe = edit_pipeline(tiny, "sd1", "inpaint")
+    kw = inputs("inpaint", 64, 96)
+    kw.pop("height"), kw.pop("width"), kw.pop("num_inference_steps")
+    hm = daamlib.generate(pipe, "a red circle", steps=4, **kw)
+    assert hm.size == (64, 96) and hm.steps_completed == hm.steps_expected == 3
