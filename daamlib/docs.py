@@ -60,7 +60,7 @@ def _number(x: str) -> str:
 
 
 RUNS = {"01": "01: {N_PROMPTS} prompts/split", "03": "03: {N_PROMPTS} prompts",
-        "04": "04: {N_PROMPTS} prompts", "05": "05: {N_PROMPTS} held-out templates"}
+        "04": "04: {N_PROMPTS} prompts", "05": "05: {N_PROMPTS} held-out templates", "07": "07: {N_PROMPTS} edits"}
 
 
 def paper() -> str:

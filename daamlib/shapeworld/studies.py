@@ -144,6 +144,37 @@ class ShapeWorldStudies(Source):
         raise ValueError(f"ShapeWorld makes items for segmentation, pos and syntax, not {study!r} "
                          "(cohyponym pairs come from the ontology, adjective prompts from adjective_prompts)")
 
+    def edit_items(self, n: int, seed: int = 0) -> list[dict]:
+        """Recolouring edits of n two-object test scenes (from index 3000) whose objects both carry a colour word: the
+        first object's colour word is swapped for another colour (never one that makes a held-out colour–shape pair),
+        its article fixed. Each item: ``id``, ``seed``, ``image`` (the rendered scene, uint8), ``source`` (its caption),
+        ``prompt`` (the edited caption), ``word`` and ``occurrence`` (the new colour word), ``kept`` (the other
+        object's colour word, unchanged), ``region`` (the recoloured object's exact mask, what should change) and
+        ``rgb`` (the new colour as the world paints it)."""
+        from .world import COLOURS, HELD_OUT_COLOUR_SHAPE, _article
+
+        items, index = [], 3000
+        while len(items) < n:
+            scene = self.world.scene("test", index, kind="pair")
+            index += 1
+            colours = [i for i, role in sorted(scene.roles.items()) if role == "colour"]
+            if len(colours) != 2 or any(i not in scene.masks for i in colours):
+                continue
+            first, other = colours
+            shape = scene.words[first + 1] if scene.roles.get(first + 1) == "noun" else scene.objects[0].shape
+            old = scene.words[first]
+            choices = [c for c in COLOURS if c not in (old, scene.words[other]) and (c, shape) not in HELD_OUT_COLOUR_SHAPE]
+            new = choices[(index + seed) % len(choices)]
+            words = list(scene.words)
+            words[first] = new
+            if first > 0 and words[first - 1] in ("a", "an"):
+                words[first - 1] = _article(new)
+            items.append({"id": f"edit-{len(items):04d}", "seed": seed + len(items), "image": scene.image,
+                          "source": scene.caption, "prompt": " ".join(words), "word": new,
+                          "occurrence": words[:first].count(new), "kept": scene.words[other],
+                          "region": scene.masks[first], "rgb": COLOURS[new]})
+        return items
+
     def ontology(self) -> dict[str, tuple[str, ...]]:
         return ONTOLOGY
 

@@ -145,6 +145,13 @@ class Source:
         be a dict ``{template: the adjectives it swaps among}`` when not every adjective suits every template."""
         return None
 
+    def edit_items(self, n: int, seed: int = 0) -> list[dict]:
+        """Edits whose changed region is known exactly (issue 30): ``image``, ``prompt`` (the edited caption),
+        ``word`` (the changed word) and ``occurrence``, ``kept`` (an unchanged word), ``region`` (bool, what should
+        change), ``id``, ``seed``. Only a world that renders its scenes can say what an edit should change."""
+        raise ValueError("the editing study needs a world that renders its scenes and knows every object's exact "
+                         "region (the embedded model's: MODEL_ID='shapeworld'); no file source can say what an edit "
+                         "should change")
 
 
 class FileSource(Source):
