@@ -239,6 +239,7 @@ class HeatMaps:
         self.steps_expected: int | None = None  # the sampler steps the generation planned, when the trace knew them
         self.evaluations_expected: int | None = None  # the denoiser evaluations it planned (order × steps, about)
         self.order = 1  # denoiser evaluations per sampler step (2 for Heun's scheduler; each is recorded)
+        self.reference: torch.Tensor | None = None  # Kontext: the edit's attention to the reference image, [H, W]
         self._token_maps: torch.Tensor | None = None
 
     # -- description -------------------------------------------------------------------------

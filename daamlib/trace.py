@@ -323,6 +323,7 @@ class Trace:
         hm = HeatMaps(alignment, self._maps(gen, index, alignment), size=self._size(gen), image=image,
                       timesteps=list(gen.timesteps))
         self._fit_image(hm)
+        self._extras(hm, gen, index)
         hm.order = gen.order
         hm.evaluations_expected = gen.expected_steps
         hm.steps_expected = None if gen.expected_steps is None else sampler_steps(gen.expected_steps, gen.order)
@@ -349,6 +350,9 @@ class Trace:
 
     def _fit_image(self, hm) -> None:
         """Adjust the maps' size to the image given, where a pipeline resizes its output (none for UNets)."""
+
+    def _extras(self, hm, gen, index: int) -> None:
+        """Anything a generation recorded beside the word maps (Kontext's reference map; none for UNets)."""
 
 
 def planned_evaluations(scheduler, first: float | None = None) -> tuple[int | None, int]:

@@ -147,3 +147,54 @@ def test_generate_keeps_an_edits_image_size(tiny):
     kw.pop("height"), kw.pop("width"), kw.pop("num_inference_steps")
     hm = daamlib.generate(pipe, "a red circle", steps=4, **kw)
     assert hm.size == (64, 96) and hm.steps_completed == hm.steps_expected == 3
+
+
+KONTEXT = [(dict(guidance_scale=3.5, height=64, width=96), (64, 96), 1),  # reference as large as the output
+           (dict(true_cfg_scale=4.0, negative_prompt="a photo", height=96, width=64), (64, 64), 2)]  # smaller, CFG
+
+
+@pytest.mark.parametrize("kw, reference, per_step", KONTEXT, ids=["kontext-nocfg-64x96", "kontext-cfg-96x64-ref64"])
+def test_a_kontext_edit_is_traced_exactly_with_where_it_looked(kw, reference, per_step):
+    """FluxKontextPipeline: the reference image's tokens follow the generated ones (``[text, generated, reference]``).
+    Word maps over the generated tokens equal the naive reference's (normalised over every key); ``hm.reference`` is
+    the generated tokens' mean attention to each reference token, summed over heads, blocks and steps, on the
+    reference's own grid; the image equals the untraced one."""
+    import torch.nn.functional as F
+
+    from daamlib import trace
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+    from test_dit import NaiveReference, call_kwargs
+
+    pipe = tiny_dit_pipeline("flux-kontext")
+    image = torch.rand(1, 3, *reference, generator=torch.Generator().manual_seed(7))
+    kw = call_kwargs("flux", num_inference_steps=2, image=image, _auto_resize=False,
+                     max_area=kw["height"] * kw["width"], **kw)
+    if "negative_prompt" in kw:
+        kw["negative_prompt"] = [kw["negative_prompt"]] * 2
+    plain = pipe(prompt=PROMPTS, generator=torch.Generator().manual_seed(0), **kw).images
+    with NaiveReference(pipe) as ref:
+        pipe(prompt=PROMPTS, generator=torch.Generator().manual_seed(0), **kw)
+    with trace(pipe) as tc:
+        traced = pipe(prompt=PROMPTS, generator=torch.Generator().manual_seed(0), **kw).images
+    assert (plain - traced).abs().max().item() == 0
+    gen = tc.generations[-1]
+    size = (kw["height"], kw["width"])
+    f = pipe.vae_scale_factor * 2  # pixels per token side (VAE × 2×2 packing)
+    assert gen.grid == (size[0] // f, size[1] // f) and gen.reference_grid == (reference[0] // f, reference[1] // f)
+    n_img, n_txt = gen.grid[0] * gen.grid[1], ref.context
+    for i in range(2):
+        hm = tc.heat_maps(i)
+        assert hm.size == size and hm.steps_completed == 2 and hm.reference.shape == reference
+        words, looked = 0, 0
+        for step_calls in ref.calls[::per_step]:  # with true CFG: the conditional call of each step
+            for p in step_calls:
+                rows = p[i, :, n_txt:n_txt + n_img]  # the generated tokens' queries: [heads, N, every key]
+                for head in rows[..., gen.columns]:
+                    m = head.T.reshape(len(gen.columns), *gen.grid).float()[None]
+                    words = words + F.interpolate(m, size=size, mode="bicubic", align_corners=False)[0].double()
+                looked = looked + rows[..., n_txt + n_img:].sum(0).mean(0)
+        words = words.clamp(min=0)
+        assert (hm.token_maps().double() - words).abs().max().item() <= 1e-5 * words.max().item()
+        looked = F.interpolate(looked.reshape(1, 1, *gen.reference_grid).float(), size=reference, mode="bicubic",
+                               align_corners=False)[0, 0].double().clamp(min=0)
+        assert (hm.reference.double() - looked).abs().max().item() <= 1e-5 * looked.max().item()

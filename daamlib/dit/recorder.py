@@ -105,6 +105,8 @@ class DitGeneration:
     expected_steps: int | None = None  # denoiser evaluations the scheduler planned (its timesteps)
     order: int = 1  # evaluations per sampler step (the scheduler's order: 2 for Heun)
     guidance_calls: int = 0  # calls with the prompt's text made for guidance only, not recorded
+    reference_grid: tuple[int, int] | None = None  # Kontext: the reference image's token grid
+    reference_maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # layer -> per step [images, h, w]
 
 
 class _DitRecorder:
@@ -118,7 +120,7 @@ class _DitRecorder:
         self.generations: list[DitGeneration] = []
         self.current: DitGeneration | None = None
         self.rows: list[tuple[int, int]] | None = None  # (batch row, image) of the conditional rows in this call
-        self.n_img = self.n_txt = 0
+        self.n_img = self.n_txt = self.n_ref = 0
         self.columns_t: torch.Tensor | None = None
         self._latents: list[torch.Tensor] | None = None  # the last recorded call's conditional latents
 
@@ -173,6 +175,11 @@ class _DitRecorder:
         self.n_txt = _text_length(ctx)
         grid = self._grid(hidden, kwargs)
         self.n_img = grid[0] * grid[1]
+        self.n_ref = 0
+        if self.family.reference and not isinstance(hidden, list) and hidden.ndim == 3:
+            self.n_ref = hidden.shape[1] - self.n_img  # [generated, reference] image tokens
+            if self.n_ref:
+                g.reference_grid = self._grid(hidden, kwargs, reference=True)
         if isinstance(hidden, list):
             hidden = hidden[0]
         g.grid = grid
@@ -205,7 +212,8 @@ class _DitRecorder:
                 rows.append((b, j))
         return rows
 
-    def _grid(self, hidden, kwargs) -> tuple[int, int]:
+    def _grid(self, hidden, kwargs, reference: bool = False) -> tuple[int, int]:
+        """The generated image's token grid (``reference``: the reference image's, Kontext)."""
         cfg = self.pipe.transformer.config
         if isinstance(hidden, list):  # Z-Image: [C, frames, H, W] latents per image, patchified inside
             p = int(kwargs.get("patch_size", 2))
@@ -218,8 +226,10 @@ class _DitRecorder:
             first = shapes[0][0] if isinstance(shapes[0], list) else shapes[0]
             return int(first[-2]), int(first[-1])
         ids = kwargs.get("img_ids")
-        if ids is not None:  # Flux: (0, row, column) per token
+        if ids is not None:  # Flux: (0, row, column) per token; Kontext's reference tokens: (1, row, column)
             ids = ids.reshape(-1, ids.shape[-1])[: hidden.shape[1]]
+            if self.family.reference:
+                ids = ids[ids[:, 0] == (1 if reference else 0)]
             return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
         raise TraceError(f"cannot find the image grid of {type(self.pipe.transformer).__name__}'s input")
 
@@ -230,7 +240,7 @@ class _DitRecorder:
         tap.calls += 1
         rows = self.rows
         Lq, Lk = q.shape[-2], k.shape[-2]
-        n_img, n_txt = self.n_img, self.n_txt
+        n_img, n_txt, n_ref = self.n_img, self.n_txt, self.n_ref
         if out is None:
             def passthrough():
                 return user_sdpa()(q, k, v, attn_mask=mask, scale=scale)
@@ -244,8 +254,8 @@ class _DitRecorder:
             img, txt0, kind = slice(0, n_img), n_img + (-n_img) % u, "single"
         elif u:
             return passthrough()
-        elif Lk == n_img + n_txt and Lq == Lk:  # joint attention: one softmax over text and image
-            img = slice(n_txt, Lk) if self.family.text_first else slice(0, n_img)
+        elif Lk == n_img + n_ref + n_txt and Lq == Lk:  # joint attention: one softmax over text and image
+            img = slice(n_txt, n_txt + n_img) if self.family.text_first else slice(0, n_img)
             txt0 = 0 if self.family.text_first else n_img
             kind = "single" if tap.single else "joint"
         elif tap.cross and Lk == n_txt and Lq == n_img:
@@ -266,6 +276,8 @@ class _DitRecorder:
             m = m.index_select(-1, cols).transpose(-1, -2)  # key-major, as kept_probabilities wants it
         # [Bc, H, K, N]: the conditional image rows are read in place, only the kept keys are gathered
         p = kept_probabilities(q[:, :, img], k.index_select(2, cols), lse, s, batch_rows, m)
+        if n_ref and kind in ("joint", "single") and mask is None:
+            self._keep_reference(tap.name, q[:, :, img], k[:, :, n_txt + n_img:], lse, s, batch_rows, rows)
         if self.store is not None or self.replay is not None:
             p = self._store_or_replay(tap.name, p.transpose(-1, -2), out, v, b, img, cols).transpose(-1, -2)
         if not self.keep_heads:
@@ -281,6 +293,22 @@ class _DitRecorder:
         self.current.maps.setdefault(tap.name, []).append(p)
         return out
 
+
+    def _keep_reference(self, name: str, q, k_ref, lse, scale, batch_rows, rows) -> None:
+        """Kontext: the generated tokens' mean attention to each reference token (over the generated queries, summed
+        over heads), on the reference's grid; computed in blocks of reference keys, never image × image at once."""
+        H, N, R = q.shape[1], q.shape[2], k_ref.shape[2]
+        chunk = max(1, min(R, 2**22 // max(1, H * N)))
+        total = torch.empty(len(batch_rows), R, dtype=torch.float32, device=q.device)
+        for a in range(0, R, chunk):
+            part = kept_probabilities(q, k_ref[:, :, a:a + chunk], lse, scale, batch_rows)  # [Bc, H, chunk, N]
+            total[:, a:a + chunk] = part.sum(dim=(1, 3)) / N
+        h, w = self.current.reference_grid
+        order = torch.tensor([j for _, j in rows], device=total.device)
+        m = total.reshape(len(batch_rows), h, w)[torch.argsort(order)]
+        if self.store_device is not None:
+            m = m.to(self.store_device, non_blocking=True)
+        self.current.reference_maps.setdefault(name, []).append(m)
 
     def _store_or_replay(self, name: str, p, out, v, b, img, cols):
         """Keep ``p`` (``[conditional rows, heads, image tokens, kept text tokens]``) in the store, or put the

@@ -45,6 +45,7 @@ FAMILY_MODULES: dict[str, tuple[str, ...]] = {
     "zimage": ("ZImagePipeline",),
     "flux2_dev": ("Flux2Pipeline",),
     "flux_edit": ("FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+    "flux_kontext": ("FluxKontextPipeline",),
 }
 CFG_LAYOUTS = ("batch", "separate call", "distilled", "list")
 
@@ -64,6 +65,8 @@ class Family:
     # recorder needs no branch on it (it finds the conditional rows by matching encode_prompt's output)
     unified: int = 0  # Z-Image: per image one [image, text] sequence, each part padded to a multiple of this
     blocks: str | None = None  # only attention modules under this prefix see image and text together
+    reference: bool = False  # the image sequence is [generated, reference image] (Flux Kontext): word maps over the
+    # generated tokens, normalised over every key; the reference's share of their attention is kept as its own map
     # for people (README's family table is generated from these: python -m daamlib.docs)
     attention: str = ""  # how text meets image
     text: str = ""  # the text streams and how the prompt is tokenized for them (encoder=)

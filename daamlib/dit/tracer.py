@@ -53,6 +53,19 @@ class DitTrace(Trace):
         f = pixels_per_token(self.pipe)
         return gen.grid[0] * f, gen.grid[1] * f
 
+    def _extras(self, hm, gen, index: int) -> None:
+        """Kontext: ``hm.reference``, the generated tokens' mean attention to each reference-image token, summed over
+        blocks and steps (Eq. 6's sum) and upsampled once (bicubic, clamped at 0) to the reference image's pixels."""
+        if not gen.reference_maps:
+            return
+        import torch.nn.functional as F
+
+        total = sum(torch.stack([m[index] for m in steps]).float().sum(0) for steps in gen.reference_maps.values())
+        f = pixels_per_token(self.pipe)
+        h, w = gen.reference_grid
+        up = F.interpolate(total[None, None].cpu(), size=(h * f, w * f), mode="bicubic", align_corners=False)[0, 0]
+        hm.reference = up.clamp(min=0)
+
     def _fit_image(self, hm) -> None:
         if hm.image is not None and hm.image.shape[:2] != hm.size:  # e.g. PixArt's resolution binning resized it
             hm.size = tuple(hm.image.shape[:2])

@@ -31,7 +31,7 @@ import torch
 
 from .tiny import CORPUS, _text_config, tokenizer_dir
 
-KINDS = ("sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma", "zimage", "flux-edit")
+KINDS = ("sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma", "zimage", "flux-edit", "flux-kontext")
 QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not "
               "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")  # Qwen3's template, its chat part
@@ -197,10 +197,11 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
 
     if kind not in KINDS:
         raise ValueError(f"unknown tiny transformer kind {kind!r}; choose one of {KINDS}")
-    if kind == "flux-edit":  # FluxImg2ImgPipeline on tiny Flux's parts (FluxInpaintPipeline takes the same ones)
-        from diffusers import FluxImg2ImgPipeline
+    if kind in ("flux-edit", "flux-kontext"):  # FluxImg2ImgPipeline / FluxKontextPipeline on tiny Flux's parts
+        import diffusers
 
-        pipe = FluxImg2ImgPipeline(**tiny_dit_pipeline("flux", seed).components)
+        name = "FluxImg2ImgPipeline" if kind == "flux-edit" else "FluxKontextPipeline"
+        pipe = getattr(diffusers, name)(**tiny_dit_pipeline("flux", seed).components)
         pipe.default_sample_size = 32
         pipe.set_progress_bar_config(disable=True)
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
