@@ -198,3 +198,70 @@ def test_a_kontext_edit_is_traced_exactly_with_where_it_looked(kw, reference, pe
         looked = F.interpolate(looked.reshape(1, 1, *gen.reference_grid).float(), size=reference, mode="bicubic",
                                align_corners=False)[0, 0].double().clamp(min=0)
         assert (hm.reference.double() - looked).abs().max().item() <= 1e-5 * looked.max().item()
+
+
+QWEN_EDIT = [("make the circle red", dict(true_cfg_scale=4.0, negative_prompt="a photo", height=64, width=96), 2),
+             ("a giraffe and a zebra standing in a field", dict(true_cfg_scale=1.0, height=96, width=64), 1)]
+
+
+@pytest.mark.parametrize("prompt, kw, per_step", QWEN_EDIT, ids=["qwen-edit-cfg-64x96", "qwen-edit-nocfg-96x64"])
+def test_a_qwen_image_edit_is_traced_exactly_with_where_it_looked(prompt, kw, per_step):
+    """QwenImageEditPipeline: the text input holds the reference image's vision tokens before the instruction; the
+    word axis is the instruction's own tokens (checked against the ids the processor made), word maps and
+    ``hm.reference`` equal the naive reference's, and the image equals the untraced one."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from daamlib import trace
+    from daamlib.testing.tiny_dit import reference_area, tiny_dit_pipeline
+    from test_dit import NaiveReference
+
+    pipe = tiny_dit_pipeline("qwen-edit")
+    image = Image.fromarray(np.random.default_rng(7).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    kw = dict(image=image, prompt=prompt, num_inference_steps=2, output_type="pt", **kw)
+    seen = []
+    processor = pipe.processor.__class__.__call__
+
+    def keep_ids(self, *args, **kwargs):
+        out = processor(self, *args, **kwargs)
+        seen.append(out["input_ids"][0])
+        return out
+
+    pipe.processor.__class__.__call__ = keep_ids
+    try:
+        with reference_area(64 * 64):
+            plain = pipe(generator=torch.Generator().manual_seed(0), **kw).images
+            with NaiveReference(pipe) as ref:
+                pipe(generator=torch.Generator().manual_seed(0), **kw)
+            with trace(pipe) as tc:
+                traced = pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    finally:
+        pipe.processor.__class__.__call__ = processor
+    assert (plain - traced).abs().max().item() == 0
+    gen, hm = tc.generations[-1], tc.heat_maps(0)
+    f = pipe.vae_scale_factor * 2
+    size = (kw["height"], kw["width"])
+    assert hm.size == size and gen.grid == (size[0] // f, size[1] // f) and hm.steps_completed == 2
+    ids = seen[-2 if "negative_prompt" in kw else -1][pipe.prompt_template_encode_start_idx:]  # the prompt's, then
+    # the negative prompt's
+    assert (ids[: gen.columns[0]] == pipe.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum() >= 1
+    words = pipe.tokenizer.decode(ids[gen.columns])
+    assert words == prompt and [w.text for w in hm.alignment.words] == prompt.split()
+    n_img, n_ref = gen.grid[0] * gen.grid[1], gen.reference_grid[0] * gen.reference_grid[1]
+    expected, looked = 0, 0
+    for step_calls in ref.calls[::per_step]:  # with true CFG: the conditional call of each step
+        for p in step_calls:
+            n_txt = p.shape[-1] - n_img - n_ref
+            rows = p[0, :, n_txt:n_txt + n_img]  # the generated tokens' queries: [heads, N, every key]
+            for head in rows[..., gen.columns]:
+                m = head.T.reshape(len(gen.columns), *gen.grid).float()[None]
+                expected = expected + F.interpolate(m, size=size, mode="bicubic", align_corners=False)[0].double()
+            looked = looked + rows[..., n_txt + n_img:].sum(0).mean(0)
+    expected = expected.clamp(min=0)
+    assert (hm.token_maps().double() - expected).abs().max().item() <= 1e-5 * expected.max().item()
+    up = [g * f for g in gen.reference_grid]
+    looked = F.interpolate(looked.reshape(1, 1, *gen.reference_grid).float(), size=up, mode="bicubic",
+                           align_corners=False)[0, 0].double().clamp(min=0)
+    assert hm.reference.shape == tuple(up)
+    assert (hm.reference.double() - looked).abs().max().item() <= 1e-5 * looked.max().item()

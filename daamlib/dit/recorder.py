@@ -222,8 +222,8 @@ class _DitRecorder:
             p = cfg.patch_size
             return hidden.shape[-2] // p, hidden.shape[-1] // p
         shapes = kwargs.get("img_shapes")
-        if shapes:  # Qwen-Image: [(frames, h, w)] per image
-            first = shapes[0][0] if isinstance(shapes[0], list) else shapes[0]
+        if shapes:  # Qwen-Image: [(frames, h, w)] per image; Qwen-Image-Edit: [generated, reference] per image
+            first = shapes[0][int(reference)] if isinstance(shapes[0], list) else shapes[0]
             return int(first[-2]), int(first[-1])
         ids = kwargs.get("img_ids")
         if ids is not None:  # Flux: (0, row, column) per token; Kontext's reference tokens: (1, row, column)
@@ -268,16 +268,21 @@ class _DitRecorder:
         b = torch.tensor(batch_rows, device=q.device)
         s = scale if scale is not None else q.shape[-1] ** -0.5
         cols = self.columns_t + txt0
-        m = None
-        if mask is not None:  # index only the mask's own axes (it broadcasts): never expand it to [B, H, L, L]
+
+        def key_mask(keys):  # the mask's rows of the conditional image queries, at ``keys``; key-major
+            if mask is None:  # index only the mask's own axes (it broadcasts): never expand it to [B, H, L, L]
+                return None
             m = _float_mask(mask, torch.float32)
             m = m.index_select(0, b) if m.ndim == 4 and m.shape[0] > 1 else m
             m = m[..., img, :] if m.ndim >= 2 and m.shape[-2] > 1 else m
-            m = m.index_select(-1, cols).transpose(-1, -2)  # key-major, as kept_probabilities wants it
+            return m.index_select(-1, keys).transpose(-1, -2)  # as kept_probabilities wants it
+
         # [Bc, H, K, N]: the conditional image rows are read in place, only the kept keys are gathered
-        p = kept_probabilities(q[:, :, img], k.index_select(2, cols), lse, s, batch_rows, m)
-        if n_ref and kind in ("joint", "single") and mask is None:
-            self._keep_reference(tap.name, q[:, :, img], k[:, :, n_txt + n_img:], lse, s, batch_rows, rows)
+        p = kept_probabilities(q[:, :, img], k.index_select(2, cols), lse, s, batch_rows, key_mask(cols))
+        if n_ref and kind in ("joint", "single"):  # [text, generated, reference]: the reference keys follow
+            keys = torch.arange(n_txt + n_img, Lk, device=q.device)
+            self._keep_reference(tap.name, q[:, :, img], k[:, :, n_txt + n_img:], lse, s, batch_rows, rows,
+                                 key_mask(keys))
         if self.store is not None or self.replay is not None:
             p = self._store_or_replay(tap.name, p.transpose(-1, -2), out, v, b, img, cols).transpose(-1, -2)
         if not self.keep_heads:
@@ -294,14 +299,16 @@ class _DitRecorder:
         return out
 
 
-    def _keep_reference(self, name: str, q, k_ref, lse, scale, batch_rows, rows) -> None:
-        """Kontext: the generated tokens' mean attention to each reference token (over the generated queries, summed
-        over heads), on the reference's grid; computed in blocks of reference keys, never image × image at once."""
+    def _keep_reference(self, name: str, q, k_ref, lse, scale, batch_rows, rows, m=None) -> None:
+        """Kontext, Qwen-Image-Edit: the generated tokens' mean attention to each reference token (over the generated
+        queries, summed over heads), on the reference's grid; computed in blocks of reference keys, never image ×
+        image at once. ``m``: the mask at the reference keys, key-major (None: unmasked)."""
         H, N, R = q.shape[1], q.shape[2], k_ref.shape[2]
         chunk = max(1, min(R, 2**22 // max(1, H * N)))
         total = torch.empty(len(batch_rows), R, dtype=torch.float32, device=q.device)
         for a in range(0, R, chunk):
-            part = kept_probabilities(q, k_ref[:, :, a:a + chunk], lse, scale, batch_rows)  # [Bc, H, chunk, N]
+            part = kept_probabilities(q, k_ref[:, :, a:a + chunk], lse, scale, batch_rows,
+                                      None if m is None else m[..., a:a + chunk, :])  # [Bc, H, chunk, N]
             total[:, a:a + chunk] = part.sum(dim=(1, 3)) / N
         h, w = self.current.reference_grid
         order = torch.tensor([j for _, j in rows], device=total.device)

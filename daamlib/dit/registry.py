@@ -46,6 +46,7 @@ FAMILY_MODULES: dict[str, tuple[str, ...]] = {
     "flux2_dev": ("Flux2Pipeline",),
     "flux_edit": ("FluxImg2ImgPipeline", "FluxInpaintPipeline"),
     "flux_kontext": ("FluxKontextPipeline",),
+    "qwen_edit": ("QwenImageEditPipeline",),
 }
 CFG_LAYOUTS = ("batch", "separate call", "distilled", "list")
 

@@ -8,7 +8,7 @@ They are registered as the models ``tiny-sd1``, ``tiny-sd2``, ``tiny-sdxl``, ``t
 
 KINDS = {"tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 DIT_KINDS = {"tiny-sd3": "sd3", "tiny-flux": "flux", "tiny-pixart": "pixart", "tiny-sana": "sana", "tiny-qwen": "qwen", "tiny-flux2": "flux2", "tiny-flux2-dev": "flux2-dev", "tiny-chroma": "chroma", "tiny-zimage": "zimage", "tiny-flux-edit": "flux-edit",
-             "tiny-flux-kontext": "flux-kontext"}
+             "tiny-flux-kontext": "flux-kontext", "tiny-qwen-edit": "qwen-edit"}
 
 
 def register_models() -> None:

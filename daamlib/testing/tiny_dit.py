@@ -31,7 +31,8 @@ import torch
 
 from .tiny import CORPUS, _text_config, tokenizer_dir
 
-KINDS = ("sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma", "zimage", "flux-edit", "flux-kontext")
+KINDS = ("sd3", "flux", "pixart", "sana", "qwen", "flux2", "flux2-dev", "chroma", "zimage", "flux-edit", "flux-kontext",
+         "qwen-edit")
 QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not "
               "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")  # Qwen3's template, its chat part
@@ -187,6 +188,73 @@ def _flow_vae(latent_channels: int, seed: int = 0):
                          use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
 
 
+VISION_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]
+
+
+def vision_processor(tokenizer):
+    """Qwen2.5-VL's processor (``Qwen2VLProcessor``) with a tiny image processor (4-px patches merged 2 × 2, at most
+    32² px) and no video processor: transformers' check wants a torchvision one for that slot, absent here."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
+
+    class ImageOnlyQwenProcessor(Qwen2VLProcessor):
+        def check_argument_for_proper_class(self, name, argument):
+            return None if argument is None else super().check_argument_for_proper_class(name, argument)
+
+    images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=8 * 8,
+                                      max_pixels=32 * 32)
+    return ImageOnlyQwenProcessor(image_processor=images, tokenizer=tokenizer)
+
+
+def _qwen_edit(base, seed: int):
+    """``QwenImageEditPipeline`` on tiny Qwen-Image's transformer and VAE, with a Qwen2.5-VL that sees the image:
+    the tokenizer gains the vision tokens, the vision tower takes 4-px patches. The real pipeline sizes the
+    reference image to about 1024² px whatever the model; :func:`reference_area` shrinks that for tests."""
+    from diffusers import QwenImageEditPipeline
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
+
+    tok = Qwen2TokenizerFast.from_pretrained(lm_tokenizer_dir())
+    tok.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    start, pad, end = tok.convert_tokens_to_ids(VISION_TOKENS)
+    torch.manual_seed(seed)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, rope_theta=1e6, vocab_size=len(tok), bos_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id,
+                         rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}),
+        vision_config=dict(depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16,
+                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2, window_size=16,
+                           fullatt_block_indexes=[1]),
+        hidden_size=16, vocab_size=len(tok), vision_start_token_id=start, image_token_id=pad,
+        vision_end_token_id=end)).eval()
+    c = base.components
+    pipe = QwenImageEditPipeline(scheduler=c["scheduler"], vae=c["vae"], text_encoder=text_encoder, tokenizer=tok,
+                                 processor=vision_processor(tok), transformer=c["transformer"])
+    prefix = pipe.prompt_template_encode.split(VISION_TOKENS[0])[0]  # the system message, dropped by the pipeline
+    pipe.prompt_template_encode_start_idx = len(tok(prefix).input_ids)
+    pipe.default_sample_size = 16
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class reference_area:
+    """``with reference_area(64 * 64):`` QwenImageEditPipeline sizes the reference image (and, by default, the output)
+    to this many pixels instead of its 1024² (``calculate_dimensions(1024 * 1024, ratio)``), so tiny tests stay
+    tiny. Restored on exit."""
+
+    def __init__(self, area: int):
+        self.area = area
+
+    def __enter__(self):
+        from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as module
+
+        self.module, self.original = module, module.calculate_dimensions
+        module.calculate_dimensions = lambda target, ratio: self.original(self.area, ratio)
+        return self
+
+    def __exit__(self, *exc):
+        self.module.calculate_dimensions = self.original
+
+
 def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
     """A tiny ``StableDiffusion3Pipeline`` (``"sd3"``), ``FluxPipeline`` (``"flux"``), ``PixArtSigmaPipeline``
     (``"pixart"``), ``QwenImagePipeline`` (``"qwen"``), ``Flux2KleinPipeline`` (``"flux2"``) or ``ChromaPipeline``
@@ -204,6 +272,9 @@ def tiny_dit_pipeline(kind: str = "flux", seed: int = 0, dtype=torch.float32):
         pipe = getattr(diffusers, name)(**tiny_dit_pipeline("flux", seed).components)
         pipe.default_sample_size = 32
         pipe.set_progress_bar_config(disable=True)
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    if kind == "qwen-edit":
+        pipe = _qwen_edit(tiny_dit_pipeline("qwen", seed), seed)
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     t5_tok = T5TokenizerFast.from_pretrained(t5_tokenizer_dir())
     if kind == "sd3":
