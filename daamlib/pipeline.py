@@ -16,6 +16,7 @@ from dataclasses import replace
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import models
@@ -275,13 +276,45 @@ def _image_size(image) -> tuple[int, int]:
     raise TypeError(f"cannot tell the size of an image of type {type(image).__name__}; pass height= and width=")
 
 
+def _rgb(image) -> np.ndarray:
+    """An image given to a pipeline as RGB uint8 ``[H, W, 3]``: PIL, a ``[(1,) 3, H, W]`` tensor (in [0, 1], or
+    [-1, 1] when it has negatives, as diffusers reads it) or an array."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if torch.is_tensor(image):
+        x = image.detach().float().cpu()
+        x = x[0] if x.ndim == 4 else x
+        x = (x + 1) / 2 if x.min() < 0 else x
+        return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    a = np.asarray(image)
+    a = a[0] if a.ndim == 4 else a
+    return a.astype(np.uint8) if a.dtype == np.uint8 or a.max() > 1 else (a * 255).round().astype(np.uint8)
+
+
+def _note_edit(pipe, hm, image, mask) -> None:
+    """Keep an edit's input on its maps (``hm.edit_input``) and inpainting's mask as the pipeline used it: resized
+    to the output and binarised by its own mask processor (``hm.edit_mask``, True where it repainted)."""
+    hm.edit_input = _rgb(image[0] if isinstance(image, (list, tuple)) else image)
+    if mask is not None and hasattr(pipe, "mask_processor"):
+        m = pipe.mask_processor.preprocess(mask[0] if isinstance(mask, (list, tuple)) else mask,
+                                           height=hm.size[0], width=hm.size[1])
+        hm.edit_mask = (m[0, 0] > 0.5).cpu().numpy()
+
+
 def edit_pipeline(pipe, inpaint: bool = False):
     """The img2img (or, with ``inpaint``, the inpainting) pipeline of ``pipe``'s model, sharing its components
     (diffusers' ``AutoPipelineFor….from_pipe``: SD 1.x/2.x, SDXL, Flux.1 and others), with its sampling settings
-    kept; an :class:`UnsupportedPipelineError` when diffusers has none for this model."""
+    kept; ``pipe`` itself where it edits already (an img2img pipeline without a mask, Flux Kontext,
+    Qwen-Image-Edit); an :class:`UnsupportedPipelineError` when diffusers has none for this model."""
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
     from .trace import UnsupportedPipelineError
+
+    accepts = _signature_of(pipe)
+    if "image" in accepts and (not inpaint or "mask_image" in accepts):
+        return pipe
 
     auto = AutoPipelineForInpainting if inpaint else AutoPipelineForImage2Image
     try:
@@ -365,6 +398,8 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
     for k in ("use_resolution_binning", "clean_caption"):  # PixArt: generate what was asked, align the prompt as given
         if k in accepts and k not in pipe_kwargs:
             kwargs[k] = False
+    if "max_area" in accepts and "max_area" not in pipe_kwargs:  # Kontext scales any size asked to 1024² px
+        kwargs["max_area"] = settings.height * settings.width
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     encoder = {} if settings.encoder is None else {"encoder": settings.encoder}
     with cpu_threads(pipe), trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay,
@@ -373,4 +408,7 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
         out = pipe(prompt=list(prompt) if isinstance(prompt, list) else prompt, generator=generator,
                    num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)
     maps = [tc.heat_maps(i, image=img) for i, img in enumerate(out.images)]
+    if image is not None:  # an edit: what was edited (and where), kept with the maps and saved with them
+        for hm in maps:
+            _note_edit(pipe, hm, image, pipe_kwargs.get("mask_image"))
     return maps[0] if isinstance(prompt, str) and num_images_per_prompt == 1 else maps

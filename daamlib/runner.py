@@ -181,8 +181,114 @@ def _check_out_dir(out: Path) -> None:
                               "out_dir, or give yourself write permission there") from None
 
 
-def _resolve_table(model: ModelDefaults, table: list[Item]) -> tuple[list[Item], dict[str, set[str]],
-                                                                  dict[str, GenerationSettings]]:
+def _edit_file(base: Path, value: str) -> Path:
+    f = Path(value).expanduser()
+    return f if f.is_absolute() else base / f
+
+
+def _check_edits(table: list[Item], base: Path) -> tuple[list[Item], dict[str, tuple[int, int]]]:
+    """The rows that edit an image, their files checked before any model loads: readable images, a mask of its
+    image's size. Each such row's settings gain the SHA-256 of its files (``image_sha256``, ``mask_sha256``), so a
+    finished edit whose input was replaced since differs from the table. Returns the rows and each edit's
+    (height, width). Paths are relative to ``base`` (the table's folder)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .io import _sha256
+
+    out, sizes, errors = [], {}, []
+    for n, it in enumerate(table):
+        if it.settings.get("image") is None:
+            out.append(it)
+            continue
+        extra, found = {}, {}
+        try:
+            for key in ("image", "mask"):
+                if it.settings.get(key) is None:
+                    continue
+                f = _edit_file(base, it.settings[key])
+                try:
+                    with Image.open(f) as im:
+                        found[key] = im.size
+                        im.verify()
+                except (OSError, UnidentifiedImageError, SyntaxError) as e:
+                    raise ValueError(f"cannot read the {key} {f} ({e}); give a PNG or JPEG file (paths are "
+                                     f"relative to {base})") from None
+                extra[f"{key}_sha256"] = _sha256(f)
+            if "mask" in found and found["mask"] != found["image"]:
+                raise ValueError(f"the mask is {found['mask'][0]}×{found['mask'][1]} but the image is "
+                                 f"{found['image'][0]}×{found['image'][1]}; give a mask of the image's size")
+        except ValueError as e:
+            errors.append(f"row {n} (id {it.id!r}): {e}")
+            continue
+        sizes[it.id] = found["image"][1], found["image"][0]
+        out.append(replace(it, settings={**it.settings, **extra}))
+    if errors:
+        shown = "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
+        raise ItemError(f"{len(errors)} edit(s) of the item table cannot be read; fix them and run again:\n  {shown}")
+    return out, sizes
+
+
+class _Editors:
+    """The pipelines a run's edits use: the loaded one where it edits already (Kontext, Qwen-Image-Edit, an img2img
+    pipeline for rows without a mask), else its model's img2img or inpainting pipeline (:func:`edit_pipeline`),
+    made once each, sharing the loaded weights."""
+
+    def __init__(self, pipe):
+        self.pipe, self.made = pipe, {}
+
+    def for_item(self, item: Item):
+        from .pipeline import edit_pipeline
+
+        s = item.settings
+        if s.get("image") is None:
+            return self.pipe
+        inpaint = s.get("mask") is not None
+        if inpaint not in self.made:
+            self.made[inpaint] = edit_pipeline(self.pipe, inpaint=inpaint)
+            if self.made[inpaint] is not self.pipe:
+                self.made[inpaint].set_progress_bar_config(disable=True)
+        return self.made[inpaint]
+
+    def check(self, table: list[Item]) -> None:
+        """Every edit's pipeline made and able to take the row's settings, before anything is generated."""
+        from .pipeline import _signature_of
+
+        errors = []
+        for n, it in enumerate(table):
+            if it.settings.get("image") is None:
+                continue
+            try:
+                pipe = self.for_item(it)
+            except TypeError as e:  # UnsupportedPipelineError
+                errors.append(f"row {n} (id {it.id!r}): {e}")
+                continue
+            if it.settings.get("strength") is not None and "strength" not in _signature_of(pipe):
+                errors.append(f"row {n} (id {it.id!r}): {type(pipe).__name__} takes no strength (an instruction "
+                              "edit starts from noise); leave the strength column empty for it")
+        if errors:
+            shown = "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
+            raise ItemError(f"{len(errors)} edit(s) of the item table cannot be made with this model:\n  {shown}")
+
+    @staticmethod
+    def inputs(item: Item, base: Path) -> dict:
+        """The pipeline keywords of an item's edit: the image (and mask) read now, the strength."""
+        from PIL import Image
+
+        s = item.settings
+        if s.get("image") is None:
+            return {}
+        with Image.open(_edit_file(base, s["image"])) as im:
+            kw = {"image": im.convert("RGB")}
+        if s.get("mask") is not None:
+            with Image.open(_edit_file(base, s["mask"])) as im:
+                kw["mask_image"] = im.convert("L")
+        if s.get("strength") is not None:
+            kw["strength"] = s["strength"]
+        return kw
+
+
+def _resolve_table(model: ModelDefaults, table: list[Item], sizes: Mapping[str, tuple[int, int]] = {}
+                   ) -> tuple[list[Item], dict[str, set[str]], dict[str, GenerationSettings]]:
     """Every row's settings as the generation will use them (:meth:`GenerationSettings.for_model`: the row's,
     else the model's own, else the pipeline's), per id the settings that were defaulted, and per id the
     :class:`GenerationSettings` to generate with; an :class:`ItemError` lists every row the model cannot take,
@@ -191,9 +297,12 @@ def _resolve_table(model: ModelDefaults, table: list[Item]) -> tuple[list[Item],
     out, defaulted, settings, errors = [], {}, {}, []
     for n, it in enumerate(table):
         s = it.settings
+        height, width = s.get("height"), s.get("width")
+        if it.id in sizes and height is None and width is None:  # an edit keeps its image's size unless asked
+            height, width = sizes[it.id]
         try:  # the row's values were checked when the table was read; here only what the model imposes can fail
             used = GenerationSettings(seed=it.seed, steps=s.get("steps"), guidance=s.get("guidance"),
-                                      height=s.get("height"), width=s.get("width"),
+                                      height=height, width=width,
                                       negative_prompt=s.get("negative_prompt")).for_model(model)
         except ValueError as e:
             errors.append(f"row {n} (id {it.id!r}): {e}")
@@ -329,6 +438,8 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
         raise ValueError(f"on_damaged must be one of {ON_DAMAGED}, got {on_damaged!r}")
     out = Path(out_dir)
     table = read_items(items, defaults)  # the whole table, so every process refuses the same bad input
+    base = Path(items).parent if isinstance(items, (str, os.PathLike)) else Path.cwd()  # edits' paths start here
+    table, sizes = _check_edits(table, base)
     index, count = shard if shard is not None else _shard()
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} is not in 0..{count - 1}")
@@ -343,9 +454,11 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
         pipe = pipe_or_model_id
         model_name = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
     check_supported(pipe)
+    editors = _Editors(pipe)
+    editors.check(table)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     # the table, the model's own settings (sampling.json) and the pipeline's defaults, as recorded and used
-    table, defaulted, settings = _resolve_table(model_defaults(pipe), table)
+    table, defaulted, settings = _resolve_table(model_defaults(pipe), table, sizes)
     run_settings = {"model": model_name, "weights": weights_fingerprint(pipe),
                     "scheduler": type(getattr(pipe, "scheduler", None)).__name__,
                     "dtype": str(getattr(denoiser, "dtype", None)).removeprefix("torch.")}
@@ -403,7 +516,8 @@ def run_experiments(pipe_or_model_id, items, out_dir: str | os.PathLike, *, defa
             _log(out, item.id, "start", **who)
             t0 = time.perf_counter()
             try:
-                hm = generate(pipe, item.prompt, settings=settings[item.id])
+                hm = generate(editors.for_item(item), item.prompt, settings=settings[item.id],
+                              **editors.inputs(item, base))
                 save_experiment(folder, hm, seed=item.seed, settings=want["settings"],
                                 overwrite=status in ("regenerated", "repaired"))
             except BaseException as e:

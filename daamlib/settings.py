@@ -73,7 +73,8 @@ def check_seed(v) -> int:
 
 
 def check_setting(name: str, v):
-    """One setting (``steps``, ``guidance``, ``height``, ``width``, ``negative_prompt``) checked and normalised,
+    """One setting (``steps``, ``guidance``, ``height``, ``width``, ``negative_prompt``; an edit's ``image``,
+    ``mask`` (paths) and ``strength``) checked and normalised,
     or a ValueError naming the value and the valid range; what the model itself needs is checked once it is
     loaded (:meth:`GenerationSettings.for_model`)."""
     if name == "steps":
@@ -87,6 +88,11 @@ def check_setting(name: str, v):
         return side
     if name == "guidance":
         return _as_float(v, "guidance")
+    if name == "strength":  # an edit's: how far from its image it starts
+        f = _as_float(v, "strength")
+        if not 0 < f <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {f}")
+        return f
     if not isinstance(v, str):
         raise ValueError(f"{name} must be a string, got {type(v).__name__} {v!r}")
     return v

@@ -688,6 +688,9 @@ def test_a_diffusers_attention_backend_computes_the_output_and_the_maps_are_reco
     with trace(pipe) as tc:
         pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw)
     default = tc.heat_maps(0).token_maps()
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend  # set_attention_backend sets it too; reset does not restore it
     pipe.transformer.set_attention_backend(backend)
     try:
         with warnings.catch_warnings():
@@ -697,8 +700,8 @@ def test_a_diffusers_attention_backend_computes_the_output_and_the_maps_are_reco
                 traced = pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
     finally:
         pipe.transformer.reset_attention_backend()
+        _AttentionBackendRegistry._active_backend = active
     assert torch.equal(plain, traced)
     torch.testing.assert_close(tc.heat_maps(0).token_maps(), default, rtol=1e-4, atol=1e-5 * default.abs().max().item())
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
     assert not any(hasattr(fn, "_daam_wraps") for fn in _AttentionBackendRegistry._backends.values())

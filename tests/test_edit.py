@@ -99,6 +99,7 @@ def test_daam_edit_writes_an_edit_and_its_maps(tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
+    from daamlib import load_experiment
     from daamlib.cli import main
 
     rng = np.random.default_rng(0)
@@ -119,6 +120,8 @@ def test_daam_edit_writes_an_edit_and_its_maps(tmp_path, capsys):
     assert (s["edit"], s["pipeline"], s["mask"]) == ("inpaint", "StableDiffusionInpaintPipeline",
                                                      str(tmp_path / "mask.png"))
     assert (tmp_path / "inpaint" / "mask.png").is_file() and len(list((tmp_path / "inpaint" / "words").iterdir())) == 3
+    hm, _ = load_experiment(tmp_path / "inpaint" / "experiment")  # the mask as the pipeline used it, with the maps
+    assert hm.edit_mask.shape == hm.size == (64, 96) and hm.edit_mask[20, 30] and not hm.edit_mask[0, 0]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -265,3 +268,100 @@ def test_a_qwen_image_edit_is_traced_exactly_with_where_it_looked(prompt, kw, pe
                            align_corners=False)[0, 0].double().clamp(min=0)
     assert hm.reference.shape == tuple(up)
     assert (hm.reference.double() - looked).abs().max().item() <= 1e-5 * looked.max().item()
+
+
+def _edit_files(folder):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(folder / "scene.png")
+    mask = np.zeros((64, 96), dtype=np.uint8)
+    mask[16:40, 24:72] = 255
+    Image.fromarray(mask).save(folder / "region.png")
+    Image.new("L", (8, 8)).save(folder / "small.png")
+
+
+def test_the_runner_edits_images_and_keeps_what_it_edited(tiny, tmp_path):
+    """Rows with ``image`` (and ``mask``, ``strength``) are edits: paths relative to the table, the image's size
+    kept, the input, inpainting's mask (as the pipeline used it) and the files' checksums recorded with the
+    result; resumed, they are skipped; an input replaced since is a changed setting."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from daamlib import load_experiment
+    from daamlib.runner import SettingsChangedError, run_experiments
+
+    _edit_files(tmp_path)
+    rows = [{"id": "plain", "prompt": "a red circle", "seed": 0, "steps": 2},
+            {"id": "i2i", "prompt": "a blue circle", "seed": 1, "steps": 4, "image": "scene.png", "strength": 0.5},
+            {"id": "paint", "prompt": "a blue circle", "seed": 2, "steps": 4, "image": "scene.png",
+             "mask": "region.png"}]
+    table = tmp_path / "items.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "prompt", "seed", "steps", "image", "mask", "strength"])
+        w.writeheader()
+        w.writerows(rows)
+    pipe = tiny("sd1")
+    out = tmp_path / "run"
+    records = run_experiments(pipe, table, out, model_name="tiny-sd1", progress=False)
+    assert [r["status"] for r in records] == ["generated"] * 3
+    plain, _ = load_experiment(out / "items" / "plain")
+    assert plain.edit_input is None and plain.edit_mask is None and plain.size == (64, 64)
+    i2i, meta = load_experiment(out / "items" / "i2i")
+    s = meta["settings"]
+    assert (s["image"], s["strength"], len(s["image_sha256"]), i2i.size) == ("scene.png", 0.5, 64, (64, 96))
+    assert i2i.steps_completed == 2 and i2i.edit_mask is None
+    assert (i2i.edit_input == np.asarray(Image.open(tmp_path / "scene.png"))).all()
+    paint, meta = load_experiment(out / "items" / "paint")
+    assert paint.steps_completed == 4 and paint.edit_mask.shape == (64, 96)
+    assert paint.edit_mask[20, 30] and not paint.edit_mask[5, 5] and paint.edit_mask.mean() == 24 * 48 / (64 * 96)
+    assert [r["status"] for r in run_experiments(pipe, table, out, model_name="tiny-sd1", progress=False)] == \
+        ["skipped"] * 3
+    Image.fromarray(np.zeros((64, 96, 3), dtype=np.uint8)).save(tmp_path / "scene.png")  # replaced since
+    with pytest.raises(SettingsChangedError, match="i2i: image_sha256"):
+        run_experiments(pipe, table, out, model_name="tiny-sd1", progress=False)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"image": "none.png"}, r"cannot read the image .*none.png"),
+    ({"image": "scene.png", "mask": "small.png"}, "the mask is 8×8 but the image is 96×64"),
+    ({"mask": "region.png"}, "mask and strength belong to an edit"),
+    ({"image": "scene.png", "strength": 1.5}, r"strength must be in \(0, 1\], got 1.5"),
+])
+def test_the_runner_refuses_bad_edits_before_generating(tiny, tmp_path, row, message):
+    from daamlib.runner import ItemError, run_experiments
+
+    _edit_files(tmp_path)
+    import json
+
+    table = tmp_path / "items.jsonl"
+    table.write_text(json.dumps({"id": "ok", "prompt": "a cat", "seed": 0}) + "\n" +
+                     json.dumps({"id": "bad", "prompt": "a cat", "seed": 0, **row}) + "\n")
+    with pytest.raises(ItemError, match=message):
+        run_experiments(tiny("sd1"), table, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "items" / "ok").exists()
+
+
+def test_a_kontext_run_keeps_where_the_edit_looked(tmp_path, monkeypatch):
+    """An instruction-editing pipeline run by the runner: the output at the size asked (not Kontext's 1024²), the
+    reference map saved and loaded with the experiment; a strength for it is refused up front."""
+    from diffusers.pipelines.flux import pipeline_flux_kontext
+
+    from daamlib import load_experiment
+    from daamlib.runner import ItemError, run_experiments
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    _edit_files(tmp_path)
+    # Kontext resizes the reference to the nearest of its trained sizes (about 1024² px): tiny ones here
+    monkeypatch.setattr(pipeline_flux_kontext, "PREFERRED_KONTEXT_RESOLUTIONS", [(64, 64), (96, 64), (64, 96)])
+    pipe = tiny_dit_pipeline("flux-kontext")
+    rows = [{"id": "k", "prompt": "make the circle red", "seed": 0, "steps": 2, "image": str(tmp_path / "scene.png")}]
+    run_experiments(pipe, rows, tmp_path / "run", progress=False)
+    hm, meta = load_experiment(tmp_path / "run" / "items" / "k")
+    assert hm.size == hm.reference.shape == (64, 96) and hm.edit_input.shape == (64, 96, 3)
+    assert hm.reference.min() >= 0 and "reference.safetensors" in meta["files"]
+    with pytest.raises(ItemError, match="takes no strength"):
+        run_experiments(pipe, [{**rows[0], "id": "k2", "strength": 0.5}], tmp_path / "run", progress=False)

@@ -1,0 +1,194 @@
+"""Maps of an existing image (issue 29, part 1): ``attribute`` noises the image's VAE latents at each timestep and
+runs the denoiser once per timestep. Checked against an independent computation: the denoiser's input is the
+documented ``x_t`` and timestep, and on a UNet the maps equal the naive reference of direct UNet calls."""
+
+import numpy as np
+import pytest
+import torch
+
+from daamlib.attribute import AttributionError, attribute
+
+IMAGE = np.random.default_rng(3).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+TIMESTEPS = (300, 700)
+
+
+def pipeline(tiny, kind):
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    return tiny(kind) if kind in ("sd1", "sd2", "sdxl") else tiny_dit_pipeline(kind)
+
+
+def x0_by_hand(pipe, kind):
+    """The image's clean latents, computed here: the VAE posterior's mean, shifted and scaled, packed for Flux."""
+    x = torch.from_numpy(IMAGE).permute(2, 0, 1)[None].float() / 127.5 - 1
+    z = pipe.vae.encode(x).latent_dist.mode()
+    z = (z - (getattr(pipe.vae.config, "shift_factor", None) or 0.0)) * pipe.vae.config.scaling_factor
+    if kind in ("flux", "chroma"):  # 2 × 2 patches of the latent → one token: [B, h/2 · w/2, 4C]
+        b, c, h, w = z.shape
+        z = z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+    return z
+
+
+KINDS = ["sd1", "sdxl", "pixart", "sd3", "flux", "chroma"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_denoiser_sees_the_noised_image_at_each_timestep(tiny, kind):
+    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (UNets, PixArt; the model's alphas_cumprod) or (1−σ) x_0 + σ ε with σ = t/1000
+    (SD3, Flux, Chroma), ε drawn in order from one generator seeded with ``seed``; one call per timestep, with
+    the conditional branch only (guidance off, except Flux's distilled guidance, an input)."""
+    pipe = pipeline(tiny, kind)
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    seen = []
+
+    def keep(module, args, kwargs):
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        seen.append((x.detach().clone(), torch.as_tensor(t).flatten()[0].item()))
+
+    handle = denoiser.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        kw = {"max_sequence_length": 24} if kind in ("flux", "chroma", "pixart") else {}
+        hm = attribute(pipe, IMAGE, "a red circle", timesteps=TIMESTEPS, seed=5, **kw)
+    finally:
+        handle.remove()
+    assert len(seen) == len(TIMESTEPS) and hm.timesteps == list(TIMESTEPS) and len(hm.steps) == 2
+    x0 = x0_by_hand(pipe, kind)
+    g = torch.Generator().manual_seed(5)
+    flow = kind in ("sd3", "flux", "chroma")
+    alphas = pipe.scheduler.alphas_cumprod if not flow else None
+    for (x, t_seen), t in zip(seen, TIMESTEPS):
+        eps = torch.randn(x0.shape, generator=g)
+        if flow:
+            want, t_want = (1 - t / 1000) * x0 + t / 1000 * eps, t / 1000 if kind in ("flux", "chroma") else t
+        else:
+            a = alphas[t].double()
+            want, t_want = (a.sqrt() * x0.double() + (1 - a).sqrt() * eps.double()).float(), t
+        assert x.shape[0] == 1  # one branch: nothing but the conditional row
+        torch.testing.assert_close(x, want, rtol=1e-5, atol=1e-5)
+        assert abs(t_seen - t_want) < 1e-4
+    assert hm.size == (64, 96) and (hm.image == IMAGE).all()
+    assert torch.isfinite(hm.token_maps()).all() and hm.token_maps().min() >= 0
+
+
+def test_unet_maps_equal_the_naive_reference_of_direct_unet_calls(tiny):
+    """On tiny SD-1, independent of the pipeline's loop: the UNet called directly on x_t with the prompt's
+    embeddings, every cross-attention probability kept by diffusers' classic processor, summed over timesteps."""
+    from test_trace import NaiveRecorder, heads_of
+
+    pipe = tiny("sd1")
+    hm = attribute(pipe, IMAGE, "a red circle", timesteps=TIMESTEPS, seed=2)
+    x0 = x0_by_hand(pipe, "sd1")
+    g = torch.Generator().manual_seed(2)
+    embeds, _ = pipe.encode_prompt("a red circle", "cpu", 1, False)
+    with NaiveRecorder(pipe) as rec, torch.no_grad():
+        for t in TIMESTEPS:
+            eps = torch.randn(x0.shape, generator=g)
+            a = pipe.scheduler.alphas_cumprod[t].double()
+            xt = (a.sqrt() * x0.double() + (1 - a).sqrt() * eps.double()).float()
+            pipe.unet(xt, t, encoder_hidden_states=embeds)
+    want = rec.token_maps(0, 1, False, len(hm.tokens), tuple(x0.shape[-2:]), hm.size, heads_of(pipe))
+    got = hm.token_maps()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_transformer_maps_equal_the_naive_reference(tiny, kind):
+    """SD3 and Flux.1: the pipeline's own call on the hand-made x_t under the naive reference (every head, block
+    and call in float64) equals attribute's maps."""
+    from daamlib import trace
+    from daamlib.attribute import at_timestep
+    from test_dit import NaiveReference
+
+    pipe = pipeline(tiny, kind)
+    kw = {"max_sequence_length": 24} if kind == "flux" else {}
+    hm = attribute(pipe, IMAGE, "a red circle", timesteps=TIMESTEPS, seed=1, **kw)
+    call = dict(prompt="a red circle", height=64, width=96, output_type="latent", num_inference_steps=1, **kw)
+    if kind == "sd3":
+        call["guidance_scale"] = 1.0
+    x0 = x0_by_hand(pipe, kind)
+    g = torch.Generator().manual_seed(1)
+    with NaiveReference(pipe) as ref:
+        for t in TIMESTEPS:
+            eps = torch.randn(x0.shape, generator=g)
+            with at_timestep(pipe.scheduler, t, "flow"):
+                pipe(latents=(1 - t / 1000) * x0 + t / 1000 * eps, **call)
+    with trace(pipe) as tc, at_timestep(pipe.scheduler, 500, "flow"):  # the kept text columns and the grid
+        pipe(latents=x0, **call)
+    gen = tc.generations[-1]
+    want = ref.maps(kind, 0, 1, gen.columns, gen.grid, hm.size, False)
+    got = hm.token_maps().double()
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("image, timesteps, message", [
+    (np.zeros((60, 96, 3), dtype=np.uint8), (500,), r"the image is 96×60 but StableDiffusionPipeline needs sides "
+                                                    r"divisible by 8; resize or crop it, e\.g\. to 96×64"),
+    (np.zeros((64, 64), dtype=np.uint8), (500,), r"pass an RGB image"),
+    ("/nonexistent/scene.png", (500,), "cannot read the image /nonexistent/scene.png"),
+    (IMAGE, (0,), r"timesteps must be numbers in \(0, 1000\)"),
+    (IMAGE, (), "timesteps is empty"),
+])
+def test_bad_input_is_refused_before_anything_runs(tiny, image, timesteps, message):
+    pipe = tiny("sd1")
+    calls = []
+    handle = pipe.vae.register_forward_pre_hook(lambda *a: calls.append(1))
+    encode = pipe.vae.encode
+    pipe.vae.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    try:
+        with pytest.raises(AttributionError, match=message):
+            attribute(pipe, image, "a red circle", timesteps=timesteps)
+    finally:
+        handle.remove()
+        del pipe.vae.encode
+    assert not calls
+
+
+def test_an_unsupported_pipeline_names_the_supported_ones(tiny):
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    with pytest.raises(AttributionError, match="does not support SanaPipeline yet; it supports UNet pipelines"):
+        attribute(tiny_dit_pipeline("sana"), IMAGE, "a red circle")
+
+
+def test_daam_attribute_writes_a_rendered_scene_and_its_maps(tmp_path):
+    """`daam attribute` on the embedded model and a ShapeWorld render (a picture no model drew): the image, every
+    word's map, an experiment that loads, with the timesteps and noise recorded."""
+    import json
+
+    from PIL import Image
+
+    from daamlib import load_experiment
+    from daamlib.cli import main
+    from daamlib.shapeworld.world import ShapeWorld
+
+    scene = ShapeWorld().scene("test", 0, kind="pair")  # a test-split render: never trained on
+    image = scene.image
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    assert main(["attribute", str(tmp_path / "scene.png"), "--prompt", scene.caption, "--timesteps", "400,600",
+                 "--out", str(tmp_path / "a")]) == 0
+    meta = json.loads((tmp_path / "a" / "experiment" / "meta.json").read_text())
+    assert meta["settings"]["attribute"] and meta["settings"]["timesteps"] == [400.0, 600.0]
+    hm, _ = load_experiment(tmp_path / "a" / "experiment")
+    assert hm.size == image.shape[:2] and (hm.image == image).all() and len(hm.steps) == 2
+    assert len(list((tmp_path / "a" / "words").iterdir())) == len(hm) == len(scene.words)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}/none.png", "--prompt", "a cat"], "cannot read the image .*none.png"),
+    (["{tmp}/odd.png", "--prompt", "a cat"], r"the image is 60×60 but .* needs sides divisible by 8"),
+    (["{tmp}/ok.png", "--prompt", "a cat", "--timesteps", "500,x"], "--timesteps must be comma-separated numbers"),
+    (["{tmp}/ok.png", "--prompt", "a cat", "--timesteps", "1500"], r"timesteps must be numbers in \(0, 1000\)"),
+])
+def test_daam_attribute_refuses_bad_input_with_the_fix(tmp_path, capsys, args, message):
+    import re
+
+    from PIL import Image
+
+    from daamlib.cli import main
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "ok.png")
+    Image.new("RGB", (60, 60)).save(tmp_path / "odd.png")
+    assert main(["attribute"] + [a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "o")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "o" / "experiment").exists()
