@@ -151,12 +151,15 @@ def at_timestep(scheduler, t: float, kind: str):
         del scheduler.set_timesteps  # the instance's override: the class's method again
 
 
-def attribute(pipe, image, prompt: str, timesteps=DEFAULT_TIMESTEPS, seed: int = 0, keep_heads: bool = False,
-              encoder: str | None = None, **pipe_kwargs) -> HeatMaps:
+def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, timesteps=DEFAULT_TIMESTEPS,
+              seed: int = 0, keep_heads: bool = False, encoder: str | None = None, **pipe_kwargs) -> HeatMaps:
     """The :class:`HeatMaps` of ``prompt``'s words over an existing ``image`` (a path, PIL image or array): one
     denoiser evaluation per timestep (of 1000), summed. ``hm.image`` is the image, ``hm.timesteps`` the timesteps;
     the image is checked (readable, RGB, sides divisible as the model needs) and the prompt too before anything
-    runs. Other keywords go to the pipeline (e.g. ``max_sequence_length``)."""
+    runs. ``concepts`` (UNets): words that need not be in the prompt, mapped by OVAM's method
+    (``hm.concepts["grass"]``; :mod:`daamlib.concepts`). Other keywords go to the pipeline (e.g.
+    ``max_sequence_length``)."""
+    from .concepts import check_concepts
     from .dit.registry import family_of
     from .pipeline import cpu_threads
     from .settings import check_prompt, check_seed
@@ -169,6 +172,10 @@ def attribute(pipe, image, prompt: str, timesteps=DEFAULT_TIMESTEPS, seed: int =
     ts = _checked_timesteps(timesteps)
     seed = check_seed(seed)
     rgb, x = _checked_image(pipe, image)
+    concepts = check_concepts(concepts)
+    if concepts and getattr(pipe, "unet", None) is None:
+        raise AttributionError(f"concepts= maps concepts on UNets only for now; {type(pipe).__name__} is a diffusion "
+                               "transformer (ConceptAttention's method for them is planned: issue 29)")
     h, w = rgb.shape[:2]
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
     distilled = getattr(pipe, "unet", None) is None and family_of(pipe).cfg == "distilled"
@@ -179,10 +186,10 @@ def attribute(pipe, image, prompt: str, timesteps=DEFAULT_TIMESTEPS, seed: int =
         if k in _call_parameters(pipe):
             kw.setdefault(k, False)
     generator = torch.Generator("cpu").manual_seed(seed)
-    maps, alignment = {}, None
+    maps, alignment, concept_maps = {}, None, {}
     with cpu_threads(pipe), torch.no_grad(), attribution_scheduler(pipe, kind) as scheduler:
         x0 = clean_latents(pipe, x)
-        options = {} if encoder is None else {"encoder": encoder}
+        options = {**({} if encoder is None else {"encoder": encoder}), **({"concepts": concepts} if concepts else {})}
         with trace(pipe, keep_heads=keep_heads, **options) as tc:
             for t in ts:
                 noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
@@ -193,8 +200,15 @@ def attribute(pipe, image, prompt: str, timesteps=DEFAULT_TIMESTEPS, seed: int =
                 alignment = one.alignment
                 for name, m in one.maps.items():
                     maps.setdefault(name, []).append(m)
+                for name, m in (one.concepts.maps.items() if one.concepts is not None else ()):
+                    concept_maps.setdefault(name, []).append(m)
     hm = HeatMaps(alignment, {k: torch.cat(v) for k, v in maps.items()}, size=(h, w), image=rgb, timesteps=ts)
     hm.steps_expected = hm.evaluations_expected = len(ts)
+    if concept_maps:
+        from .concepts import concept_alignment
+
+        hm.concepts = HeatMaps(concept_alignment(concepts), {k: torch.cat(v) for k, v in concept_maps.items()},
+                               size=(h, w), image=rgb, timesteps=ts)
     return hm
 
 

@@ -105,22 +105,25 @@ def _read_edit_inputs(args):
     return image, mask
 
 
-def _write_figures(out: Path, hm, threshold: float) -> None:
+def _write_figures(out: Path, hm, threshold: float, prefix: str = "") -> None:
     """``image.png``, ``grid.png`` (every word's map), ``grid_masks.png`` (Eq. 7 at ``threshold``) and
-    ``words/NN_word.png`` (one overlay per word)."""
+    ``words/NN_word.png`` (one overlay per word); with ``prefix="concepts"``: ``concepts_grid.png``,
+    ``concepts_grid_masks.png`` and ``concepts/NN_concept.png``."""
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    (out / "words").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(hm.image).save(out / "image.png")
+    folder = out / (prefix or "words")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not prefix:
+        Image.fromarray(hm.image).save(out / "image.png")
     for name, t in (("grid.png", None), ("grid_masks.png", threshold)):
         fig = hm.plot(threshold=t).figure_
-        fig.savefig(out / name, dpi=150)
+        fig.savefig(out / (f"{prefix}_{name}" if prefix else name), dpi=150)
         plt.close(fig)
     for i, wm in enumerate(hm):
         fig, ax = plt.subplots(figsize=(3, 3))
         wm.plot(ax=ax)
-        fig.savefig(out / "words" / f"{i:02d}_{_slug(wm.word.text)}.png", dpi=150, bbox_inches="tight")
+        fig.savefig(folder / f"{i:02d}_{_slug(wm.word.text)}.png", dpi=150, bbox_inches="tight")
         plt.close(fig)
 
 
@@ -133,6 +136,8 @@ def attribute_parser() -> argparse.ArgumentParser:
                                 "Nothing is generated.")
     p.add_argument("image", help="the image (PNG, JPEG, ...); its sides must be divisible as the model needs (8 for SD)")
     p.add_argument("--prompt", required=True, help="a caption of the image: its words get maps")
+    p.add_argument("--concepts", default=None, help="comma-separated words or phrases that need not be in the prompt, "
+                   "each mapped too (UNets; OVAM's method: daamlib.concepts), e.g. circle,grass,sky")
     p.add_argument("--timesteps", default=",".join(map(str, DEFAULT_TIMESTEPS)),
                    help="comma-separated timesteps of 1000 (flow-matching models: σ = t / 1000) "
                    f"(default {','.join(map(str, DEFAULT_TIMESTEPS))})")
@@ -158,6 +163,7 @@ def attribute_main(argv: list[str]) -> int:
     import torch
 
     from .attribute import AttributionError, _checked_image, _checked_timesteps, _kind, attribute
+    from .concepts import check_concepts
     from .io import ExperimentError, save_experiment
     from .kernel import check_threshold
     from .pipeline import check_device, default_model, load_pipeline
@@ -174,6 +180,7 @@ def attribute_main(argv: list[str]) -> int:
             raise AttributionError(f"--timesteps must be comma-separated numbers, e.g. 250,500,750; got "
                                    f"{args.timesteps!r}") from None
         timesteps = _checked_timesteps(numbers)
+        concepts = check_concepts(None if args.concepts is None else args.concepts.split(","))
         from PIL import Image, UnidentifiedImageError
 
         try:
@@ -192,12 +199,18 @@ def attribute_main(argv: list[str]) -> int:
         pipe = load_pipeline(model, device=args.device, dtype=dtype)
         kind = _kind(pipe)
         _checked_image(pipe, args.image)  # the model's size multiple, before anything runs
+        if concepts and getattr(pipe, "unet", None) is None:
+            raise AttributionError(f"--concepts maps concepts on UNets only for now; {type(pipe).__name__} is a "
+                                   "diffusion transformer")
     except (OSError, ValueError, TypeError) as e:
         print(f"daam attribute: error: {e}", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=True)
-    hm = attribute(pipe, args.image, args.prompt, timesteps=timesteps, seed=args.seed, encoder=args.encoder)
+    hm = attribute(pipe, args.image, args.prompt, concepts=concepts or None, timesteps=timesteps, seed=args.seed,
+                   encoder=args.encoder)
     _write_figures(out, hm, args.threshold)
+    if hm.concepts is not None:
+        _write_figures(out, hm.concepts, args.threshold, prefix="concepts")
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     settings = {"model": model, "attribute": True, "image": str(args.image), "timesteps": timesteps,
                 "noise": "DDPM forward process" if kind == "ddpm" else "flow matching (σ = t / 1000)",
@@ -208,7 +221,8 @@ def attribute_main(argv: list[str]) -> int:
     except ExperimentError as e:
         print(f"daam attribute: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out}/image.png, grid.png, grid_masks.png, words/ ({len(hm)} maps) and experiment/")
+    more = f", concepts/ ({len(hm.concepts)} maps)" if hm.concepts is not None else ""
+    print(f"wrote {out}/image.png, grid.png, grid_masks.png, words/ ({len(hm)} maps){more} and experiment/")
     return 0
 
 

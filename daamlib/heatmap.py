@@ -242,6 +242,7 @@ class HeatMaps:
         self.reference: torch.Tensor | None = None  # Kontext, Qwen-Image-Edit: where the edit looked, [H, W] of the input
         self.edit_input: np.ndarray | None = None  # an edit's input image, RGB uint8 as given (img2img, inpainting, ...)
         self.edit_mask: np.ndarray | None = None  # inpainting's mask as the pipeline used it, bool [H, W] (True: repainted)
+        self.concepts: HeatMaps | None = None  # trace(concepts=[...]): one "word" per concept (daamlib.concepts)
         self._token_maps: torch.Tensor | None = None
 
     # -- description -------------------------------------------------------------------------
@@ -336,6 +337,7 @@ class HeatMaps:
         out = HeatMaps(self.alignment, {k: v.to(device) for k, v in self.maps.items()}, self.size, None,
                        self.timesteps or None, self.steps)
         out.steps_expected, out.evaluations_expected = self.steps_expected, self.evaluations_expected
+        out.concepts = None if self.concepts is None else self.concepts.to(device)
         return self._carry(out, reference=None if self.reference is None else self.reference.to(device))
 
     def _carry(self, out: HeatMaps, reference=None) -> HeatMaps:
@@ -444,7 +446,10 @@ class HeatMaps:
             maps[n] = m
         timesteps = [self.timesteps[i] for i in idx] if self.timesteps else None
         out = HeatMaps(self.alignment, maps, self.size, None, timesteps, [self.steps[i] for i in idx])
-        return self._carry(out)
+        self._carry(out)
+        if self.concepts is not None and heads is None:  # the same steps and layers of the concepts' maps
+            out.concepts = self.concepts.select(steps=idx, layers=[n for n in names if n in self.concepts.maps])
+        return out
 
     # -- plotting ---------------------------------------------------------------------------
     def plot(self, words: Iterable[str] | None = None, threshold: float | None = None, mode: str = "minmax",

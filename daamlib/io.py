@@ -7,6 +7,7 @@ A folder holds::
     input.png           an edit's input image (img2img, inpainting, Kontext, Qwen-Image-Edit)
     mask.png            inpainting's mask as the pipeline used it (white: repainted), at the image's size
     reference.safetensors  Kontext, Qwen-Image-Edit: where the edit looked (``hm.reference``), on the input's pixels
+    concepts.safetensors   concept maps (``trace(concepts=...)``), per layer [steps, concepts, h, w]; meta lists them
     meta.json           prompt, seed, settings, tokens, words, sizes, steps, and a SHA-256 of each file
 
 It is written to a temporary sibling and renamed into place, so a crash never leaves a
@@ -33,7 +34,8 @@ from .words import Alignment, Word
 FORMAT = "daam-experiment/1"
 MAPS, META, IMAGE = "maps.safetensors", "meta.json", "image.png"
 INPUT, MASK, REFERENCE = "input.png", "mask.png", "reference.safetensors"  # an edit's, beside what it became
-PNGS, TENSORS = (IMAGE, INPUT, MASK), (MAPS, REFERENCE)
+CONCEPTS = "concepts.safetensors"  # concept maps (daamlib.concepts)
+PNGS, TENSORS = (IMAGE, INPUT, MASK), (MAPS, REFERENCE, CONCEPTS)
 META_SUM = "meta.sha256"  # the SHA-256 of meta.json: an edited meta.json (swapped tokens, another size) is caught
 MAX_SIDE = 16384  # the largest image side an experiment may describe (pixels)
 MAX_CELL = 64  # the most pixels one map cell may span per side (Flux.2: a VAE factor of 16 × packing 2 = 32)
@@ -107,6 +109,11 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
             if array is not None:
                 Image.fromarray(array if array.dtype == np.uint8 else array.astype(np.uint8) * 255).save(tmp / name)
                 files[name] = _sha256(tmp / name)
+        concepts = getattr(heat_maps, "concepts", None)
+        if concepts is not None:
+            save_file({k: v.float().contiguous().cpu() for k, v in concepts.maps.items()}, tmp / CONCEPTS)
+            os.chmod(tmp / CONCEPTS, _FILE_MODE)
+            files[CONCEPTS] = _sha256(tmp / CONCEPTS)
         if getattr(heat_maps, "reference", None) is not None:
             save_file({"reference": heat_maps.reference.float().contiguous().cpu()}, tmp / REFERENCE)
             os.chmod(tmp / REFERENCE, _FILE_MODE)
@@ -130,6 +137,7 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
             "order": getattr(heat_maps, "order", 1),  # denoiser evaluations per sampler step (2: Heun)
             "layers": {k: list(v.shape) for k, v in heat_maps.maps.items()},
             "files": files,
+            **({"concepts": list(concepts.words)} if concepts is not None else {}),
         }
         (tmp / META).write_text(json.dumps(meta, indent=1))
         (tmp / META_SUM).write_text(_sha256(tmp / META) + "\n")
@@ -293,7 +301,13 @@ def check_meta(meta: dict) -> str | None:
         return "field 'prompt' or 'tokens' has the wrong type"
     if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and 1 <= v <= MAX_SIDE for v in size)):
         return f"field 'size' must be [height, width] with sides from 1 to {MAX_SIDE}, got {str(size)[:60]}"
+    concepts = meta.get("concepts")
+    if concepts is not None and (not isinstance(concepts, list) or not concepts
+                                 or not all(isinstance(c, str) and c.strip() for c in concepts)):
+        return f"field 'concepts' must be a list of concept strings, got {str(concepts)[:60]}"
     files = meta["files"]
+    if (concepts is not None) != (isinstance(files, dict) and CONCEPTS in files):
+        return f"field 'concepts' and the file {CONCEPTS} must come together"
     if not isinstance(files, dict) or not set(files) <= set(PNGS + TENSORS) or MAPS not in files or \
             not all(isinstance(v, str) and len(v) == 64 for v in files.values()):
         return (f"field 'files' must map {MAPS} (and {', '.join(PNGS + TENSORS[1:])}) to SHA-256 digests, got "
@@ -365,9 +379,9 @@ _STREAMS = ("clip", "t5", "lm")  # the stream prefixes of a transformer's tokens
 _UNKNOWN = ("<unk>", "[UNK]", "<|unk|>")
 
 
-def _load_edit(path: Path, meta: dict, hm: HeatMaps) -> None:
-    """An edit's files (already checked against their checksums): its input, inpainting's mask (at the maps' size)
-    and the reference map."""
+def _load_extras(path: Path, meta: dict, hm: HeatMaps) -> None:
+    """The files beside the maps (already checked against their checksums): an edit's input, inpainting's mask (at
+    the maps' size) and the reference map; concept maps."""
     from PIL import Image
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -384,6 +398,19 @@ def _load_edit(path: Path, meta: dict, hm: HeatMaps) -> None:
         except (OSError, Image.DecompressionBombError) as e:
             raise ExperimentError(f"{path / name} is not a readable image ({e}); re-run the experiment") from e
         setattr(hm, attr, array if name == INPUT else array > 127)
+    if CONCEPTS in meta["files"]:
+        from .concepts import concept_alignment
+
+        try:
+            maps = load_file(path / CONCEPTS)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ExperimentError(f"{path / CONCEPTS} is not a readable safetensors file ({e}); re-run the "
+                                  "experiment") from e
+        if any(v.ndim != 4 or v.shape[1] != len(meta["concepts"]) or v.shape[0] != len(hm.steps)
+               for v in maps.values()):
+            raise ExperimentError(f"{path / CONCEPTS} does not hold [steps, concepts, h, w] maps for the "
+                                  f"{len(meta['concepts'])} concepts of {META}; re-run the experiment")
+        hm.concepts = HeatMaps(concept_alignment(meta["concepts"]), maps, hm.size, hm.image, hm.timesteps, hm.steps)
     if REFERENCE in meta["files"]:
         try:
             hm.reference = load_file(path / REFERENCE)["reference"]
@@ -441,5 +468,5 @@ def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
             raise ExperimentError(f"{path / IMAGE} is not a readable image ({e}); re-run the experiment") from e
     hm = HeatMaps(alignment, maps, tuple(meta["size"]), image, meta.get("timesteps"), meta["steps"])
     hm.order = meta.get("order", 1)
-    _load_edit(path, meta, hm)
+    _load_extras(path, meta, hm)
     return hm, meta

@@ -364,7 +364,7 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
              negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
              keep_heads: bool = False, store_device: str | None = None, store=None, replay=None,
              encoder: str | None = None, store_dtype=None, settings: GenerationSettings | None = None,
-             **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
+             concepts: list[str] | None = None, **pipe_kwargs) -> HeatMaps | list[HeatMaps]:
     """Generate with ``pipe`` under a trace; return the image's :class:`HeatMaps` (a list for several images).
 
     The seed drives a CPU ``torch.Generator``, so an image is the same on every device
@@ -377,7 +377,8 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
     :class:`daamlib.replay.AttentionStore` s to fill / to inject (see :func:`trace`).
     ``settings``: a :class:`~daamlib.settings.GenerationSettings` made by the caller (the runner, the CLI), instead
     of ``seed`` … ``store_dtype``; once completed for this pipeline (:meth:`~GenerationSettings.for_model`) it is
-    used as it is. Other keywords go to the pipeline.
+    used as it is. ``concepts`` (UNets): words that need not be in the prompt, mapped by OVAM's method
+    (``hm.concepts["grass"]``; :mod:`daamlib.concepts`). Other keywords go to the pipeline.
     """
     check_prompt(prompt)
     if settings is None:
@@ -402,8 +403,9 @@ def generate(pipe, prompt: str | list[str], seed: int = 0, steps: int | None = N
         kwargs["max_area"] = settings.height * settings.width
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     encoder = {} if settings.encoder is None else {"encoder": settings.encoder}
+    extra = {**encoder, **({"concepts": concepts} if concepts else {})}
     with cpu_threads(pipe), trace(pipe, keep_heads=keep_heads, store_device=store_device, store=store, replay=replay,
-                                  store_dtype=settings.store_dtype, **encoder) as tc:
+                                  store_dtype=settings.store_dtype, **extra) as tc:
         # a copy of a prompt list: some pipelines (ZImagePipeline) rewrite it in place with their chat template
         out = pipe(prompt=list(prompt) if isinstance(prompt, list) else prompt, generator=generator,
                    num_images_per_prompt=num_images_per_prompt, **kwargs, **pipe_kwargs)

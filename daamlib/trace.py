@@ -71,6 +71,7 @@ class Generation:
     timesteps: list[float] = field(default_factory=list)
     latent_size: tuple[int, int] | None = None
     expected_steps: int | None = None  # UNet calls the scheduler planned (its timesteps), read at the first call
+    concept_maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # layer -> per step [B, C, h, w]
 
     def conditional_rows(self, batch: int) -> tuple[int, int]:
         """The UNet batch rows ``[start, end)`` of the conditional images. The batch is chunks of one row per image:
@@ -117,6 +118,8 @@ class _Recorder:
         self.current: Generation | None = None
         self._grids: dict = {}  # (latent size, queries) -> (h, w)
         self._buffers: dict = {}  # (use, shape, device) -> a float32 work tensor reused by every call of that shape
+        self.concepts: list = []  # daamlib.concepts.Concept: scored against the image's queries, never attended
+        self.concept_keys: dict[str, list[torch.Tensor]] = {}  # layer -> per concept [heads, n_c, d]
 
     def buffer(self, use: str, shape: tuple, device) -> torch.Tensor:
         """A float32 tensor for intermediate results, the same one for every call with this use and shape (calls
@@ -200,7 +203,34 @@ class RecordingAttnProcessor:
             k = attn.norm_k(k)
 
         out = self.attend(q, k, v, attention_mask)
+        if self.recorder.concepts:
+            self._keep_concepts(attn, q)
         return self._finish(attn, out, residual, input_ndim, b, c, h, w)
+
+    def _keep_concepts(self, attn, q) -> None:
+        """OVAM's concept maps (:mod:`daamlib.concepts`): the conditional rows' queries against each concept's keys
+        through this layer's key projection (computed once per layer), softmax over the concept's own keys."""
+        from .concepts import concept_probabilities
+
+        rec = self.recorder
+        B, H, N, d = q.shape
+        if self.name not in rec.concept_keys:
+            keys = []
+            for c in rec.concepts:
+                states = c.states.to(attn.to_k.weight.device, attn.to_k.weight.dtype)[None]
+                if attn.norm_cross:
+                    states = attn.norm_encoder_hidden_states(states)
+                k = attn.to_k(states).view(1, -1, H, d).transpose(1, 2)
+                if attn.norm_k is not None:
+                    k = attn.norm_k(k)
+                keys.append(k[0])
+            rec.concept_keys[self.name] = keys
+        b0, b1 = rec.current.conditional_rows(B)
+        p = concept_probabilities(q[b0:b1], rec.concept_keys[self.name], [c.rows for c in rec.concepts], d ** -0.5)
+        p = p.reshape(*p.shape[:-1], *rec.grid(N))
+        if rec.store_device is not None:
+            p = p.to(rec.store_device, non_blocking=True)
+        rec.current.concept_maps.setdefault(self.name, []).append(p)
 
     def attend(self, q, k, v, attention_mask=None) -> torch.Tensor:
         """Attention of ``[B, heads, N|T, d]`` queries, keys and values (as ``AttnProcessor2_0`` computes it) that
@@ -352,7 +382,14 @@ class Trace:
         """Adjust the maps' size to the image given, where a pipeline resizes its output (none for UNets)."""
 
     def _extras(self, hm, gen, index: int) -> None:
-        """Anything a generation recorded beside the word maps (Kontext's reference map; none for UNets)."""
+        """Anything a generation recorded beside the word maps: UNets' concept maps (``hm.concepts``)."""
+        if gen.concept_maps:
+            from .concepts import concept_alignment
+            from .heatmap import HeatMaps
+
+            maps = {name: torch.stack([m[index] for m in steps]) for name, steps in gen.concept_maps.items()}
+            hm.concepts = HeatMaps(concept_alignment([c.text for c in self._rec.concepts]), maps, hm.size, hm.image,
+                                   list(gen.timesteps))
 
 
 def planned_evaluations(scheduler, first: float | None = None) -> tuple[int | None, int]:
@@ -503,7 +540,7 @@ def check_supported(pipe) -> dict:
 @contextmanager
 def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | None = None,
           store=None, replay=None, encoder: str = "all", store_dtype: torch.dtype | None = None,
-          fused: bool = True) -> Iterator[Trace]:
+          fused: bool = True, concepts: list[str] | None = None) -> Iterator[Trace]:
     """Record cross-attention of ``pipe`` for every call made inside the block.
 
     ``store`` (a :class:`daamlib.replay.AttentionStore`) also keeps the full conditional
@@ -527,9 +564,19 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     Diffusion transformers (SD3/3.5, Flux.1 and .2, PixArt, Sana, Qwen-Image, Z-Image, Chroma) are traced by
     :mod:`daamlib.dit` (a registered :class:`Tracer`), with the same handle; ``encoder`` chooses the text stream
     whose tokens are kept there (``"all"``, ``"clip"``, ``"t5"``, ``"lm"``).
+
+    ``concepts`` (UNets): words or phrases that need not be in the prompt, each mapped by OVAM's method
+    (:mod:`daamlib.concepts`): ``heat_maps(i).concepts["grass"]``. The generation never sees them.
     """
+    from .concepts import check_concepts
+
+    concepts = check_concepts(concepts)
     tracer = _tracer_for(pipe)
     if tracer is not None:
+        if concepts:
+            raise TraceError(f"concepts= maps concepts on UNets only for now; {type(pipe).__name__} is a diffusion "
+                             "transformer (ConceptAttention's method for them is planned: issue 29). Map the "
+                             "prompt's own words, or use a UNet model")
         with tracer.trace(pipe, keep_heads=keep_heads, store_device=store_device, encoder=encoder,
                           store_dtype=store_dtype, store=store, replay=replay, fused=fused) as handle:
             yield handle
@@ -551,6 +598,10 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
 
     note_store_and_replay(pipe, store, replay)
     recorder = _Recorder(keep_heads, store_device, store, replay, getattr(pipe, "scheduler", None), store_dtype, fused)
+    if concepts:  # encoded before encode_prompt is hooked: they are not a generation
+        from .concepts import encode_concepts
+
+        recorder.concepts = encode_concepts(pipe, concepts)
     encode = pipe.encode_prompt
     signature = _signature(type(pipe).encode_prompt)
 

@@ -166,12 +166,14 @@ def test_daam_attribute_writes_a_rendered_scene_and_its_maps(tmp_path):
     image = scene.image
     Image.fromarray(image).save(tmp_path / "scene.png")
     assert main(["attribute", str(tmp_path / "scene.png"), "--prompt", scene.caption, "--timesteps", "400,600",
-                 "--out", str(tmp_path / "a")]) == 0
+                 "--concepts", "grass,circle", "--out", str(tmp_path / "a")]) == 0
     meta = json.loads((tmp_path / "a" / "experiment" / "meta.json").read_text())
     assert meta["settings"]["attribute"] and meta["settings"]["timesteps"] == [400.0, 600.0]
     hm, _ = load_experiment(tmp_path / "a" / "experiment")
     assert hm.size == image.shape[:2] and (hm.image == image).all() and len(hm.steps) == 2
     assert len(list((tmp_path / "a" / "words").iterdir())) == len(hm) == len(scene.words)
+    assert hm.concepts.words == ["grass", "circle"] and len(hm.concepts.steps) == 2  # saved and loaded with the maps
+    assert len(list((tmp_path / "a" / "concepts").iterdir())) == 2 and (tmp_path / "a" / "concepts_grid.png").is_file()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -179,6 +181,7 @@ def test_daam_attribute_writes_a_rendered_scene_and_its_maps(tmp_path):
     (["{tmp}/odd.png", "--prompt", "a cat"], r"the image is 60×60 but .* needs sides divisible by 8"),
     (["{tmp}/ok.png", "--prompt", "a cat", "--timesteps", "500,x"], "--timesteps must be comma-separated numbers"),
     (["{tmp}/ok.png", "--prompt", "a cat", "--timesteps", "1500"], r"timesteps must be numbers in \(0, 1000\)"),
+    (["{tmp}/ok.png", "--prompt", "a cat", "--concepts", "grass,,sky"], "each concept must be a non-empty string"),
 ])
 def test_daam_attribute_refuses_bad_input_with_the_fix(tmp_path, capsys, args, message):
     import re
