@@ -60,7 +60,8 @@ def _number(x: str) -> str:
 
 
 RUNS = {"01": "01: {N_PROMPTS} prompts/split", "03": "03: {N_PROMPTS} prompts",
-        "04": "04: {N_PROMPTS} prompts", "05": "05: {N_PROMPTS} held-out templates", "07": "07: {N_PROMPTS} edits"}
+        "04": "04: {N_PROMPTS} prompts", "05": "05: {N_PROMPTS} held-out templates",
+        "06": "06: {N_IMAGES} renders", "07": "07: {N_PROMPTS} edits"}
 
 
 def paper() -> str:
@@ -69,7 +70,7 @@ def paper() -> str:
         nb = path.name[:2]
         result = ROOT / "figures" / path.name.replace("_paper_vs_here.csv", ".json")
         params = json.loads(result.read_text()).get("run", {}).get("parameters", {}) if result.is_file() else {}
-        run = RUNS.get(nb, nb).format(**{k: params.get(k, "?") for k in ("N_PROMPTS",)})
+        run = RUNS.get(nb, nb).format(**{k: params.get(k, "?") for k in ("N_PROMPTS", "N_IMAGES")})
         with open(path, newline="", encoding="utf-8") as f:
             for r in csv.DictReader(f):
                 if not r["here"]:
@@ -165,7 +166,28 @@ def gpu() -> str:
     return "\n".join(rows) + "\n"
 
 
-SOURCES = {"models": models, "families": families, "paper": paper, "threads": threads, "floor": floor, "gpu": gpu}
+def real_images() -> str:
+    """Notebook 06's methods on exact masks and its absent-concept measures, from its CSVs in figures/."""
+    methods = ROOT / "figures" / "06_real_images_and_concepts_methods.csv"
+    absence = ROOT / "figures" / "06_real_images_and_concepts_absence.csv"
+    if not methods.is_file() or not absence.is_file():
+        return "(notebook 06 has not written its tables to figures/ yet: `make figures`)\n"
+    rows = ["| ground truth | method | mIoU (95% CI) | n images (nouns) |", "|---|---|---|---|"]
+    with open(methods, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            rows.append(f"| {r['ground truth']} | {r['method']} | {_number(r['mIoU'])} ({_number(r['low'])} – "
+                        f"{_number(r['high'])}) | {int(float(r['n images']))} ({int(float(r['n nouns']))}) |")
+    rows += ["", "| absent concepts (test) | value (95% CI) | n |", "|---|---|---|"]
+    with open(absence, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            ci = f" ({_number(r['low'])} – {_number(r['high'])})" if r["low"] else ""
+            n = str(int(float(r["n"]))) if r["n"] else "val"
+            rows.append(f"| {r['measure']} | {_number(r['value'])}{ci} | {n} |")
+    return "\n".join(rows) + "\n"
+
+
+SOURCES = {"models": models, "families": families, "paper": paper, "threads": threads, "floor": floor, "gpu": gpu,
+           "real_images": real_images}
 
 
 def files() -> list[Path]:

@@ -195,3 +195,22 @@ def test_daam_attribute_refuses_bad_input_with_the_fix(tmp_path, capsys, args, m
     assert main(["attribute"] + [a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "o")]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "o" / "experiment").exists()
+
+
+def test_the_absence_threshold_is_chosen_on_val_and_scored_on_test():
+    """Balanced accuracy picks the threshold between present and absent peaks on val; on test it says how often an
+    absent concept came out absent, with an interval over images."""
+    from daamlib.studies.real_images import absence_table, choose_absence_threshold
+
+    val = [{"id": f"v{i}", "concept": "c", "present": p, "peak": x}
+           for i, (p, x) in enumerate([(True, 5.0), (True, 6.0), (False, 1.0), (False, 2.0), (True, 4.0)])]
+    t = choose_absence_threshold(val)
+    assert 2.0 < t <= 4.0
+    test = [{"id": f"t{i // 2}", "concept": "c", "present": i % 2 == 0, "peak": float(i % 2 == 0) * 5 + (i % 3)}
+            for i in range(20)]
+    table = absence_table(test, t, n_boot=200).set_index("measure")
+    assert table.loc["absent concepts that came out absent (%)", "value"] == 100 * sum(
+        r["peak"] < t for r in test if not r["present"]) / 10
+    assert 0 <= table.loc["AUC, present vs absent concepts (by peak)", "value"] <= 1
+    with pytest.raises(ValueError, match="needs present and absent concepts"):
+        choose_absence_threshold([r for r in val if r["present"]])

@@ -64,3 +64,11 @@ def test_floor_section_measures_the_models_own_calls(bench_path, tmp_path):
     for kind in ("fused", "explicit"):
         assert fl[f"{kind}_added_ms"] == pytest.approx(fl[f"{kind}_recording_ms"] + fl["word_maps_ms"])
         assert fl[f"{kind}_multiple_of_floor"] == pytest.approx(fl[f"{kind}_added_ms"] / fl["floor_ms"])
+
+
+def test_attribute_benchmark_runs(bench_path, tmp_path):
+    import bench_attribute
+
+    r = bench_attribute.main(["--model", "tiny-sd1", "--repeats", "1", "--json", str(tmp_path / "a.json")])
+    assert r == json.loads((tmp_path / "a.json").read_text())
+    assert set(r["ms_per_call"]) == {"denoiser", "attribute", "concepts"} and r["maps_kB_per_timestep"]["concepts"] > 0

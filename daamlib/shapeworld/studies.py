@@ -175,6 +175,32 @@ class ShapeWorldStudies(Source):
                           "region": scene.masks[first], "rgb": COLOURS[new]})
         return items
 
+    def real_items(self, n: int, seed: int = 0, split: str = "test") -> list[dict]:
+        """Renders for attribution (issue 29): n one- and two-object scenes of ``split`` (test: never trained on;
+        val: for choosing settings), from index 4000. Each item: ``id``, ``seed``, ``image``, ``caption``, ``words``,
+        ``masks`` (noun word index → exact mask), ``concept_present`` (the scene's nouns), ``concept_absent`` (two
+        shapes of the world that are not in the scene, seeded) and ``concept_of`` (noun index → its concept)."""
+        import numpy as np
+
+        from .world import SHAPES
+
+        rng = np.random.default_rng([seed, 0 if split == "test" else 1])
+        items, index = [], 4000
+        while len(items) < n:
+            scene = self.world.scene(split, index, kind=("single", "pair")[index % 2])
+            index += 1
+            nouns = [i for i, role in sorted(scene.roles.items()) if role == "noun" and i in scene.masks]
+            if not nouns or any(scene.words[i] not in SHAPES for i in nouns):
+                continue
+            present = list(dict.fromkeys(scene.words[i] for i in nouns))
+            others = [s for s in SHAPES if s not in present]
+            absent = [others[k] for k in rng.choice(len(others), size=2, replace=False)]
+            items.append({"id": f"{split}-{len(items):04d}", "seed": seed + len(items), "image": scene.image,
+                          "caption": scene.caption, "words": list(scene.words),
+                          "masks": {i: scene.masks[i] for i in nouns}, "concept_present": present,
+                          "concept_absent": absent, "concept_of": {i: scene.words[i] for i in nouns}})
+        return items
+
     def ontology(self) -> dict[str, tuple[str, ...]]:
         return ONTOLOGY
 

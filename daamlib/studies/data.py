@@ -136,6 +136,12 @@ class Source:
         """Rows for :func:`daamlib.runner.run_experiments` (``id, prompt, seed`` and info columns)."""
         raise NotImplementedError
 
+    def real_items(self, n: int, seed: int = 0, split: str = "test") -> list[dict]:
+        """Images no model drew, with exact masks per noun and concept lists (issue 29): see
+        :meth:`daamlib.shapeworld.studies.ShapeWorldStudies.real_items`. Only a world that renders scenes has them."""
+        raise ValueError("the real-image study needs images with exact masks: a world that renders its scenes (the "
+                         "embedded model's: MODEL_ID='shapeworld')")
+
     def ontology(self) -> dict[str, tuple[str, ...]] | None:
         """The world's own hypernym → nouns table, if it has one."""
         return None
