@@ -173,9 +173,9 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     seed = check_seed(seed)
     rgb, x = _checked_image(pipe, image)
     concepts = check_concepts(concepts)
-    if concepts and getattr(pipe, "unet", None) is None:
-        raise AttributionError(f"concepts= maps concepts on UNets only for now; {type(pipe).__name__} is a diffusion "
-                               "transformer (ConceptAttention's method for them is planned: issue 29)")
+    if concepts and getattr(pipe, "unet", None) is None and not _concept_attention(pipe):
+        raise AttributionError(f"concepts= maps concepts on UNets and Flux.1 (ConceptAttention's method); "
+                               f"{type(pipe).__name__} has neither yet")
     h, w = rgb.shape[:2]
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
     distilled = getattr(pipe, "unet", None) is None and family_of(pipe).cfg == "distilled"
@@ -186,7 +186,7 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
         if k in _call_parameters(pipe):
             kw.setdefault(k, False)
     generator = torch.Generator("cpu").manual_seed(seed)
-    maps, alignment, concept_maps = {}, None, {}
+    maps, alignment, concept_maps, output_maps = {}, None, {}, {}
     with cpu_threads(pipe), torch.no_grad(), attribution_scheduler(pipe, kind) as scheduler:
         x0 = clean_latents(pipe, x)
         options = {**({} if encoder is None else {"encoder": encoder}), **({"concepts": concepts} if concepts else {})}
@@ -202,6 +202,8 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
                     maps.setdefault(name, []).append(m)
                 for name, m in (one.concepts.maps.items() if one.concepts is not None else ()):
                     concept_maps.setdefault(name, []).append(m)
+                for name, m in (one.concept_outputs.maps.items() if one.concept_outputs is not None else ()):
+                    output_maps.setdefault(name, []).append(m)
     hm = HeatMaps(alignment, {k: torch.cat(v) for k, v in maps.items()}, size=(h, w), image=rgb, timesteps=ts)
     hm.steps_expected = hm.evaluations_expected = len(ts)
     if concept_maps:
@@ -209,7 +211,17 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
 
         hm.concepts = HeatMaps(concept_alignment(concepts), {k: torch.cat(v) for k, v in concept_maps.items()},
                                size=(h, w), image=rgb, timesteps=ts)
+    if output_maps:
+        hm.concept_outputs = HeatMaps(concept_alignment(concepts), {k: torch.cat(v) for k, v in output_maps.items()},
+                                      size=(h, w), image=rgb, timesteps=ts)
     return hm
+
+
+def _concept_attention(pipe) -> bool:
+    from .dit.concept_attention import supports
+    from .dit.registry import family_of
+
+    return supports(family_of(pipe))
 
 
 def _call_parameters(pipe):

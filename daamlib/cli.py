@@ -162,7 +162,8 @@ def attribute_main(argv: list[str]) -> int:
     matplotlib.use("Agg")
     import torch
 
-    from .attribute import AttributionError, _checked_image, _checked_timesteps, _kind, attribute
+    from .attribute import (AttributionError, _checked_image, _checked_timesteps, _concept_attention, _kind,
+                            attribute)
     from .concepts import check_concepts
     from .io import ExperimentError, save_experiment
     from .kernel import check_threshold
@@ -199,9 +200,9 @@ def attribute_main(argv: list[str]) -> int:
         pipe = load_pipeline(model, device=args.device, dtype=dtype)
         kind = _kind(pipe)
         _checked_image(pipe, args.image)  # the model's size multiple, before anything runs
-        if concepts and getattr(pipe, "unet", None) is None:
-            raise AttributionError(f"--concepts maps concepts on UNets only for now; {type(pipe).__name__} is a "
-                                   "diffusion transformer")
+        if concepts and getattr(pipe, "unet", None) is None and not _concept_attention(pipe):
+            raise AttributionError(f"--concepts maps concepts on UNets and Flux.1 (ConceptAttention's method); "
+                                   f"{type(pipe).__name__} has neither yet")
     except (OSError, ValueError, TypeError) as e:
         print(f"daam attribute: error: {e}", file=sys.stderr)
         return 2

@@ -243,6 +243,7 @@ class HeatMaps:
         self.edit_input: np.ndarray | None = None  # an edit's input image, RGB uint8 as given (img2img, inpainting, ...)
         self.edit_mask: np.ndarray | None = None  # inpainting's mask as the pipeline used it, bool [H, W] (True: repainted)
         self.concepts: HeatMaps | None = None  # trace(concepts=[...]): one "word" per concept (daamlib.concepts)
+        self.concept_outputs: HeatMaps | None = None  # Flux.1: ConceptAttention's output-space maps
         self._token_maps: torch.Tensor | None = None
 
     # -- description -------------------------------------------------------------------------
@@ -338,6 +339,7 @@ class HeatMaps:
                        self.timesteps or None, self.steps)
         out.steps_expected, out.evaluations_expected = self.steps_expected, self.evaluations_expected
         out.concepts = None if self.concepts is None else self.concepts.to(device)
+        out.concept_outputs = None if self.concept_outputs is None else self.concept_outputs.to(device)
         return self._carry(out, reference=None if self.reference is None else self.reference.to(device))
 
     def _carry(self, out: HeatMaps, reference=None) -> HeatMaps:
@@ -447,8 +449,10 @@ class HeatMaps:
         timesteps = [self.timesteps[i] for i in idx] if self.timesteps else None
         out = HeatMaps(self.alignment, maps, self.size, None, timesteps, [self.steps[i] for i in idx])
         self._carry(out)
-        if self.concepts is not None and heads is None:  # the same steps and layers of the concepts' maps
-            out.concepts = self.concepts.select(steps=idx, layers=[n for n in names if n in self.concepts.maps])
+        for attr in ("concepts", "concept_outputs"):  # the same steps and layers of the concepts' maps
+            c = getattr(self, attr)
+            if c is not None and heads is None and any(n in c.maps for n in names):
+                setattr(out, attr, c.select(steps=idx, layers=[n for n in names if n in c.maps]))
         return out
 
     # -- plotting ---------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from .words import Alignment, Word
 FORMAT = "daam-experiment/1"
 MAPS, META, IMAGE = "maps.safetensors", "meta.json", "image.png"
 INPUT, MASK, REFERENCE = "input.png", "mask.png", "reference.safetensors"  # an edit's, beside what it became
-CONCEPTS = "concepts.safetensors"  # concept maps (daamlib.concepts)
+CONCEPTS = "concepts.safetensors"  # concept maps (daamlib.concepts); output-space ones under OUTPUTS + layer
+OUTPUTS = "outputs:"
 PNGS, TENSORS = (IMAGE, INPUT, MASK), (MAPS, REFERENCE, CONCEPTS)
 META_SUM = "meta.sha256"  # the SHA-256 of meta.json: an edited meta.json (swapped tokens, another size) is caught
 MAX_SIDE = 16384  # the largest image side an experiment may describe (pixels)
@@ -109,9 +110,12 @@ def save_experiment(path: str | os.PathLike, heat_maps: HeatMaps, seed: int | No
             if array is not None:
                 Image.fromarray(array if array.dtype == np.uint8 else array.astype(np.uint8) * 255).save(tmp / name)
                 files[name] = _sha256(tmp / name)
-        concepts = getattr(heat_maps, "concepts", None)
+        concepts, outputs = getattr(heat_maps, "concepts", None), getattr(heat_maps, "concept_outputs", None)
         if concepts is not None:
-            save_file({k: v.float().contiguous().cpu() for k, v in concepts.maps.items()}, tmp / CONCEPTS)
+            kept = {k: v.float().contiguous().cpu() for k, v in concepts.maps.items()}
+            if outputs is not None:  # Flux.1's output-space maps beside them
+                kept.update({OUTPUTS + k: v.float().contiguous().cpu() for k, v in outputs.maps.items()})
+            save_file(kept, tmp / CONCEPTS)
             os.chmod(tmp / CONCEPTS, _FILE_MODE)
             files[CONCEPTS] = _sha256(tmp / CONCEPTS)
         if getattr(heat_maps, "reference", None) is not None:
@@ -410,7 +414,12 @@ def _load_extras(path: Path, meta: dict, hm: HeatMaps) -> None:
                for v in maps.values()):
             raise ExperimentError(f"{path / CONCEPTS} does not hold [steps, concepts, h, w] maps for the "
                                   f"{len(meta['concepts'])} concepts of {META}; re-run the experiment")
-        hm.concepts = HeatMaps(concept_alignment(meta["concepts"]), maps, hm.size, hm.image, hm.timesteps, hm.steps)
+        alignment = concept_alignment(meta["concepts"])
+        cross = {k: v for k, v in maps.items() if not k.startswith(OUTPUTS)}
+        outputs = {k[len(OUTPUTS):]: v for k, v in maps.items() if k.startswith(OUTPUTS)}
+        hm.concepts = HeatMaps(alignment, cross, hm.size, hm.image, hm.timesteps, hm.steps)
+        if outputs:
+            hm.concept_outputs = HeatMaps(alignment, outputs, hm.size, hm.image, hm.timesteps, hm.steps)
     if REFERENCE in meta["files"]:
         try:
             hm.reference = load_file(path / REFERENCE)["reference"]

@@ -565,20 +565,18 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     :mod:`daamlib.dit` (a registered :class:`Tracer`), with the same handle; ``encoder`` chooses the text stream
     whose tokens are kept there (``"all"``, ``"clip"``, ``"t5"``, ``"lm"``).
 
-    ``concepts`` (UNets): words or phrases that need not be in the prompt, each mapped by OVAM's method
-    (:mod:`daamlib.concepts`): ``heat_maps(i).concepts["grass"]``. The generation never sees them.
+    ``concepts``: words or phrases that need not be in the prompt, each mapped on UNets by OVAM's method
+    (:mod:`daamlib.concepts`) and on Flux.1 by ConceptAttention's (:mod:`daamlib.dit.concept_attention`; also
+    ``heat_maps(i).concept_outputs``): ``heat_maps(i).concepts["grass"]``. The generation never sees them.
     """
     from .concepts import check_concepts
 
     concepts = check_concepts(concepts)
     tracer = _tracer_for(pipe)
     if tracer is not None:
-        if concepts:
-            raise TraceError(f"concepts= maps concepts on UNets only for now; {type(pipe).__name__} is a diffusion "
-                             "transformer (ConceptAttention's method for them is planned: issue 29). Map the "
-                             "prompt's own words, or use a UNet model")
+        extra = {"concepts": concepts} if concepts else {}
         with tracer.trace(pipe, keep_heads=keep_heads, store_device=store_device, encoder=encoder,
-                          store_dtype=store_dtype, store=store, replay=replay, fused=fused) as handle:
+                          store_dtype=store_dtype, store=store, replay=replay, fused=fused, **extra) as handle:
             yield handle
         return
     unet = getattr(pipe, "unet", None)

@@ -98,9 +98,128 @@ def test_bad_concepts_are_refused(tiny, concepts, message):
             pass
 
 
-def test_concepts_on_a_transformer_are_refused_for_now():
+def test_concepts_on_a_transformer_without_concept_attention_are_refused():
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
-    with pytest.raises(TraceError, match="concepts= maps concepts on UNets only for now; FluxPipeline"):
-        with trace(tiny_dit_pipeline("flux"), concepts=["grass"]):
+    with pytest.raises(TraceError, match="implemented for Flux.1 .*StableDiffusion3Pipeline is 'sd3'"):
+        with trace(tiny_dit_pipeline("sd3"), concepts=["grass"]):
             pass
+
+
+def two_block_flux():
+    """Tiny Flux.1 with two double-stream blocks, so that the concept stream's residual update is carried."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    base = tiny_dit_pipeline("flux")
+    torch.manual_seed(1)
+    transformer = FluxTransformer2DModel.from_config({**base.transformer.config, "num_layers": 2})
+    pipe = FluxPipeline(**{**base.components, "transformer": transformer})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_image_alone():
+    """ConceptAttention on Flux.1, re-derived with diffusers' own code: the concept stream (each concept's T5 tokens
+    and </s>, then a null concept's </s>, through the context embedder) is run through each double-stream block's
+    own forward as its text stream, with the generation's image input, temb and [concepts, image] rotary positions;
+    the block's own attention module gives the concept outputs. Cross-attention maps: the image queries against the
+    concept keys (softmax over the concept stream); output-space maps: the real image outputs · the concept outputs,
+    softmax over concepts and null. Maps equal, image bit-identical, two prompts, two blocks, two steps."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    pipe = two_block_flux()
+    concepts = ["circle", "sky blue"]
+    prompts = ["a red circle", "a giraffe and a zebra"]
+    kw = dict(num_inference_steps=2, output_type="pt", max_sequence_length=24, height=64, width=96, guidance_scale=3.5)
+    plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    calls = []  # per transformer call: per block (its kwargs, its attention module's output)
+
+    def on_call(module, args, kwargs):
+        calls.append({"img_ids": kwargs["img_ids"], "blocks": []})
+
+    def on_block(block, args, kwargs):
+        calls[-1]["blocks"].append({k: v for k, v in kwargs.items()})
+
+    def on_attn(module, args, kwargs, out):
+        calls[-1]["blocks"][-1]["attn_out"] = out[0]
+
+    t = pipe.transformer
+    handles = [t.register_forward_pre_hook(on_call, with_kwargs=True)]
+    for b in t.transformer_blocks:
+        handles += [b.register_forward_pre_hook(on_block, with_kwargs=True),
+                    b.attn.register_forward_hook(on_attn, with_kwargs=True)]
+    try:
+        with trace(pipe, concepts=concepts) as tc:
+            traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(plain, traced)
+    # the concept stream, as the pipeline's T5 encodes each concept alone
+    tok, parts, rows, at = pipe.tokenizer_2, [], [], 0
+    for c in concepts + [""]:
+        n = len(tok(c)["input_ids"])
+        parts.append(pipe._get_t5_prompt_embeds(prompt=c, max_sequence_length=n, device="cpu")[0])
+        rows.append(list(range(at, at + n - 1)) or [at])
+        at += n
+    states = torch.cat(parts)
+    gen = tc.generations[-1]
+    h, w = gen.grid
+    for image in range(2):
+        want_cross, want_out = 0, 0
+        for call in calls:
+            ids = call["img_ids"]
+            rope = t.pos_embed(torch.cat([torch.zeros(len(states), ids.shape[-1]), ids]))
+            c = t.context_embedder(states)[None]
+            for block, bk in zip(t.transformer_blocks, call["blocks"]):
+                img, temb = bk["hidden_states"][image:image + 1], bk["temb"][image:image + 1]
+                norm_img = block.norm1(img, emb=temb)[0]
+                norm_c = block.norm1_context(c, emb=temb)[0]
+                _, c_out = block.attn(hidden_states=norm_img, encoder_hidden_states=norm_c, image_rotary_emb=rope)
+                attn = block.attn
+                q = attn.norm_q(attn.to_q(norm_img).unflatten(-1, (attn.heads, -1)))
+                k = attn.norm_added_k(attn.add_k_proj(norm_c).unflatten(-1, (attn.heads, -1)))
+                q = apply_rotary_emb(torch.cat([torch.zeros_like(k), q], 1), rope, sequence_dim=1)[:, k.shape[1]:]
+                k = apply_rotary_emb(torch.cat([k, torch.zeros_like(q)], 1), rope, sequence_dim=1)[:, : k.shape[1]]
+                p = torch.einsum("bnhd,bchd->bhnc", q.double(), k.double()).mul(attn.head_dim ** -0.5).softmax(-1)
+                p = p.sum(1)[0]  # [N, concept-stream tokens]
+                cross = torch.stack([p[:, r].sum(-1) for r in rows])[: len(concepts)]
+                dots = torch.einsum("nd,cd->cn", bk["attn_out"][image].double(), c_out[0].double())
+                out = torch.stack([dots[r].mean(0) for r in rows]).softmax(0)[: len(concepts)]
+                for m, total in ((cross, "cross"), (out, "out")):
+                    up = F.interpolate(m.reshape(1, len(concepts), h, w).float(), size=(64, 96), mode="bicubic",
+                                       align_corners=False)[0].double()
+                    if total == "cross":
+                        want_cross = want_cross + up
+                    else:
+                        want_out = want_out + up
+                c = block(hidden_states=img, encoder_hidden_states=c, temb=temb, image_rotary_emb=rope)[0]
+        hm = tc.heat_maps(image)
+        for got, want in ((hm.concepts, want_cross.clamp(min=0)), (hm.concept_outputs, want_out.clamp(min=0))):
+            for i, name in enumerate(concepts):
+                diff = (got[name].heat.double() - want[i]).abs().max().item()
+                assert diff <= 1e-5 * want[i].max().item(), (name, diff)
+
+
+def test_flux_concepts_through_attribute_saved_and_loaded(tmp_path):
+    """Flux.1 concept maps of an existing image, both spaces, saved with the experiment and loaded back."""
+    import numpy as np
+
+    from daamlib import load_experiment, save_experiment
+    from daamlib.attribute import attribute
+
+    pipe = two_block_flux()
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    hm = attribute(pipe, image, "a red circle", concepts=["circle", "grass"], timesteps=(300, 600),
+                   max_sequence_length=24)
+    assert len(hm.concepts.steps) == len(hm.concept_outputs.steps) == 2 and len(hm.concepts.layers) == 2
+    # softmax shares over concepts and null: at most 1 per block and timestep (bicubic may overshoot a little)
+    assert (hm.concept_outputs.token_maps().sum(0) <= 2 * 2 * 1.05).all()
+    save_experiment(tmp_path / "e", hm, seed=0)
+    back, _ = load_experiment(tmp_path / "e")
+    for attr in ("concepts", "concept_outputs"):
+        for c in ("circle", "grass"):
+            assert torch.equal(getattr(back, attr)[c].heat, getattr(hm, attr)[c].heat)
+    assert back.select(steps=[1]).concept_outputs is not None

@@ -107,6 +107,8 @@ class DitGeneration:
     guidance_calls: int = 0  # calls with the prompt's text made for guidance only, not recorded
     reference_grid: tuple[int, int] | None = None  # Kontext: the reference image's token grid
     reference_maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # layer -> per step [images, h, w]
+    concept_maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # ConceptAttention, cross-attention
+    concept_output_maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # ... and output space
 
 
 class _DitRecorder:

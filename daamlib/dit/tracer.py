@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..trace import (Trace, Tracer, UnsupportedPipelineError, _signature, check_not_traced, installed,
+from ..trace import (Trace, TraceError, Tracer, UnsupportedPipelineError, _signature, check_not_traced, installed,
                      note_store_and_replay, supported_pipelines)
 from .recorder import _DitRecorder, _patch_kernel, _tap_class
 from .registry import Family, family_of, pixels_per_token, supported
@@ -55,7 +55,16 @@ class DitTrace(Trace):
 
     def _extras(self, hm, gen, index: int) -> None:
         """Kontext: ``hm.reference``, the generated tokens' mean attention to each reference-image token, summed over
-        blocks and steps (Eq. 6's sum) and upsampled once (bicubic, clamped at 0) to the reference image's pixels."""
+        blocks and steps (Eq. 6's sum) and upsampled once (bicubic, clamped at 0) to the reference image's pixels.
+        ConceptAttention: ``hm.concepts`` (cross-attention space) and ``hm.concept_outputs`` (output space)."""
+        if gen.concept_maps:
+            from ..concepts import concept_alignment
+            from ..heatmap import HeatMaps
+
+            for attr, recorded in (("concepts", gen.concept_maps), ("concept_outputs", gen.concept_output_maps)):
+                maps = {name: torch.stack([m[index] for m in steps]) for name, steps in recorded.items()}
+                setattr(hm, attr, HeatMaps(concept_alignment(self._concepts), maps, hm.size, hm.image,
+                                           list(gen.timesteps)))
         if not gen.reference_maps:
             return
         import torch.nn.functional as F
@@ -73,7 +82,8 @@ class DitTrace(Trace):
 
 @contextmanager
 def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder: str = "all",
-                      store_dtype=None, store=None, replay=None) -> Iterator[DitTrace]:
+                      store_dtype=None, store=None, replay=None, concepts: list[str] | None = None
+                      ) -> Iterator[DitTrace]:
     """:func:`daamlib.trace` for a diffusion-transformer pipeline (see the module's docs)."""
     family = family_of(pipe)
     transformer = getattr(pipe, "transformer", None)
@@ -91,6 +101,13 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
         raise UnsupportedPipelineError(f"{type(transformer).__name__} has no attention between image and text tokens")
     check_not_traced(pipe, transformer, "transformer")
     note_store_and_replay(pipe, store, replay)
+    if concepts:
+        from .concept_attention import FAMILIES
+
+        if family.name not in FAMILIES:
+            raise TraceError(f"concepts= on diffusion transformers is implemented for Flux.1 ({', '.join(FAMILIES)}: "
+                             f"ConceptAttention's method); {type(pipe).__name__} is {family.name!r}. Map the "
+                             "prompt's own words, or use Flux.1 or a UNet model")
 
     rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device, store_dtype, store, replay)
     encode = pipe.encode_prompt
@@ -109,12 +126,24 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
         _, single, cross = modules[name]
         return _tap_class(original)(rec, original, name, single, cross)
 
+    stream = None
+    if concepts:  # encoded before encode_prompt is hooked: they are not a generation
+        from .concept_attention import ConceptStream
+
+        stream = ConceptStream(pipe, rec, list(concepts))
     _patch_kernel(True)
     try:
         with installed(pipe, transformer, DitTrace(pipe, rec, list(modules)),
                        {name: m for name, (m, _, _) in modules.items()}, tap, encode_and_note,
                        rec.on_transformer_call) as handle:
-            yield handle
+            handle._concepts = list(concepts or [])
+            if stream is not None:
+                stream.install(transformer)  # after the recorder's hooks: it reads the rows they find
+            try:
+                yield handle
+            finally:
+                if stream is not None:
+                    stream.remove()
     finally:
         _patch_kernel(False)
 

@@ -1,0 +1,132 @@
+"""Concept maps on Flux.1 (issue 29), after ConceptAttention: the concepts are a third stream that flows through
+every double-stream block with the text stream's weights (``norm1_context``, the added q/k/v projections,
+``to_add_out``, ``ff_context``), attending to itself and to the image (one-way: the image never sees it, so the
+generation is unchanged). Each concept is encoded alone by the pipeline's T5 (its tokens and ``</s>``); a null
+concept (``</s>`` alone) joins them, so that normalising over concepts never forces a pixel to pick a real one.
+
+Two maps per concept, per block and step, on the conditional rows:
+
+* ``hm.concepts`` (cross-attention space): the image's queries against the concept stream's keys,
+  ``softmax(q_img · K_conceptsᵀ / √d)`` over every concept-stream key (null included), the concept's own tokens'
+  probabilities summed, heads summed: where the image would look at each concept if it could.
+* ``hm.concept_outputs`` (output space, ConceptAttention's): the image tokens' attention outputs (``to_out``) dot
+  the concept tokens' (``to_add_out``), averaged over the concept's tokens, softmax over the concepts and the null
+  concept per pixel.
+
+Both are summed over blocks and steps and upsampled like a word's map (Eq. 6). The concept stream is modulated by
+the generation's own conditioning (``temb``: timestep, guidance and the prompt's pooled CLIP embedding).
+Supported: ``FluxPipeline`` (and Flux.1 img2img / inpainting / Kontext, whose transformer is Flux.1's).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+FAMILIES = ("flux", "flux-edit", "flux-kontext")
+
+
+class ConceptStream:
+    """Hooks on a Flux transformer's double-stream blocks that carry the concept stream and keep its maps on the
+    recorder's current generation (``concept_maps``, ``concept_output_maps``: layer → per step [Bc, C, h, w])."""
+
+    def __init__(self, pipe, rec, concepts: list[str]):
+        self.pipe, self.rec, self.concepts = pipe, rec, concepts
+        self.states, self.rows_of = self._encode(pipe, concepts)  # [L_c, 4096], per concept its token rows
+        self.handles, self.c, self.rope, self.temb = [], None, None, None
+
+    @staticmethod
+    def _encode(pipe, concepts):
+        """Each concept's T5 states (its tokens and ``</s>``), then the null concept's ``</s>``, in one sequence."""
+        tok = pipe.tokenizer_2
+        device = getattr(pipe, "_execution_device", None) or pipe.device
+        parts, rows, at = [], [], 0
+        for c in concepts + [""]:
+            n = len(tok(c)["input_ids"])  # its tokens and </s>
+            with torch.no_grad():
+                states = pipe._get_t5_prompt_embeds(prompt=c, num_images_per_prompt=1, max_sequence_length=n,
+                                                    device=device)[0]
+            parts.append(states[:n])
+            rows.append(list(range(at, at + n - 1)) if n > 1 else [at])  # the null concept: its </s>
+            at += n
+        return torch.cat(parts), rows
+
+    def install(self, transformer) -> None:
+        self.handles.append(transformer.register_forward_pre_hook(self._start, with_kwargs=True))
+        for i, block in enumerate(transformer.transformer_blocks):
+            self.handles.append(block.register_forward_pre_hook(self._keep_temb, with_kwargs=True))
+            self.handles.append(block.attn.register_forward_hook(
+                lambda m, a, k, out, _b=block, _i=i: self._step(_b, _i, k, out), with_kwargs=True))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    def _start(self, transformer, args, kwargs):
+        rows = self.rec.rows
+        if not rows:
+            self.c = None
+            return
+        img_ids = kwargs["img_ids"]
+        img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+        n = self.states.shape[0]
+        ids = torch.cat([torch.zeros(n, img_ids.shape[-1], dtype=img_ids.dtype, device=img_ids.device), img_ids])
+        self.rope = transformer.pos_embed(ids)
+        c = transformer.context_embedder(self.states.to(transformer.context_embedder.weight))
+        self.c = c[None].expand(len(rows), -1, -1).contiguous()
+        self.batch = torch.tensor([b for b, _ in rows])
+        self.order = torch.argsort(torch.tensor([j for _, j in rows]))
+
+    def _keep_temb(self, block, args, kwargs):
+        self.temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
+
+    def _step(self, block, index: int, kwargs, out) -> None:
+        if self.c is None or not self.rec.rows:
+            return
+        attn = block.attn
+        b = self.batch.to(self.c.device)
+        norm_img = kwargs["hidden_states"].index_select(0, b)
+        img_out = (out[0] if isinstance(out, tuple) else out).index_select(0, b)  # to_out of the image tokens
+        temb = self.temb.index_select(0, b)
+        norm_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(self.c, emb=temb)
+        H, d = attn.heads, attn.head_dim
+        q_i, k_i, v_i = (f(norm_img).unflatten(-1, (H, d)) for f in (attn.to_q, attn.to_k, attn.to_v))
+        q_i, k_i = attn.norm_q(q_i), attn.norm_k(k_i)
+        q_c, k_c, v_c = (f(norm_c).unflatten(-1, (H, d)) for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+        q_c, k_c = attn.norm_added_q(q_c), attn.norm_added_k(k_c)
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        C = q_c.shape[1]
+        q = apply_rotary_emb(torch.cat([q_c, q_i], 1), self.rope, sequence_dim=1)
+        k = apply_rotary_emb(torch.cat([k_c, k_i], 1), self.rope, sequence_dim=1)
+        v = torch.cat([v_c, v_i], 1)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [Bc, H, C + N, d]
+        scale = d ** -0.5
+        # the concept stream's own update: its queries over [concepts, image] (one-way: the image's are not used)
+        o_c = F.scaled_dot_product_attention(q[:, :, :C], k, v, scale=scale).transpose(1, 2).flatten(2)
+        o_c = attn.to_add_out(o_c.to(q_c.dtype))
+        # cross-attention space: the image's queries against the concept keys only (softmax over the concept stream)
+        p = (q[:, :, C:].float() @ k[:, :, :C].float().transpose(-1, -2) * scale).softmax(-1)  # [Bc, H, N, C]
+        p = p.sum(1)  # heads summed: [Bc, N, C]
+        cross = torch.stack([p[..., r].sum(-1) for r in self.rows_of], 1)  # [Bc, concepts + null, N]
+        # output space: image outputs · concept outputs, softmax over concepts and the null concept per pixel
+        dots = torch.einsum("bnd,bcd->bcn", img_out.float(), o_c.float())
+        dots = torch.stack([dots[:, r].mean(1) for r in self.rows_of], 1).softmax(1)  # [Bc, concepts + null, N]
+        h, w = self.rec.current.grid
+        name = f"transformer_blocks.{index}.attn.processor"  # the word maps' name for this block
+        g = self.rec.current
+        for store, m in ((g.concept_maps, cross), (g.concept_output_maps, dots)):
+            store.setdefault(name, []).append(m[self.order, : len(self.concepts)].reshape(-1, len(self.concepts), h, w)
+                                              .to(self.rec.store_device or m.device))
+        # the residual stream, as the block updates its text stream
+        c = self.c + gate_msa.unsqueeze(1) * o_c
+        n = block.norm2_context(c) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        self.c = c + gate_mlp.unsqueeze(1) * block.ff_context(n)
+
+
+def supports(family) -> bool:
+    return family is not None and family.name in FAMILIES
