@@ -41,6 +41,20 @@ def _peak(heat: torch.Tensor) -> float:
     return float(torch.quantile(heat.flatten().float(), PEAK))
 
 
+def open_images(model_id: str, images_dir, size, n: int, n_val: int, seed: int, pipe):
+    """(test items, val items, the annotator or None): a registered world's renders, or your folder of images and
+    masks (:mod:`daamlib.studies.image_folder`) at ``size`` pixels (None: the model's default size)."""
+    from ..pipeline import model_defaults
+    from . import data
+    from .image_folder import ImageFolder
+
+    if images_dir is None:
+        source = data.open_source(model_id)
+        return source.real_items(n, seed, "test"), source.real_items(n_val, seed, "val"), source.truth
+    folder = ImageFolder(images_dir, size or model_defaults(pipe).height)
+    return folder.items(n, seed, "test"), folder.items(n_val, seed, "val"), None
+
+
 CANDIDATE_TIMESTEPS = ((250,), (500,), (750,), (250, 500, 750))  # what choose_timesteps compares on val
 
 
@@ -56,9 +70,10 @@ def choose_timesteps(pipe, val_items, candidates=CANDIDATE_TIMESTEPS, threshold:
         values, units = [], []
         for it in val_items:
             hm = attribute(pipe, it["image"], it["caption"], timesteps=ts, seed=it["seed"])
+            keep = ~torch.as_tensor(np.asarray(it["ignore"], bool)) if it.get("ignore") is not None else True
             for index, exact in it["masks"].items():
                 word = it["words"][index]
-                values.append(100 * iou(hm[word, it["words"][:index].count(word)].binarize(threshold),
+                values.append(100 * iou(hm[word, it["words"][:index].count(word)].binarize(threshold) & keep,
                                         torch.as_tensor(np.asarray(exact, bool))))
                 units.append(it["id"])
         est = interval(values, units=units, bounds=(0, 100))
@@ -81,9 +96,16 @@ def real_image_rows(pipe, items, truth, timesteps, threshold: float = 0.4, steps
         image, caption = it["image"], it["caption"]
         wanted = list(dict.fromkeys(list(it["concept_present"]) + list(it["concept_absent"])))
         hm = attribute(pipe, image, caption, concepts=wanted, timesteps=timesteps, seed=it["seed"])
-        on_render = truth.annotate(image, caption)
-        gen = generate(pipe, caption, seed=it["seed"], steps=steps, guidance_scale=guidance) if generations else None
+        on_render = truth.annotate(image, caption) if truth is not None else None
+        gen = (generate(pipe, caption, seed=it["seed"], steps=steps, guidance_scale=guidance)
+               if generations and truth is not None else None)
         on_gen = truth.annotate(gen.image, caption) if gen is not None else None
+        keep = ~torch.as_tensor(np.asarray(it["ignore"], bool)) if it.get("ignore") is not None else None
+
+        def score(m, exact):  # IoU (×100) outside the pixels no one can say are in or out (VOC's boundary band)
+            m = torch.as_tensor(m).bool()
+            return 100 * iou(m & keep if keep is not None else m, exact)
+
         shape = hm.size
         base = {"whole image": whole_image(shape), "centre blob": centre_blob(shape),
                 "colour clusters": colour_clusters(image)}
@@ -92,13 +114,13 @@ def real_image_rows(pipe, items, truth, timesteps, threshold: float = 0.4, steps
             exact = torch.as_tensor(np.asarray(exact, bool))
             mask = hm[word, it["words"][:index].count(word)].binarize(threshold)
             row = {"id": it["id"], "noun": word, "index": index, "objects": len(it["masks"]),
-                   "DAAM word map": 100 * iou(mask, exact)}
+                   "DAAM word map": score(mask, exact)}
             concept = it["concept_of"].get(index)
-            row["concept map (OVAM)"] = (100 * iou(hm.concepts[concept].binarize(threshold), exact)
+            row["concept map (OVAM)"] = (score(hm.concepts[concept].binarize(threshold), exact)
                                          if concept is not None else math.nan)
             for name, m in base.items():
-                row[name] = 100 * iou(m, exact)
-            annotated = on_render.noun_masks.get(index)
+                row[name] = score(m, exact)
+            annotated = on_render.noun_masks.get(index) if on_render is not None else None
             row["render vs annotator"] = (100 * iou(mask, torch.as_tensor(annotated)) if annotated is not None
                                           and on_render.present.get(index) else math.nan)
             g = on_gen.noun_masks.get(index) if on_gen is not None else None

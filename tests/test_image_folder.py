@@ -1,0 +1,95 @@
+"""Your own images and masks for notebook 06: both layouts read, cropped and resized, captions made or checked,
+VOC's boundary band left out of every IoU, val and test split by name."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daamlib.studies.image_folder import VOC_CLASSES, ImageFolder, split_of
+
+
+def names(split, n):
+    return [f"img{i}" for i in range(200) if split_of(f"img{i}") == split][:n]
+
+
+def per_image_folder(root, n_test=2, n_val=1):
+    rng = np.random.default_rng(0)
+    for name in names("test", n_test) + names("val", n_val):
+        d = root / name
+        d.mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(d / "image.png")  # not square
+        dog = np.zeros((48, 80), np.uint8)
+        dog[10:30, 20:40] = 255
+        Image.fromarray(dog).save(d / "dog.png")
+        cat = np.zeros((48, 80), np.uint8)
+        cat[5:15, 50:70] = 255
+        Image.fromarray(cat).save(d / "cat.png")
+    return root
+
+
+def test_per_image_folders_are_cropped_resized_and_captioned(tmp_path):
+    folder = ImageFolder(per_image_folder(tmp_path / "mine"), 32)
+    items = folder.items(5, split="test")
+    assert len(items) == 2 and folder.vocabulary == ["cat", "dog"]
+    it = items[0]
+    assert it["image"].shape == (32, 32, 3) and it["caption"] == "a photo of a cat and a dog"
+    assert {it["words"][i] for i in it["masks"]} == {"cat", "dog"} and it["ignore"] is None
+    dog = it["masks"][it["words"].index("dog")]
+    assert dog.shape == (32, 32) and 0 < dog.mean() < 0.5  # the centre 48² crop, resized: the dog survives
+    assert it["concept_present"] == ["cat", "dog"] and it["concept_absent"] == []  # no other class in the folder
+    assert len(folder.items(5, split="val")) == 1
+
+
+def test_a_caption_must_name_every_masked_class(tmp_path):
+    root = per_image_folder(tmp_path / "mine", 1, 0)
+    (root / names("test", 1)[0] / "caption.txt").write_text("a dog on a sofa")
+    with pytest.raises(ValueError, match="does not name 'cat'"):
+        ImageFolder(root, 32).items(1)
+    (root / names("test", 1)[0] / "caption.txt").write_text("A cat watches a dog.")
+    it = ImageFolder(root, 32).items(1)[0]
+    assert it["caption"] == "A cat watches a dog." and {it["words"][i] for i in it["masks"]} == {"cat", "dog"}
+
+
+def test_voc_palette_masks_with_the_boundary_band_left_out(tmp_path):
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    name = names("test", 1)[0]
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+    labels = np.zeros((40, 40), np.uint8)
+    labels[10:20, 10:20] = VOC_CLASSES.index("potted plant") + 1
+    labels[9, 9:21] = 255  # the boundary band
+    palette = Image.fromarray(labels, mode="P")
+    palette.putpalette([0, 0, 0] * 256)
+    palette.save(root / "SegmentationClass" / f"{name}.png")
+    it = ImageFolder(root, 40).items(1)[0]
+    assert it["caption"] == "a photo of a potted plant" and it["words"][list(it["masks"])[0]] == "plant"
+    assert it["concept_of"] == {list(it["masks"])[0]: "potted plant"} and len(it["concept_absent"]) == 2
+    assert it["ignore"].sum() == 12 and it["masks"][list(it["masks"])[0]].sum() == 100
+
+
+def test_a_folder_runs_through_the_study_without_an_annotator(tmp_path):
+    """The rows on your images: every method scored on your masks; the comparison with generations, which needs
+    an annotator, is left out (NaN) and says so in the tables."""
+    import daamlib
+    from daamlib.studies import real_images
+
+    pipe = daamlib.load_pipeline("tiny-sd1")
+    folder = per_image_folder(tmp_path / "mine")
+    items, val, truth = real_images.open_images("tiny-sd1", folder, 64, 2, 1, 0, pipe)
+    assert truth is None and items[0]["image"].shape == (64, 64, 3)
+    rows, concepts = real_images.real_image_rows(pipe, items, truth, (500,))
+    assert len(rows) == 4 and all(np.isnan(r["generation vs annotator"]) for r in rows)
+    table = real_images.methods_table(rows).set_index("method")
+    assert table.loc["DAAM word map", "n nouns"] == 4 and table.loc["DAAM word map on renders", "n nouns"] == 0
+    assert {c["concept"] for c in concepts} == {"cat", "dog"}
+
+
+def test_bad_folders_are_refused_with_the_layouts(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected <name>/image.png"):
+        ImageFolder(tmp_path / "none", 64)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image in either layout"):
+        ImageFolder(tmp_path / "empty", 64)
+    with pytest.raises(ValueError, match="size must be a multiple of 8"):
+        ImageFolder(per_image_folder(tmp_path / "mine"), 50)
