@@ -7,12 +7,12 @@ sum, over the timesteps instead of a trajectory). Nothing is generated.
 
 The noise: ``x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε`` for UNets and PixArt (DDPM's forward process, the model's own
 ``alphas_cumprod``), ``x_t = (1 − σ) · x_0 + σ · ε`` with ``σ = t / 1000`` for flow-matching transformers (SD3, Flux.1,
-Chroma). ``x_0`` is the VAE posterior's mean (``latent_dist.mode()``, shifted and scaled as the model's pipeline
+Chroma, Sana, Qwen-Image, Flux.2, Z-Image). ``x_0`` is the VAE posterior's mean (``latent_dist.mode()``, shifted and scaled as the model's pipeline
 does), so the same image gives the same ``x_0`` on every call; ``ε`` is drawn per timestep, in order, from one CPU
 ``torch.Generator`` seeded with ``seed``. Each evaluation is the pipeline's own call with these latents and a
 one-step schedule at ``t`` (``output_type="latent"``: nothing is decoded), so the denoiser sees exactly what it
 sees at ``t`` during a generation; guidance is off (only the conditional branch is mapped, so a second branch
-would be wasted work), except for guidance-distilled models (Flux.1), which take it as an input.
+would be wasted work), except for guidance-distilled models (Flux.1, Flux.2 [dev]), which take it as an input.
 """
 
 from __future__ import annotations
@@ -25,9 +25,14 @@ import torch
 from .heatmap import HeatMaps
 
 DEFAULT_TIMESTEPS = (250, 500, 750)  # of 1000: three noise levels, low to high (not yet chosen on val: notebook 06)
-_FLOW = ("StableDiffusion3Pipeline", "FluxPipeline", "ChromaPipeline")  # x_t = (1 − σ) x_0 + σ ε, σ = t / 1000
+_FLUX2 = ("Flux2KleinPipeline", "Flux2Pipeline")  # 2 × 2 patches into channels, batch-norm statistics of the VAE
+_FLOW = ("StableDiffusion3Pipeline", "FluxPipeline", "ChromaPipeline", "QwenImagePipeline", "SanaPipeline",
+         "ZImagePipeline") + _FLUX2  # x_t = (1 − σ) x_0 + σ ε, σ = t / 1000
 _PACKED = ("FluxPipeline", "ChromaPipeline")  # latents packed 2 × 2 into tokens ([B, h/2 · w/2, 4C])
 _DDPM_DIT = ("PixArtSigmaPipeline", "PixArtAlphaPipeline")  # transformers on the DDPM forward process
+# the guidance_scale that turns guidance off, where it is not 1 (Z-Image guides above 0); None: leave it (Qwen-Image's
+# true CFG is off without a negative prompt, and its guidance_scale is for guidance-distilled checkpoints only)
+_GUIDANCE_OFF = {"ZImagePipeline": 0.0, "QwenImagePipeline": None}
 
 
 class AttributionError(ValueError):
@@ -90,12 +95,22 @@ def _checked_timesteps(timesteps) -> list[float]:
 def clean_latents(pipe, x: torch.Tensor) -> torch.Tensor:
     """``x_0``: the image ``x`` ``[1, 3, H, W]`` in [−1, 1] through the pipeline's VAE (the posterior's mean), shifted
     and scaled as the pipeline's own img2img does, in the denoiser's layout (Flux.1 / Chroma: packed)."""
-    vae = pipe.vae
-    dist = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
-    z = dist.mode()
+    vae, name = pipe.vae, type(pipe).__name__
+    x = x.to(vae.device, vae.dtype)
+    if name in _FLUX2:  # the pipeline's own: the posterior's mode, patchified, normalised by the VAE's BN statistics
+        return pipe._encode_vae_image(x, None)  # [B, 4C, h/2, w/2]: the layout its `latents` take
+    if name == "QwenImagePipeline":  # a video VAE: [B, C, frames, h, w], per-channel mean and std
+        z = vae.encode(x[:, :, None]).latent_dist.mode()
+        c = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1).to(z)
+        std = torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1).to(z)
+        z = ((z - mean) / std).transpose(1, 2)  # [B, 1, C, h, w]
+        return pipe._pack_latents(z, z.shape[0], c, z.shape[-2], z.shape[-1])
+    out = vae.encode(x)
+    z = out.latent_dist.mode() if hasattr(out, "latent_dist") else out.latent  # Sana's DC-AE is deterministic
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     z = (z - shift) * vae.config.scaling_factor
-    if type(pipe).__name__ in _PACKED:
+    if name in _PACKED:
         b, c, h, w = z.shape
         z = pipe._pack_latents(z, b, c, h, w)
     return z
@@ -178,10 +193,10 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
                                f"{type(pipe).__name__} has neither yet")
     h, w = rgb.shape[:2]
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
-    distilled = getattr(pipe, "unet", None) is None and family_of(pipe).cfg == "distilled"
     kw = dict(height=h, width=w, output_type="latent", num_inference_steps=1, **pipe_kwargs)
-    if not distilled:
-        kw.setdefault("guidance_scale", 1.0)  # the conditional branch alone: the only one mapped
+    off = _GUIDANCE_OFF.get(type(pipe).__name__, 1.0)
+    if off is not None and (getattr(pipe, "unet", None) is not None or family_of(pipe).cfg != "distilled"):
+        kw.setdefault("guidance_scale", off)  # guidance off: the conditional branch alone is mapped
     for k in ("use_resolution_binning", "clean_caption"):  # PixArt: the size given, the prompt as written
         if k in _call_parameters(pipe):
             kw.setdefault(k, False)

@@ -21,7 +21,17 @@ def pipeline(tiny, kind):
 def x0_by_hand(pipe, kind):
     """The image's clean latents, computed here: the VAE posterior's mean, shifted and scaled, packed for Flux."""
     x = torch.from_numpy(IMAGE).permute(2, 0, 1)[None].float() / 127.5 - 1
-    z = pipe.vae.encode(x).latent_dist.mode()
+    if kind in ("flux2", "flux2-dev"):  # diffusers' own image encoding for Flux.2 (patchified, BN-normalised)
+        return pipe._encode_vae_image(x, None)
+    if kind == "qwen":  # as QwenImageImg2ImgPipeline encodes (with the posterior's mode), then its packing
+        cfg = pipe.vae.config
+        z = pipe.vae.encode(x[:, :, None]).latent_dist.mode()  # [1, C, 1, h, w]
+        z = (z - torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)) * (1 / torch.tensor(cfg.latents_std).view(
+            1, -1, 1, 1, 1))
+        z = z.transpose(1, 2)
+        return pipe._pack_latents(z, 1, z.shape[2], z.shape[-2], z.shape[-1])
+    out = pipe.vae.encode(x)
+    z = out.latent if kind == "sana" else out.latent_dist.mode()
     z = (z - (getattr(pipe.vae.config, "shift_factor", None) or 0.0)) * pipe.vae.config.scaling_factor
     if kind in ("flux", "chroma"):  # 2 × 2 patches of the latent → one token: [B, h/2 · w/2, 4C]
         b, c, h, w = z.shape
@@ -29,7 +39,9 @@ def x0_by_hand(pipe, kind):
     return z
 
 
-KINDS = ["sd1", "sdxl", "pixart", "sd3", "flux", "chroma"]
+KINDS = ["sd1", "sdxl", "pixart", "sd3", "flux", "chroma", "qwen", "sana", "zimage", "flux2", "flux2-dev"]
+FLOW = ("sd3", "flux", "chroma", "qwen", "sana", "zimage", "flux2", "flux2-dev")
+LENGTH = {"flux": 24, "chroma": 24, "pixart": 24, "qwen": 24, "sana": 24, "flux2": 24, "zimage": 40, "flux2-dev": 64}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -42,25 +54,29 @@ def test_the_denoiser_sees_the_noised_image_at_each_timestep(tiny, kind):
     seen = []
 
     def keep(module, args, kwargs):
-        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states", kwargs.get("x")))
+        t = args[1] if len(args) > 1 else kwargs.get("timestep", kwargs.get("t"))
+        x = torch.stack([v[:, 0] for v in x]) if isinstance(x, list) else x  # Z-Image: [C, frames, H, W] per image
         seen.append((x.detach().clone(), torch.as_tensor(t).flatten()[0].item()))
 
     handle = denoiser.register_forward_pre_hook(keep, with_kwargs=True)
     try:
-        kw = {"max_sequence_length": 24} if kind in ("flux", "chroma", "pixart") else {}
+        kw = {"max_sequence_length": LENGTH[kind]} if kind in LENGTH else {}
         hm = attribute(pipe, IMAGE, "a red circle", timesteps=TIMESTEPS, seed=5, **kw)
     finally:
         handle.remove()
     assert len(seen) == len(TIMESTEPS) and hm.timesteps == list(TIMESTEPS) and len(hm.steps) == 2
     x0 = x0_by_hand(pipe, kind)
     g = torch.Generator().manual_seed(5)
-    flow = kind in ("sd3", "flux", "chroma")
+    flow = kind in FLOW
     alphas = pipe.scheduler.alphas_cumprod if not flow else None
     for (x, t_seen), t in zip(seen, TIMESTEPS):
         eps = torch.randn(x0.shape, generator=g)
-        if flow:
-            want, t_want = (1 - t / 1000) * x0 + t / 1000 * eps, t / 1000 if kind in ("flux", "chroma") else t
+        if flow:  # what each transformer is given as its timestep: σ, σ·1000, or Z-Image's 1 − σ
+            want = (1 - t / 1000) * x0 + t / 1000 * eps
+            t_want = {"sd3": t, "sana": t, "zimage": 1 - t / 1000}.get(kind, t / 1000)
+            if kind in ("flux2", "flux2-dev"):  # the pipeline packs Flux.2's [B, C, h, w] latents into tokens
+                want = pipe._pack_latents(want)
         else:
             a = alphas[t].double()
             want, t_want = (a.sqrt() * x0.double() + (1 - a).sqrt() * eps.double()).float(), t
@@ -147,8 +163,8 @@ def test_bad_input_is_refused_before_anything_runs(tiny, image, timesteps, messa
 def test_an_unsupported_pipeline_names_the_supported_ones(tiny):
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
-    with pytest.raises(AttributionError, match="does not support SanaPipeline yet; it supports UNet pipelines"):
-        attribute(tiny_dit_pipeline("sana"), IMAGE, "a red circle")
+    with pytest.raises(AttributionError, match="does not support FluxKontextPipeline yet; it supports UNet pipelines"):
+        attribute(tiny_dit_pipeline("flux-kontext"), IMAGE, "a red circle")
 
 
 def test_daam_attribute_writes_a_rendered_scene_and_its_maps(tmp_path):
