@@ -167,22 +167,36 @@ def gpu() -> str:
 
 
 def real_images() -> str:
-    """Notebook 06's methods on exact masks and its absent-concept measures, from its CSVs in figures/."""
-    methods = ROOT / "figures" / "06_real_images_and_concepts_methods.csv"
-    absence = ROOT / "figures" / "06_real_images_and_concepts_absence.csv"
-    if not methods.is_file() or not absence.is_file():
+    """Notebook 06's methods on exact masks and its absent-concept measures, from its CSVs in figures/ (the first
+    embedded model) and figures/shapeworld-clip/ (the second), side by side."""
+    folders = [("shapeworld", ROOT / "figures"), ("shapeworld-clip", ROOT / "figures" / "shapeworld-clip")]
+    found = [(m, f) for m, f in folders if (f / "06_real_images_and_concepts_methods.csv").is_file()
+             and (f / "06_real_images_and_concepts_absence.csv").is_file()]
+    if not found:
         return "(notebook 06 has not written its tables to figures/ yet: `make figures`)\n"
-    rows = ["| ground truth | method | mIoU (95% CI) | n images (nouns) |", "|---|---|---|---|"]
-    with open(methods, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            rows.append(f"| {r['ground truth']} | {r['method']} | {_number(r['mIoU'])} ({_number(r['low'])} – "
-                        f"{_number(r['high'])}) | {int(float(r['n images']))} ({int(float(r['n nouns']))}) |")
-    rows += ["", "| absent concepts (test) | value (95% CI) | n |", "|---|---|---|"]
-    with open(absence, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            ci = f" ({_number(r['low'])} – {_number(r['high'])})" if r["low"] else ""
-            n = str(int(float(r["n"]))) if r["n"] else "val"
-            rows.append(f"| {r['measure']} | {_number(r['value'])}{ci} | {n} |")
+
+    def read(folder, name):
+        with open(folder / f"06_real_images_and_concepts_{name}.csv", newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def cell(value, low, high, n=None):
+        ci = f" ({_number(low)} – {_number(high)})" if low else ""
+        return f"{_number(value)}{ci}" + (f", {n}" if n else "")
+
+    head = " | ".join(f"{m}: mIoU (95% CI), n images (nouns)" for m, _ in found)
+    rows = [f"| ground truth | method | {head} |", "|---|---|" + "---|" * len(found)]
+    tables = [read(f, "methods") for _, f in found]
+    for i, r in enumerate(tables[0]):
+        cells = [cell(t[i]["mIoU"], t[i]["low"], t[i]["high"], f"{int(float(t[i]['n images']))} "
+                      f"({int(float(t[i]['n nouns']))})") for t in tables]
+        rows.append(f"| {r['ground truth']} | {r['method']} | " + " | ".join(cells) + " |")
+    head = " | ".join(f"{m}: value (95% CI), n" for m, _ in found)
+    rows += ["", f"| absent concepts (test) | {head} |", "|---|" + "---|" * len(found)]
+    tables = [read(f, "absence") for _, f in found]
+    for i, r in enumerate(tables[0]):
+        cells = [cell(t[i]["value"], t[i]["low"], t[i]["high"], str(int(float(t[i]["n"]))) if t[i]["n"] else "val")
+                 for t in tables]
+        rows.append(f"| {r['measure']} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 

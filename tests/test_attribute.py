@@ -230,3 +230,25 @@ def test_the_absence_threshold_is_chosen_on_val_and_scored_on_test():
     assert 0 <= table.loc["AUC, present vs absent concepts (by peak)", "value"] <= 1
     with pytest.raises(ValueError, match="needs present and absent concepts"):
         choose_absence_threshold([r for r in val if r["present"]])
+
+
+@pytest.mark.parametrize("model", ["shapeworld", "shapeworld-clip"])
+def test_daam_attribute_on_a_picture_drawn_by_other_means_with_each_embedded_model(tmp_path, model):
+    """A picture no world rendered (drawn with PIL: a red disc and a blue box on white), on both embedded models:
+    the maps are written and load, and the circle's map is heavier on the disc than on the box."""
+    from PIL import Image, ImageDraw
+
+    from daamlib import load_experiment
+    from daamlib.cli import main
+
+    im = Image.new("RGB", (64, 64), "white")
+    draw = ImageDraw.Draw(im)
+    draw.ellipse((6, 20, 26, 40), fill=(220, 30, 30))
+    draw.rectangle((38, 22, 56, 40), fill=(30, 60, 220))
+    im.save(tmp_path / "drawn.png")
+    assert main(["attribute", str(tmp_path / "drawn.png"), "--prompt", "a red circle left of a blue square",
+                 "--model", model, "--timesteps", "250", "--out", str(tmp_path / model)]) == 0
+    hm, meta = load_experiment(tmp_path / model / "experiment")
+    assert meta["settings"]["model"] == model and hm.size == (64, 64)
+    heat = hm["circle"].heat
+    assert heat[20:40, 6:26].mean() > heat[22:40, 38:56].mean()
