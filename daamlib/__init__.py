@@ -7,11 +7,13 @@
 
 The core: ``trace`` (capture), ``kernel`` (Eq. 6–7), ``words`` (alignment), ``heatmap``
 (result objects, overlays), ``replay``, ``stats`` (IoU/IoD/IoH), ``io`` (experiments), ``items`` and
-``runner`` (resumable runs), ``models`` (named models), ``pipeline`` (loading, generate), ``explorer``,
+``runner`` (resumable runs), ``models`` (named models), ``pipeline`` (loading, generate), ``attribute`` (maps of an
+image that exists), ``concepts`` (maps of words not in the prompt), ``explorer``,
 ``cli``; ``testing`` holds the tiny test pipelines. The paper's studies are in ``daamlib.studies`` and
 the embedded model in ``daamlib.shapeworld``; the core imports neither. Nothing heavy is imported here.
 """
 
+from .attribute import AttributionError, attribute
 from .heatmap import HeatMaps, WordHeatMap
 from .io import ExperimentError, load_experiment, save_experiment
 from .kernel import aggregate, binarize
@@ -27,6 +29,6 @@ __all__ = [
     "align_words", "WordNotFoundError", "AmbiguousWordError",
     "iou", "iod", "ioh", "mean_ci",
     "save_experiment", "load_experiment", "ExperimentError",
-    "generate", "edit_pipeline", "load_pipeline", "default_model",
+    "generate", "edit_pipeline", "load_pipeline", "default_model", "attribute", "AttributionError",
 ]
 __version__ = "0.1.0"

@@ -270,7 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pipe = load_pipeline(model, device=args.device, dtype=dtype, scheduler=args.scheduler)
         if edit:
+            from .trace import check_supported
+
             pipe = edit_pipeline(pipe, inpaint="mask_image" in inputs)
+            check_supported(pipe)  # e.g. Kontext's inpainting pipeline: refused here, with the supported list
             if "strength" in inputs and _call_default(pipe, "strength") is None:
                 raise ValueError(f"{type(pipe).__name__} takes no --strength (an instruction edit starts from "
                                  "noise); leave it out")
