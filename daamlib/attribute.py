@@ -189,8 +189,8 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     rgb, x = _checked_image(pipe, image)
     concepts = check_concepts(concepts)
     if concepts and getattr(pipe, "unet", None) is None and not _concept_attention(pipe):
-        raise AttributionError(f"concepts= maps concepts on UNets and Flux.1 (ConceptAttention's method); "
-                               f"{type(pipe).__name__} has neither yet")
+        raise AttributionError(f"concepts= maps concepts on UNets, Flux.1 and SD3 (ConceptAttention's method); "
+                               f"{type(pipe).__name__} is none of them")
     h, w = rgb.shape[:2]
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
     kw = dict(height=h, width=w, output_type="latent", num_inference_steps=1, **pipe_kwargs)

@@ -101,8 +101,8 @@ def test_bad_concepts_are_refused(tiny, concepts, message):
 def test_concepts_on_a_transformer_without_concept_attention_are_refused():
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
-    with pytest.raises(TraceError, match="implemented for Flux.1 .*StableDiffusion3Pipeline is 'sd3'"):
-        with trace(tiny_dit_pipeline("sd3"), concepts=["grass"]):
+    with pytest.raises(TraceError, match="implemented for Flux.1 .*PixArtSigmaPipeline is 'pixart'"):
+        with trace(tiny_dit_pipeline("pixart"), concepts=["grass"]):
             pass
 
 
@@ -223,3 +223,85 @@ def test_flux_concepts_through_attribute_saved_and_loaded(tmp_path):
         for c in ("circle", "grass"):
             assert torch.equal(getattr(back, attr)[c].heat, getattr(hm, attr)[c].heat)
     assert back.select(steps=[1]).concept_outputs is not None
+
+
+def test_sd3_concept_attention_equals_the_blocks_own_text_path_with_guidance_in_the_batch():
+    """ConceptAttention on SD3 (joint blocks, no rotary positions, CFG batch [uncond, cond]), re-derived as for
+    Flux.1: each concept encoded by SD3's encode_prompt and cut to its CLIP and T5 tokens, run through each joint
+    block's own forward as its text stream on the conditional rows; the last block (context_pre_only) gives a
+    cross-attention map and no output-space one. Image bit-identical."""
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    pipe = tiny_dit_pipeline("sd3")
+    concepts = ["circle", "sky blue"]
+    prompts = ["a red circle", "a giraffe and a zebra"]
+    kw = dict(num_inference_steps=2, output_type="pt", height=64, width=96, guidance_scale=5.0)
+    plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    calls = []
+    t = pipe.transformer
+
+    def on_call(module, args, kwargs):
+        calls.append([])
+
+    def on_block(block, args, kwargs):
+        calls[-1].append(dict(kwargs))
+
+    def on_attn(module, args, kwargs, out):
+        calls[-1][-1]["attn_out"] = out[0]
+
+    handles = [t.register_forward_pre_hook(on_call, with_kwargs=True)]
+    for b in t.transformer_blocks:
+        handles += [b.register_forward_pre_hook(on_block, with_kwargs=True),
+                    b.attn.register_forward_hook(on_attn, with_kwargs=True)]
+    try:
+        with trace(pipe, concepts=concepts) as tc:
+            traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(plain, traced)
+    parts, rows, at = [], [], 0
+    for c in concepts + [""]:
+        n_clip, n_t5 = len(pipe.tokenizer(c)["input_ids"]), len(pipe.tokenizer_3(c)["input_ids"])
+        e = pipe.encode_prompt(prompt=c, prompt_2=c, prompt_3=c, device="cpu", do_classifier_free_guidance=False,
+                               max_sequence_length=n_t5)[0][0]
+        kept = torch.cat([e[:n_clip], e[77:77 + n_t5]])
+        own = list(range(1, n_clip - 1)) + list(range(n_clip, n_clip + n_t5 - 1))
+        rows.append([at + r for r in own] if c else list(range(at, at + len(kept))))
+        parts.append(kept)
+        at += len(kept)
+    states = torch.cat(parts)
+    h, w = tc.generations[-1].grid
+    n = len(concepts)
+    for image in range(2):
+        row = 2 + image  # the conditional half of [uncond, cond]
+        want = {"cross": {}, "out": {}}
+        for blocks in calls:
+            c = t.context_embedder(states)[None]
+            for i, (block, bk) in enumerate(zip(t.transformer_blocks, blocks)):
+                img, temb = bk["hidden_states"][row:row + 1], bk["temb"][row:row + 1]
+                norm_img = block.norm1(img, emb=temb)[0]
+                norm_c = block.norm1_context(c, temb) if block.context_pre_only else block.norm1_context(c, emb=temb)[0]
+                attn = block.attn
+                q = attn.to_q(norm_img).unflatten(-1, (attn.heads, -1))
+                k = attn.add_k_proj(norm_c).unflatten(-1, (attn.heads, -1))
+                q = attn.norm_q(q) if attn.norm_q is not None else q
+                k = attn.norm_added_k(k) if attn.norm_added_k is not None else k
+                p = torch.einsum("bnhd,bchd->bhnc", q.double(), k.double()).mul(q.shape[-1] ** -0.5).softmax(-1)
+                p = p.sum(1)[0]
+                maps = {"cross": torch.stack([p[:, r].sum(-1) for r in rows])[:n]}
+                if not block.context_pre_only:
+                    _, c_out = attn(hidden_states=norm_img, encoder_hidden_states=norm_c)
+                    dots = torch.einsum("nd,cd->cn", bk["attn_out"][row].double(), c_out[0].double())
+                    maps["out"] = torch.stack([dots[r].mean(0) for r in rows]).softmax(0)[:n]
+                    c = block(hidden_states=img, encoder_hidden_states=c, temb=temb)[0]
+                for space, m in maps.items():
+                    up = F.interpolate(m.reshape(1, n, h, w).float(), size=(64, 96), mode="bicubic",
+                                       align_corners=False)[0].double()
+                    want[space][i] = want[space].get(i, 0) + up
+        hm = tc.heat_maps(image)
+        for got, space in ((hm.concepts, "cross"), (hm.concept_outputs, "out")):
+            total = sum(want[space].values()).clamp(min=0)
+            for j, name in enumerate(concepts):
+                diff = (got[name].heat.double() - total[j]).abs().max().item()
+                assert diff <= 1e-5 * total[j].max().item(), (space, name, diff)

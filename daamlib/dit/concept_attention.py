@@ -1,4 +1,4 @@
-"""Concept maps on Flux.1 (issue 29), after ConceptAttention: the concepts are a third stream that flows through
+"""Concept maps on Flux.1 and SD3 (issue 29), after ConceptAttention: the concepts are a third stream that flows through
 every double-stream block with the text stream's weights (``norm1_context``, the added q/k/v projections,
 ``to_add_out``, ``ff_context``), attending to itself and to the image (one-way: the image never sees it, so the
 generation is unchanged). Each concept is encoded alone by the pipeline's T5 (its tokens and ``</s>``); a null
@@ -15,7 +15,10 @@ Two maps per concept, per block and step, on the conditional rows:
 
 Both are summed over blocks and steps and upsampled like a word's map (Eq. 6). The concept stream is modulated by
 the generation's own conditioning (``temb``: timestep, guidance and the prompt's pooled CLIP embedding).
-Supported: ``FluxPipeline`` (and Flux.1 img2img / inpainting / Kontext, whose transformer is Flux.1's).
+Supported: ``FluxPipeline`` (and Flux.1 img2img / inpainting / Kontext, whose transformer is Flux.1's) and
+``StableDiffusion3Pipeline`` (joint blocks with the text stream's weights; no rotary positions; its last block
+updates no text stream, so it has a cross-attention map and no output-space one; each concept is encoded as SD3
+encodes a prompt, CLIP's tokens and, where loaded, T5's).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-FAMILIES = ("flux", "flux-edit", "flux-kontext")
+FAMILIES = ("flux", "flux-edit", "flux-kontext", "sd3")
 
 
 class ConceptStream:
@@ -34,12 +37,15 @@ class ConceptStream:
 
     def __init__(self, pipe, rec, concepts: list[str]):
         self.pipe, self.rec, self.concepts = pipe, rec, concepts
-        self.states, self.rows_of = self._encode(pipe, concepts)  # [L_c, 4096], per concept its token rows
+        self.sd3 = rec.family.name == "sd3"
+        encode = self._encode_sd3 if self.sd3 else self._encode
+        self.states, self.rows_of = encode(pipe, concepts)  # [L_c, D], per concept its token rows
         self.handles, self.c, self.rope, self.temb = [], None, None, None
 
     @staticmethod
     def _encode(pipe, concepts):
-        """Each concept's T5 states (its tokens and ``</s>``), then the null concept's ``</s>``, in one sequence."""
+        """Flux.1: each concept's T5 states (its tokens and ``</s>``), then the null concept's ``</s>``, in one
+        sequence."""
         tok = pipe.tokenizer_2
         device = getattr(pipe, "_execution_device", None) or pipe.device
         parts, rows, at = [], [], 0
@@ -51,6 +57,29 @@ class ConceptStream:
             parts.append(states[:n])
             rows.append(list(range(at, at + n - 1)) if n > 1 else [at])  # the null concept: its </s>
             at += n
+        return torch.cat(parts), rows
+
+    @staticmethod
+    def _encode_sd3(pipe, concepts):
+        """SD3: each concept as the pipeline encodes a prompt (``encode_prompt``: both CLIPs' states, zero-padded to
+        T5's width, then T5's), cut to its own tokens: CLIP's ``<start>``, tokens, ``<end>`` and, where T5 is loaded,
+        T5's tokens and ``</s>``. The null concept (``""``) keeps all its rows; a concept's map rows are its tokens."""
+        device = getattr(pipe, "_execution_device", None) or pipe.device
+        clip_len = pipe.tokenizer_max_length
+        t5 = getattr(pipe, "text_encoder_3", None) is not None
+        parts, rows, at = [], [], 0
+        for c in concepts + [""]:
+            n_clip = len(pipe.tokenizer(c)["input_ids"])
+            n_t5 = len(pipe.tokenizer_3(c)["input_ids"]) if t5 else 0
+            with torch.no_grad():
+                states = pipe.encode_prompt(prompt=c, prompt_2=c, prompt_3=c, device=device,
+                                            do_classifier_free_guidance=False,
+                                            max_sequence_length=max(n_t5, 1))[0][0]
+            kept = torch.cat([states[:n_clip], states[clip_len:clip_len + n_t5]])
+            own = list(range(1, n_clip - 1)) + list(range(n_clip, n_clip + max(0, n_t5 - 1)))
+            parts.append(kept)
+            rows.append([at + r for r in own] if c else list(range(at, at + len(kept))))
+            at += len(kept)
         return torch.cat(parts), rows
 
     def install(self, transformer) -> None:
@@ -71,11 +100,12 @@ class ConceptStream:
         if not rows:
             self.c = None
             return
-        img_ids = kwargs["img_ids"]
-        img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids
-        n = self.states.shape[0]
-        ids = torch.cat([torch.zeros(n, img_ids.shape[-1], dtype=img_ids.dtype, device=img_ids.device), img_ids])
-        self.rope = transformer.pos_embed(ids)
+        if not self.sd3:  # Flux.1's rotary positions: the concepts at 0, as the text is
+            img_ids = kwargs["img_ids"]
+            img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+            n = self.states.shape[0]
+            ids = torch.cat([torch.zeros(n, img_ids.shape[-1], dtype=img_ids.dtype, device=img_ids.device), img_ids])
+            self.rope = transformer.pos_embed(ids)
         c = transformer.context_embedder(self.states.to(transformer.context_embedder.weight))
         self.c = c[None].expand(len(rows), -1, -1).contiguous()
         self.batch = torch.tensor([b for b, _ in rows])
@@ -92,36 +122,48 @@ class ConceptStream:
         norm_img = kwargs["hidden_states"].index_select(0, b)
         img_out = (out[0] if isinstance(out, tuple) else out).index_select(0, b)  # to_out of the image tokens
         temb = self.temb.index_select(0, b)
-        norm_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(self.c, emb=temb)
-        H, d = attn.heads, attn.head_dim
+        last = getattr(block, "context_pre_only", False)  # SD3's last block: the text stream is not updated
+        if last:
+            norm_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(self.c, temb), None, None, None, None
+        else:
+            norm_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(self.c, emb=temb)
+        H = attn.heads
+        d = attn.to_q.out_features // H
         q_i, k_i, v_i = (f(norm_img).unflatten(-1, (H, d)) for f in (attn.to_q, attn.to_k, attn.to_v))
-        q_i, k_i = attn.norm_q(q_i), attn.norm_k(k_i)
+        norm = lambda f, x: x if f is None else f(x)  # noqa: E731 (SD3 without qk-norm has none)
+        q_i, k_i = norm(attn.norm_q, q_i), norm(attn.norm_k, k_i)
         q_c, k_c, v_c = (f(norm_c).unflatten(-1, (H, d)) for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-        q_c, k_c = attn.norm_added_q(q_c), attn.norm_added_k(k_c)
-        from diffusers.models.embeddings import apply_rotary_emb
-
+        q_c, k_c = norm(attn.norm_added_q, q_c), norm(attn.norm_added_k, k_c)
         C = q_c.shape[1]
-        q = apply_rotary_emb(torch.cat([q_c, q_i], 1), self.rope, sequence_dim=1)
-        k = apply_rotary_emb(torch.cat([k_c, k_i], 1), self.rope, sequence_dim=1)
-        v = torch.cat([v_c, v_i], 1)
+        q, k, v = torch.cat([q_c, q_i], 1), torch.cat([k_c, k_i], 1), torch.cat([v_c, v_i], 1)
+        if self.rope is not None and not self.sd3:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            q = apply_rotary_emb(q, self.rope, sequence_dim=1)
+            k = apply_rotary_emb(k, self.rope, sequence_dim=1)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [Bc, H, C + N, d]
         scale = d ** -0.5
         # the concept stream's own update: its queries over [concepts, image] (one-way: the image's are not used)
-        o_c = F.scaled_dot_product_attention(q[:, :, :C], k, v, scale=scale).transpose(1, 2).flatten(2)
-        o_c = attn.to_add_out(o_c.to(q_c.dtype))
+        o_c = None
+        if getattr(attn, "to_add_out", None) is not None:  # (none in SD3's last block)
+            o_c = F.scaled_dot_product_attention(q[:, :, :C], k, v, scale=scale).transpose(1, 2).flatten(2)
+            o_c = attn.to_add_out(o_c.to(q_c.dtype))
         # cross-attention space: the image's queries against the concept keys only (softmax over the concept stream)
         p = (q[:, :, C:].float() @ k[:, :, :C].float().transpose(-1, -2) * scale).softmax(-1)  # [Bc, H, N, C]
         p = p.sum(1)  # heads summed: [Bc, N, C]
         cross = torch.stack([p[..., r].sum(-1) for r in self.rows_of], 1)  # [Bc, concepts + null, N]
-        # output space: image outputs · concept outputs, softmax over concepts and the null concept per pixel
-        dots = torch.einsum("bnd,bcd->bcn", img_out.float(), o_c.float())
-        dots = torch.stack([dots[:, r].mean(1) for r in self.rows_of], 1).softmax(1)  # [Bc, concepts + null, N]
         h, w = self.rec.current.grid
         name = f"transformer_blocks.{index}.attn.processor"  # the word maps' name for this block
         g = self.rec.current
-        for store, m in ((g.concept_maps, cross), (g.concept_output_maps, dots)):
+        kept = [(g.concept_maps, cross)]
+        if o_c is not None:  # output space: image outputs · concept outputs, softmax over concepts and null per pixel
+            dots = torch.einsum("bnd,bcd->bcn", img_out.float(), o_c.float())
+            kept.append((g.concept_output_maps, torch.stack([dots[:, r].mean(1) for r in self.rows_of], 1).softmax(1)))
+        for store, m in kept:
             store.setdefault(name, []).append(m[self.order, : len(self.concepts)].reshape(-1, len(self.concepts), h, w)
                                               .to(self.rec.store_device or m.device))
+        if last or o_c is None:
+            return
         # the residual stream, as the block updates its text stream
         c = self.c + gate_msa.unsqueeze(1) * o_c
         n = block.norm2_context(c) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]

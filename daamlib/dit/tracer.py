@@ -105,9 +105,9 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
         from .concept_attention import FAMILIES
 
         if family.name not in FAMILIES:
-            raise TraceError(f"concepts= on diffusion transformers is implemented for Flux.1 ({', '.join(FAMILIES)}: "
-                             f"ConceptAttention's method); {type(pipe).__name__} is {family.name!r}. Map the "
-                             "prompt's own words, or use Flux.1 or a UNet model")
+            raise TraceError(f"concepts= on diffusion transformers is implemented for Flux.1 and SD3 "
+                             f"({', '.join(FAMILIES)}: ConceptAttention's method); {type(pipe).__name__} is "
+                             f"{family.name!r}. Map the prompt's own words, or use one of those or a UNet model")
 
     rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device, store_dtype, store, replay)
     encode = pipe.encode_prompt
