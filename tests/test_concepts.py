@@ -120,27 +120,17 @@ def two_block_flux():
     return pipe
 
 
-def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_image_alone():
-    """ConceptAttention on Flux.1, re-derived with diffusers' own code: the concept stream (each concept's T5 tokens
-    and </s>, then a null concept's </s>, through the context embedder) is run through each double-stream block's
-    own forward as its text stream, with the generation's image input, temb and [concepts, image] rotary positions;
-    the block's own attention module gives the concept outputs. Cross-attention maps: the image queries against the
-    concept keys (softmax over the concept stream); output-space maps: the real image outputs · the concept outputs,
-    softmax over concepts and null. Maps equal, image bit-identical, two prompts, two blocks, two steps."""
-    from diffusers.models.embeddings import apply_rotary_emb
-
-    pipe = two_block_flux()
-    concepts = ["circle", "sky blue"]
-    prompts = ["a red circle", "a giraffe and a zebra"]
-    kw = dict(num_inference_steps=2, output_type="pt", max_sequence_length=24, height=64, width=96, guidance_scale=3.5)
+def run_with_block_inputs(pipe, prompts, kw, concepts):
+    """The pipeline untraced, then traced with ``concepts`` while every call's transformer keywords, each joint
+    block's keywords and its attention module's image output are kept: (untraced, traced images, calls, trace)."""
     plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
-    calls = []  # per transformer call: per block (its kwargs, its attention module's output)
+    calls = []  # per transformer call: its keywords and, per block, the block's keywords and image attention output
 
     def on_call(module, args, kwargs):
-        calls.append({"img_ids": kwargs["img_ids"], "blocks": []})
+        calls.append({"kwargs": dict(kwargs), "blocks": []})
 
     def on_block(block, args, kwargs):
-        calls[-1]["blocks"].append({k: v for k, v in kwargs.items()})
+        calls[-1]["blocks"].append(dict(kwargs))
 
     def on_attn(module, args, kwargs, out):
         calls[-1]["blocks"][-1]["attn_out"] = out[0]
@@ -156,6 +146,24 @@ def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_i
     finally:
         for h in handles:
             h.remove()
+    return plain, traced, calls, tc
+
+
+def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_image_alone():
+    """ConceptAttention on Flux.1, re-derived with diffusers' own code: the concept stream (each concept's T5 tokens
+    and </s>, then a null concept's </s>, through the context embedder) is run through each double-stream block's
+    own forward as its text stream, with the generation's image input, temb and [concepts, image] rotary positions;
+    the block's own attention module gives the concept outputs. Cross-attention maps: the image queries against the
+    concept keys (softmax over the concept stream); output-space maps: the real image outputs · the concept outputs,
+    softmax over concepts and null. Maps equal, image bit-identical, two prompts, two blocks, two steps."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    pipe = two_block_flux()
+    concepts = ["circle", "sky blue"]
+    prompts = ["a red circle", "a giraffe and a zebra"]
+    kw = dict(num_inference_steps=2, output_type="pt", max_sequence_length=24, height=64, width=96, guidance_scale=3.5)
+    plain, traced, calls, tc = run_with_block_inputs(pipe, prompts, kw, concepts)
+    t = pipe.transformer
     assert torch.equal(plain, traced)
     # the concept stream, as the pipeline's T5 encodes each concept alone
     tok, parts, rows, at = pipe.tokenizer_2, [], [], 0
@@ -170,7 +178,7 @@ def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_i
     for image in range(2):
         want_cross, want_out = 0, 0
         for call in calls:
-            ids = call["img_ids"]
+            ids = call["kwargs"]["img_ids"]
             rope = t.pos_embed(torch.cat([torch.zeros(len(states), ids.shape[-1]), ids]))
             c = t.context_embedder(states)[None]
             for block, bk in zip(t.transformer_blocks, call["blocks"]):
@@ -236,29 +244,8 @@ def test_sd3_concept_attention_equals_the_blocks_own_text_path_with_guidance_in_
     concepts = ["circle", "sky blue"]
     prompts = ["a red circle", "a giraffe and a zebra"]
     kw = dict(num_inference_steps=2, output_type="pt", height=64, width=96, guidance_scale=5.0)
-    plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
-    calls = []
+    plain, traced, calls, tc = run_with_block_inputs(pipe, prompts, kw, concepts)
     t = pipe.transformer
-
-    def on_call(module, args, kwargs):
-        calls.append([])
-
-    def on_block(block, args, kwargs):
-        calls[-1].append(dict(kwargs))
-
-    def on_attn(module, args, kwargs, out):
-        calls[-1][-1]["attn_out"] = out[0]
-
-    handles = [t.register_forward_pre_hook(on_call, with_kwargs=True)]
-    for b in t.transformer_blocks:
-        handles += [b.register_forward_pre_hook(on_block, with_kwargs=True),
-                    b.attn.register_forward_hook(on_attn, with_kwargs=True)]
-    try:
-        with trace(pipe, concepts=concepts) as tc:
-            traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
-    finally:
-        for h in handles:
-            h.remove()
     assert torch.equal(plain, traced)
     parts, rows, at = [], [], 0
     for c in concepts + [""]:
@@ -276,9 +263,9 @@ def test_sd3_concept_attention_equals_the_blocks_own_text_path_with_guidance_in_
     for image in range(2):
         row = 2 + image  # the conditional half of [uncond, cond]
         want = {"cross": {}, "out": {}}
-        for blocks in calls:
+        for call in calls:
             c = t.context_embedder(states)[None]
-            for i, (block, bk) in enumerate(zip(t.transformer_blocks, blocks)):
+            for i, (block, bk) in enumerate(zip(t.transformer_blocks, call["blocks"])):
                 img, temb = bk["hidden_states"][row:row + 1], bk["temb"][row:row + 1]
                 norm_img = block.norm1(img, emb=temb)[0]
                 norm_c = block.norm1_context(c, temb) if block.context_pre_only else block.norm1_context(c, emb=temb)[0]
