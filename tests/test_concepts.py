@@ -101,21 +101,20 @@ def test_bad_concepts_are_refused(tiny, concepts, message):
 def test_concepts_on_a_transformer_without_concept_attention_are_refused():
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
-    with pytest.raises(TraceError, match="implemented for Flux.1 .*PixArtSigmaPipeline is 'pixart'"):
+    with pytest.raises(TraceError, match="implemented for Flux.1, Chroma and SD3 .*PixArtSigmaPipeline is 'pixart'"):
         with trace(tiny_dit_pipeline("pixart"), concepts=["grass"]):
             pass
 
 
-def two_block_flux():
-    """Tiny Flux.1 with two double-stream blocks, so that the concept stream's residual update is carried."""
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-
+def two_block_flux(kind: str = "flux"):
+    """Tiny Flux.1 (or Chroma) with two double-stream blocks, so that the concept stream's residual update is
+    carried."""
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
-    base = tiny_dit_pipeline("flux")
+    base = tiny_dit_pipeline(kind)
     torch.manual_seed(1)
-    transformer = FluxTransformer2DModel.from_config({**base.transformer.config, "num_layers": 2})
-    pipe = FluxPipeline(**{**base.components, "transformer": transformer})
+    transformer = type(base.transformer).from_config({**base.transformer.config, "num_layers": 2})
+    pipe = type(base)(**{**base.components, "transformer": transformer})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -149,7 +148,8 @@ def run_with_block_inputs(pipe, prompts, kw, concepts):
     return plain, traced, calls, tc
 
 
-def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_image_alone():
+@pytest.mark.parametrize("kind", ["flux", "chroma"])
+def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_image_alone(kind):
     """ConceptAttention on Flux.1, re-derived with diffusers' own code: the concept stream (each concept's T5 tokens
     and </s>, then a null concept's </s>, through the context embedder) is run through each double-stream block's
     own forward as its text stream, with the generation's image input, temb and [concepts, image] rotary positions;
@@ -158,18 +158,20 @@ def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_i
     softmax over concepts and null. Maps equal, image bit-identical, two prompts, two blocks, two steps."""
     from diffusers.models.embeddings import apply_rotary_emb
 
-    pipe = two_block_flux()
+    pipe = two_block_flux(kind)
     concepts = ["circle", "sky blue"]
     prompts = ["a red circle", "a giraffe and a zebra"]
-    kw = dict(num_inference_steps=2, output_type="pt", max_sequence_length=24, height=64, width=96, guidance_scale=3.5)
+    kw = dict(num_inference_steps=2, output_type="pt", max_sequence_length=24, height=64, width=96,
+              guidance_scale=3.5 if kind == "flux" else 1.0)  # Chroma: no negative call
     plain, traced, calls, tc = run_with_block_inputs(pipe, prompts, kw, concepts)
     t = pipe.transformer
     assert torch.equal(plain, traced)
     # the concept stream, as the pipeline's T5 encodes each concept alone
-    tok, parts, rows, at = pipe.tokenizer_2, [], [], 0
+    tok, parts, rows, at = getattr(pipe, "tokenizer_2", None) or pipe.tokenizer, [], [], 0
     for c in concepts + [""]:
         n = len(tok(c)["input_ids"])
-        parts.append(pipe._get_t5_prompt_embeds(prompt=c, max_sequence_length=n, device="cpu")[0])
+        e = pipe._get_t5_prompt_embeds(prompt=c, max_sequence_length=n, device="cpu")
+        parts.append((e[0] if isinstance(e, tuple) else e)[0])
         rows.append(list(range(at, at + n - 1)) or [at])
         at += n
     states = torch.cat(parts)
@@ -183,8 +185,9 @@ def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_i
             c = t.context_embedder(states)[None]
             for block, bk in zip(t.transformer_blocks, call["blocks"]):
                 img, temb = bk["hidden_states"][image:image + 1], bk["temb"][image:image + 1]
-                norm_img = block.norm1(img, emb=temb)[0]
-                norm_c = block.norm1_context(c, emb=temb)[0]
+                emb_img, emb_txt = (temb[:, :6], temb[:, 6:]) if kind == "chroma" else (temb, temb)
+                norm_img = block.norm1(img, emb=emb_img)[0]
+                norm_c = block.norm1_context(c, emb=emb_txt)[0]
                 _, c_out = block.attn(hidden_states=norm_img, encoder_hidden_states=norm_c, image_rotary_emb=rope)
                 attn = block.attn
                 q = attn.norm_q(attn.to_q(norm_img).unflatten(-1, (attn.heads, -1)))

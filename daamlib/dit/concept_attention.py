@@ -15,7 +15,8 @@ Two maps per concept, per block and step, on the conditional rows:
 
 Both are summed over blocks and steps and upsampled like a word's map (Eq. 6). The concept stream is modulated by
 the generation's own conditioning (``temb``: timestep, guidance and the prompt's pooled CLIP embedding).
-Supported: ``FluxPipeline`` (and Flux.1 img2img / inpainting / Kontext, whose transformer is Flux.1's) and
+Supported: ``FluxPipeline`` (and Flux.1 img2img / inpainting / Kontext, whose transformer is Flux.1's),
+``ChromaPipeline`` (Flux.1's blocks, the text stream modulated by its own rows of the block's modulation) and
 ``StableDiffusion3Pipeline`` (joint blocks with the text stream's weights; no rotary positions; its last block
 updates no text stream, so it has a cross-attention map and no output-space one; each concept is encoded as SD3
 encodes a prompt, CLIP's tokens and, where loaded, T5's).
@@ -28,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-FAMILIES = ("flux", "flux-edit", "flux-kontext", "sd3")
+FAMILIES = ("flux", "flux-edit", "flux-kontext", "chroma", "sd3")
 
 
 class ConceptStream:
@@ -44,16 +45,17 @@ class ConceptStream:
 
     @staticmethod
     def _encode(pipe, concepts):
-        """Flux.1: each concept's T5 states (its tokens and ``</s>``), then the null concept's ``</s>``, in one
+        """Flux.1, Chroma: each concept's T5 states (its tokens and ``</s>``), then the null concept's ``</s>``, in one
         sequence."""
-        tok = pipe.tokenizer_2
+        tok = getattr(pipe, "tokenizer_2", None) or pipe.tokenizer  # Chroma's only tokenizer is T5's
         device = getattr(pipe, "_execution_device", None) or pipe.device
         parts, rows, at = [], [], 0
         for c in concepts + [""]:
             n = len(tok(c)["input_ids"])  # its tokens and </s>
             with torch.no_grad():
                 states = pipe._get_t5_prompt_embeds(prompt=c, num_images_per_prompt=1, max_sequence_length=n,
-                                                    device=device)[0]
+                                                    device=device)
+            states = (states[0] if isinstance(states, tuple) else states)[0]  # Chroma's returns (states, mask)
             parts.append(states[:n])
             rows.append(list(range(at, at + n - 1)) if n > 1 else [at])  # the null concept: its </s>
             at += n
@@ -125,8 +127,9 @@ class ConceptStream:
         last = getattr(block, "context_pre_only", False)  # SD3's last block: the text stream is not updated
         if last:
             norm_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(self.c, temb), None, None, None, None
-        else:
-            norm_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(self.c, emb=temb)
+        else:  # Chroma's blocks take [image, text] modulation rows: the text stream's are the last six
+            emb = temb[:, 6:] if self.rec.family.name == "chroma" else temb
+            norm_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(self.c, emb=emb)
         H = attn.heads
         d = attn.to_q.out_features // H
         q_i, k_i, v_i = (f(norm_img).unflatten(-1, (H, d)) for f in (attn.to_q, attn.to_k, attn.to_v))
