@@ -101,8 +101,8 @@ def test_bad_concepts_are_refused(tiny, concepts, message):
 def test_concepts_on_a_transformer_without_concept_attention_are_refused():
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
-    with pytest.raises(TraceError, match="implemented for Flux.1, Chroma and SD3 .*PixArtSigmaPipeline is 'pixart'"):
-        with trace(tiny_dit_pipeline("pixart"), concepts=["grass"]):
+    with pytest.raises(TraceError, match="implemented for Flux.1, Chroma and SD3 .*QwenImagePipeline is 'qwen'"):
+        with trace(tiny_dit_pipeline("qwen"), concepts=["grass"]):
             pass
 
 
@@ -295,3 +295,56 @@ def test_sd3_concept_attention_equals_the_blocks_own_text_path_with_guidance_in_
             for j, name in enumerate(concepts):
                 diff = (got[name].heat.double() - total[j]).abs().max().item()
                 assert diff <= 1e-5 * total[j].max().item(), (space, name, diff)
+
+
+@pytest.mark.parametrize("kind", ["pixart", "sana"])
+def test_cross_attention_transformer_concepts_equal_an_independent_computation(kind):
+    """PixArt and Sana (cross-attention to the text): OVAM's concept maps, re-derived in float64 from each attn2
+    module's own input and projections: the concept encoded alone (lower-cased, Sana without its instruction),
+    through the caption projection (and Sana's caption norm), softmax over its tokens and the sink token (T5's
+    </s>, Gemma's <bos>), on the conditional half of the CFG batch. Image bit-identical."""
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    pipe = tiny_dit_pipeline(kind)
+    concepts = ["circle", "sky blue"]
+    kw = dict(num_inference_steps=2, output_type="pt", height=64, width=64, guidance_scale=4.0, max_sequence_length=24,
+              use_resolution_binning=False, clean_caption=False)
+    prompts = ["a red circle", "a giraffe and a zebra"]
+    plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    seen = []
+    mods = [m for n, m in pipe.transformer.named_modules() if n.endswith("attn2")]
+    handles = [m.register_forward_pre_hook(lambda m, a, k: seen.append((m, (a[0] if a else k["hidden_states"]))),
+                                           with_kwargs=True) for m in mods]
+    try:
+        with trace(pipe, concepts=concepts) as tc:
+            traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(plain, traced) and len(seen) == 2 * len(mods)
+    t = pipe.transformer
+    keys_in = {}
+    for c in concepts:
+        n = len(pipe.tokenizer(c)["input_ids"])
+        extra = {"complex_human_instruction": None} if kind == "sana" else {}
+        e = pipe.encode_prompt(prompt=c, do_classifier_free_guidance=False, device="cpu", clean_caption=False,
+                               max_sequence_length=n, **extra)[0][0, :n]
+        e = t.caption_projection(e)
+        e = t.caption_norm(e) if kind == "sana" else e
+        keys_in[c] = (e, list(range(1, n)) if kind == "sana" else list(range(n - 1)))
+    h = w = 64 // (pipe.vae_scale_factor * t.config.patch_size)
+    for image in range(2):
+        want = {c: 0 for c in concepts}
+        for m, x in seen:
+            x = x[2 + image]  # the conditional half of [uncond, cond]
+            q = m.to_q(x).double().view(x.shape[0], m.heads, -1)  # [N, H, d]
+            for c, (e, rows) in keys_in.items():
+                k = m.to_k(e).double().view(e.shape[0], m.heads, -1)
+                p = torch.einsum("nhd,khd->hkn", q, k).mul(q.shape[-1] ** -0.5).softmax(1)[:, rows].mean(1)  # [H, N]
+                up = F.interpolate(p.sum(0).reshape(1, 1, h, w).float(), size=(64, 64), mode="bicubic",
+                                   align_corners=False)[0, 0].double()
+                want[c] = want[c] + up
+        hm = tc.heat_maps(image)
+        for c in concepts:
+            got, exp = hm.concepts[c].heat.double(), want[c].clamp(min=0)
+            assert (got - exp).abs().max().item() <= 1e-5 * exp.max().item(), c

@@ -173,5 +173,33 @@ class ConceptStream:
         self.c = c + gate_mlp.unsqueeze(1) * block.ff_context(n)
 
 
+CROSS = ("pixart", "sana")  # cross-attention transformers: concepts by OVAM's method, as on UNets
+
+
 def supports(family) -> bool:
-    return family is not None and family.name in FAMILIES
+    return family is not None and family.name in FAMILIES + CROSS
+
+
+def encode_cross(pipe, family, concepts: list[str]):
+    """PixArt, Sana: each concept encoded alone as the pipeline encodes a prompt (lower-cased, no instruction), cut to
+    its tokens and the sink token beside them (T5's ``</s>``, Gemma's ``<bos>``), brought into the transformer's
+    text space (its caption projection, and Sana's caption norm) once: :class:`daamlib.concepts.Concept` s whose
+    keys each cross-attention layer makes with its own ``to_k``."""
+    from ..concepts import Concept
+
+    t = pipe.transformer
+    device = getattr(pipe, "_execution_device", None) or pipe.device
+    out = []
+    for c in concepts:
+        text = c.lower().strip()
+        n = len(pipe.tokenizer(text)["input_ids"])
+        extra = {"complex_human_instruction": None} if family.name == "sana" else {}
+        with torch.no_grad():
+            states = pipe.encode_prompt(prompt=text, do_classifier_free_guidance=False, device=device,
+                                        clean_caption=False, max_sequence_length=n, **extra)[0][0, :n]
+            states = t.caption_projection(states.to(t.caption_projection.linear_1.weight))
+            if family.name == "sana":
+                states = t.caption_norm(states)
+        rows = list(range(1, n)) if family.name == "sana" else list(range(0, n - 1))  # the sink: <bos> / </s>
+        out.append(Concept(c, states, rows))
+    return out

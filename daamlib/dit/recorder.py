@@ -124,6 +124,8 @@ class _DitRecorder:
         self.rows: list[tuple[int, int]] | None = None  # (batch row, image) of the conditional rows in this call
         self.n_img = self.n_txt = self.n_ref = 0
         self.columns_t: torch.Tensor | None = None
+        self.cross_concepts: list = []  # PixArt, Sana: daamlib.concepts.Concept in the transformer's text space
+        self.cross_keys: dict[str, list[torch.Tensor]] = {}  # layer -> per concept [heads, n_c, d]
         self._latents: list[torch.Tensor] | None = None  # the last recorded call's conditional latents
 
     # encode_prompt: words and the conditional text states
@@ -287,6 +289,8 @@ class _DitRecorder:
                                  key_mask(keys))
         if self.store is not None or self.replay is not None:
             p = self._store_or_replay(tap.name, p.transpose(-1, -2), out, v, b, img, cols).transpose(-1, -2)
+        if kind == "cross" and self.cross_concepts:
+            self._keep_cross_concepts(tap, q[:, :, img], s, batch_rows, rows)
         if not self.keep_heads:
             p = p.sum(1)  # [Bc, K, N]
         h, w = self.current.grid
@@ -300,6 +304,28 @@ class _DitRecorder:
         self.current.maps.setdefault(tap.name, []).append(p)
         return out
 
+
+    def _keep_cross_concepts(self, tap, q, scale, batch_rows, rows) -> None:
+        """OVAM's concept maps on a cross-attention transformer (:mod:`daamlib.concepts`): the conditional image
+        queries against each concept's keys through this layer's own ``to_k``, softmax over the concept's keys."""
+        from ..concepts import concept_probabilities
+
+        attn = tap.module
+        H, d = q.shape[1], q.shape[-1]
+        if tap.name not in self.cross_keys:
+            keys = []
+            for c in self.cross_concepts:
+                k = attn.to_k(c.states.to(attn.to_k.weight)).view(-1, H, d).transpose(0, 1)  # [H, n_c, d]
+                keys.append(attn.norm_k(k) if getattr(attn, "norm_k", None) is not None else k)
+            self.cross_keys[tap.name] = keys
+        b = torch.tensor(batch_rows, device=q.device)
+        p = concept_probabilities(q.index_select(0, b), self.cross_keys[tap.name],
+                                  [c.rows for c in self.cross_concepts], scale)  # [Bc, C, N]
+        h, w = self.current.grid
+        p = p.reshape(*p.shape[:-1], h, w)[torch.argsort(torch.tensor([j for _, j in rows]))]
+        if self.store_device is not None:
+            p = p.to(self.store_device, non_blocking=True)
+        self.current.concept_maps.setdefault(tap.name, []).append(p)
 
     def _keep_reference(self, name: str, q, k_ref, lse, scale, batch_rows, rows, m=None) -> None:
         """Kontext, Qwen-Image-Edit: the generated tokens' mean attention to each reference token (over the generated
@@ -369,6 +395,7 @@ class _Tap:
 
     def __call__(self, attn, *args, **kwargs):
         self.calls = 0
+        self.module = attn  # its projections, for concepts scored at this layer
         outer = getattr(_LOCAL, "tap", None)
         _LOCAL.tap = self
         try:

@@ -62,6 +62,8 @@ class DitTrace(Trace):
             from ..heatmap import HeatMaps
 
             for attr, recorded in (("concepts", gen.concept_maps), ("concept_outputs", gen.concept_output_maps)):
+                if not recorded:  # cross-attention transformers have no output-space maps
+                    continue
                 maps = {name: torch.stack([m[index] for m in steps]) for name, steps in recorded.items()}
                 setattr(hm, attr, HeatMaps(concept_alignment(self._concepts), maps, hm.size, hm.image,
                                            list(gen.timesteps)))
@@ -102,11 +104,12 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
     check_not_traced(pipe, transformer, "transformer")
     note_store_and_replay(pipe, store, replay)
     if concepts:
-        from .concept_attention import FAMILIES
+        from .concept_attention import CROSS, FAMILIES
 
-        if family.name not in FAMILIES:
+        if family.name not in FAMILIES + CROSS:
             raise TraceError(f"concepts= on diffusion transformers is implemented for Flux.1, Chroma and SD3 "
-                             f"({', '.join(FAMILIES)}: ConceptAttention's method); {type(pipe).__name__} is "
+                             f"({', '.join(FAMILIES)}: ConceptAttention's method) and PixArt and Sana (OVAM's); "
+                             f"{type(pipe).__name__} is "
                              f"{family.name!r}. Map the prompt's own words, or use one of those or a UNet model")
 
     rec = _DitRecorder(pipe, family, encoder, keep_heads, store_device, store_dtype, store, replay)
@@ -128,9 +131,12 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
 
     stream = None
     if concepts:  # encoded before encode_prompt is hooked: they are not a generation
-        from .concept_attention import ConceptStream
+        from .concept_attention import CROSS, ConceptStream, encode_cross
 
-        stream = ConceptStream(pipe, rec, list(concepts))
+        if family.name in CROSS:
+            rec.cross_concepts = encode_cross(pipe, family, list(concepts))
+        else:
+            stream = ConceptStream(pipe, rec, list(concepts))
     _patch_kernel(True)
     try:
         with installed(pipe, transformer, DitTrace(pipe, rec, list(modules)),
