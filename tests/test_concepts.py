@@ -119,10 +119,23 @@ def two_block_flux(kind: str = "flux"):
     return pipe
 
 
-def run_with_block_inputs(pipe, prompts, kw, concepts):
-    """The pipeline untraced, then traced with ``concepts`` while every call's transformer keywords, each joint
-    block's keywords and its attention module's image output are kept: (untraced, traced images, calls, trace)."""
+def traced_under(pipe, prompts, kw, concepts, register):
+    """The pipeline untraced, then traced with ``concepts`` while the hooks ``register()`` installs (it returns
+    their handles) record; they are removed afterwards. (untraced images, traced images, trace)."""
     plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    handles = register()
+    try:
+        with trace(pipe, concepts=concepts) as tc:
+            traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    finally:
+        for h in handles:
+            h.remove()
+    return plain, traced, tc
+
+
+def run_with_block_inputs(pipe, prompts, kw, concepts):
+    """:func:`traced_under` keeping every call's transformer keywords, each joint block's keywords and its attention
+    module's image output: (untraced, traced images, calls, trace)."""
     calls = []  # per transformer call: its keywords and, per block, the block's keywords and image attention output
 
     def on_call(module, args, kwargs):
@@ -134,17 +147,15 @@ def run_with_block_inputs(pipe, prompts, kw, concepts):
     def on_attn(module, args, kwargs, out):
         calls[-1]["blocks"][-1]["attn_out"] = out[0]
 
-    t = pipe.transformer
-    handles = [t.register_forward_pre_hook(on_call, with_kwargs=True)]
-    for b in t.transformer_blocks:
-        handles += [b.register_forward_pre_hook(on_block, with_kwargs=True),
-                    b.attn.register_forward_hook(on_attn, with_kwargs=True)]
-    try:
-        with trace(pipe, concepts=concepts) as tc:
-            traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
-    finally:
-        for h in handles:
-            h.remove()
+    def register():
+        t = pipe.transformer
+        handles = [t.register_forward_pre_hook(on_call, with_kwargs=True)]
+        for b in t.transformer_blocks:
+            handles += [b.register_forward_pre_hook(on_block, with_kwargs=True),
+                        b.attn.register_forward_hook(on_attn, with_kwargs=True)]
+        return handles
+
+    plain, traced, tc = traced_under(pipe, prompts, kw, concepts, register)
     return plain, traced, calls, tc
 
 
@@ -310,17 +321,10 @@ def test_cross_attention_transformer_concepts_equal_an_independent_computation(k
     kw = dict(num_inference_steps=2, output_type="pt", height=64, width=64, guidance_scale=4.0, max_sequence_length=24,
               use_resolution_binning=False, clean_caption=False)
     prompts = ["a red circle", "a giraffe and a zebra"]
-    plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
     seen = []
     mods = [m for n, m in pipe.transformer.named_modules() if n.endswith("attn2")]
-    handles = [m.register_forward_pre_hook(lambda m, a, k: seen.append((m, (a[0] if a else k["hidden_states"]))),
-                                           with_kwargs=True) for m in mods]
-    try:
-        with trace(pipe, concepts=concepts) as tc:
-            traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
-    finally:
-        for h in handles:
-            h.remove()
+    plain, traced, tc = traced_under(pipe, prompts, kw, concepts, lambda: [m.register_forward_pre_hook(
+        lambda m, a, k: seen.append((m, (a[0] if a else k["hidden_states"]))), with_kwargs=True) for m in mods])
     assert torch.equal(plain, traced) and len(seen) == 2 * len(mods)
     t = pipe.transformer
     keys_in = {}
