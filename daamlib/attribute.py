@@ -171,10 +171,10 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     """The :class:`HeatMaps` of ``prompt``'s words over an existing ``image`` (a path, PIL image or array): one
     denoiser evaluation per timestep (of 1000), summed. ``hm.image`` is the image, ``hm.timesteps`` the timesteps;
     the image is checked (readable, RGB, sides divisible as the model needs) and the prompt too before anything
-    runs. ``concepts`` (UNets): words that need not be in the prompt, mapped by OVAM's method
-    (``hm.concepts["grass"]``; :mod:`daamlib.concepts`). Other keywords go to the pipeline (e.g.
-    ``max_sequence_length``)."""
-    from .concepts import check_concepts
+    runs. ``concepts``: words that need not be in the prompt, mapped as :func:`daamlib.trace` maps them (OVAM's
+    method on UNets, PixArt and Sana; ConceptAttention's on Flux.1, Chroma and SD3, with ``hm.concept_outputs``):
+    ``hm.concepts["grass"]``. Other keywords go to the pipeline (e.g. ``max_sequence_length``)."""
+    from .concepts import check_concepts, concept_alignment
     from .dit.registry import family_of
     from .pipeline import cpu_threads
     from .settings import check_prompt, check_seed
@@ -222,8 +222,6 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     hm = HeatMaps(alignment, {k: torch.cat(v) for k, v in maps.items()}, size=(h, w), image=rgb, timesteps=ts)
     hm.steps_expected = hm.evaluations_expected = len(ts)
     if concept_maps:
-        from .concepts import concept_alignment
-
         hm.concepts = HeatMaps(concept_alignment(concepts), {k: torch.cat(v) for k, v in concept_maps.items()},
                                size=(h, w), image=rgb, timesteps=ts)
     if output_maps:
