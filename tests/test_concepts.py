@@ -352,3 +352,20 @@ def test_cross_attention_transformer_concepts_equal_an_independent_computation(k
         for c in concepts:
             got, exp = hm.concepts[c].heat.double(), want[c].clamp(min=0)
             assert (got - exp).abs().max().item() <= 1e-5 * exp.max().item(), c
+
+
+def test_kontext_concepts_are_mapped_on_the_generated_tokens_only():
+    """Flux.1 Kontext's image sequence is [generated, reference]: the concept stream attends to both, as the text
+    does, and the concept maps cover the generated image's grid; the image is unchanged."""
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    pipe = tiny_dit_pipeline("flux-kontext")
+    reference = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    kw = dict(image=reference, num_inference_steps=2, output_type="pt", max_sequence_length=24, height=64, width=96,
+              _auto_resize=False, max_area=64 * 96)
+    plain, traced, tc = traced_under(pipe, "make the circle red", kw, ["circle", "grass"], list)
+    hm = tc.heat_maps(0)
+    assert torch.equal(plain, traced) and hm.reference.shape == (64, 64)
+    for space in (hm.concepts, hm.concept_outputs):
+        assert space.size == hm.size == (64, 96) and space["grass"].heat.shape == (64, 96)
+        assert torch.isfinite(space.token_maps()).all()

@@ -151,16 +151,17 @@ class ConceptStream:
         if getattr(attn, "to_add_out", None) is not None:  # (none in SD3's last block)
             o_c = F.scaled_dot_product_attention(q[:, :, :C], k, v, scale=scale).transpose(1, 2).flatten(2)
             o_c = attn.to_add_out(o_c.to(q_c.dtype))
-        # cross-attention space: the image's queries against the concept keys only (softmax over the concept stream)
-        p = (q[:, :, C:].float() @ k[:, :, :C].float().transpose(-1, -2) * scale).softmax(-1)  # [Bc, H, N, C]
+        # cross-attention space: the generated image's queries (not Kontext's reference tokens after them) against
+        # the concept keys only, softmax over the concept stream
+        h, w = self.rec.current.grid
+        p = (q[:, :, C:C + h * w].float() @ k[:, :, :C].float().transpose(-1, -2) * scale).softmax(-1)  # [Bc, H, N, C]
         p = p.sum(1)  # heads summed: [Bc, N, C]
         cross = torch.stack([p[..., r].sum(-1) for r in self.rows_of], 1)  # [Bc, concepts + null, N]
-        h, w = self.rec.current.grid
         name = f"transformer_blocks.{index}.attn.processor"  # the word maps' name for this block
         g = self.rec.current
         kept = [(g.concept_maps, cross)]
         if o_c is not None:  # output space: image outputs · concept outputs, softmax over concepts and null per pixel
-            dots = torch.einsum("bnd,bcd->bcn", img_out.float(), o_c.float())
+            dots = torch.einsum("bnd,bcd->bcn", img_out[:, : h * w].float(), o_c.float())
             kept.append((g.concept_output_maps, torch.stack([dots[:, r].mean(1) for r in self.rows_of], 1).softmax(1)))
         for store, m in kept:
             store.setdefault(name, []).append(m[self.order, : len(self.concepts)].reshape(-1, len(self.concepts), h, w)
