@@ -101,7 +101,7 @@ def test_bad_concepts_are_refused(tiny, concepts, message):
 def test_concepts_on_a_transformer_without_concept_attention_are_refused():
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
-    with pytest.raises(TraceError, match="implemented for Flux.1, Chroma and SD3 .*QwenImagePipeline is 'qwen'"):
+    with pytest.raises(TraceError, match="implemented for Flux.1, Chroma, SD3 and Flux.2 .*QwenImagePipeline is 'qwen'"):
         with trace(tiny_dit_pipeline("qwen"), concepts=["grass"]):
             pass
 
@@ -369,3 +369,70 @@ def test_kontext_concepts_are_mapped_on_the_generated_tokens_only():
     for space in (hm.concepts, hm.concept_outputs):
         assert space.size == hm.size == (64, 96) and space["grass"].heat.shape == (64, 96)
         assert torch.isfinite(space.token_maps()).all()
+
+
+@pytest.mark.parametrize("kind", ["flux2", "flux2-dev"])
+def test_flux2_concept_attention_equals_the_blocks_own_text_path(kind):
+    """Flux.2 [klein] and [dev]: the concept stream (each concept in the pipeline's chat template at its exact
+    length, then the null concept's) run through each double-stream block's own forward as its text stream, with
+    the blocks' shared text modulation and the text positions the pipeline gives text; maps equal, image unchanged."""
+    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.transformers.transformer_flux2 import Flux2Modulation
+
+    from daamlib.dit.registry import family_of
+    from daamlib.dit.tokens import stream_tokens
+
+    pipe = two_block_flux(kind)
+    concepts = ["circle", "sky blue"]
+    kw = dict(num_inference_steps=2, output_type="pt", max_sequence_length={"flux2": 24, "flux2-dev": 64}[kind],
+              height=64, width=96, **({"guidance_scale": 1.0} if kind == "flux2" else {}))  # klein: no negative call
+    plain, traced, calls, tc = run_with_block_inputs(pipe, ["a red circle", "a giraffe and a zebra"], kw, concepts)
+    assert torch.equal(plain, traced)
+    stream = family_of(pipe).streams[0]
+    tok = pipe.tokenizer.tokenizer if kind == "flux2-dev" else pipe.tokenizer
+    parts, rows, at = [], [], 0
+    for c in concepts + [""]:
+        n = len(tok(stream.template(pipe, {}).replace("{}", c), add_special_tokens=stream.special_tokens)["input_ids"])
+        parts.append(pipe.encode_prompt(prompt=c, device="cpu", max_sequence_length=n)[0][0])
+        rows.append([at + r for r in (stream_tokens(pipe, stream, c, None, {}).positions if c else range(n))])
+        at += n
+    states = torch.cat(parts)
+    t = pipe.transformer
+    h, w = tc.generations[-1].grid
+    n_c = len(concepts)
+    for image in range(2):
+        want = {"cross": 0, "out": 0}
+        for call in calls:
+            ids = call["kwargs"]["img_ids"]
+            ids = ids[0] if ids.ndim == 3 else ids
+            (tcos, tsin), (icos, isin) = t.pos_embed(pipe._prepare_text_ids(states[None])[0]), t.pos_embed(ids)
+            rope = (torch.cat([tcos, icos]), torch.cat([tsin, isin]))
+            c = t.context_embedder(states)[None]
+            for block, bk in zip(t.transformer_blocks, call["blocks"]):
+                img = bk["hidden_states"][image:image + 1]
+                mods = [m[image:image + 1] if m.shape[0] > 1 else m for m in (bk["temb_mod_img"], bk["temb_mod_txt"])]
+                (shift, scale, _), _ = Flux2Modulation.split(mods[0], 2)
+                (c_shift, c_scale, _), _ = Flux2Modulation.split(mods[1], 2)
+                norm_img = (1 + scale) * block.norm1(img) + shift
+                norm_c = (1 + c_scale) * block.norm1_context(c) + c_shift
+                _, c_out = block.attn(hidden_states=norm_img, encoder_hidden_states=norm_c, image_rotary_emb=rope)
+                attn = block.attn
+                q = attn.norm_q(attn.to_q(norm_img).unflatten(-1, (attn.heads, -1)))
+                k = attn.norm_added_k(attn.add_k_proj(norm_c).unflatten(-1, (attn.heads, -1)))
+                q = apply_rotary_emb(torch.cat([torch.zeros_like(k), q], 1), rope, sequence_dim=1)[:, k.shape[1]:]
+                k = apply_rotary_emb(torch.cat([k, torch.zeros_like(q)], 1), rope, sequence_dim=1)[:, : k.shape[1]]
+                p = torch.einsum("bnhd,bchd->bhnc", q.double(), k.double()).mul(attn.head_dim ** -0.5).softmax(-1)
+                p = p.sum(1)[0]
+                dots = torch.einsum("nd,cd->cn", bk["attn_out"][image].double(), c_out[0].double())
+                maps = {"cross": torch.stack([p[:, r].sum(-1) for r in rows])[:n_c],
+                        "out": torch.stack([dots[r].mean(0) for r in rows]).softmax(0)[:n_c]}
+                for space, m in maps.items():
+                    want[space] = want[space] + F.interpolate(m.reshape(1, n_c, h, w).float(), size=(64, 96),
+                                                              mode="bicubic", align_corners=False)[0].double()
+                c = block(hidden_states=img, encoder_hidden_states=c, temb_mod_img=mods[0], temb_mod_txt=mods[1],
+                          image_rotary_emb=rope)[0]
+        hm = tc.heat_maps(image)
+        for got, space in ((hm.concepts, "cross"), (hm.concept_outputs, "out")):
+            for j, name in enumerate(concepts):
+                exp = want[space][j].clamp(min=0)
+                assert (got[name].heat.double() - exp).abs().max().item() <= 1e-5 * exp.max().item(), (space, name)

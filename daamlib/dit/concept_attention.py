@@ -1,4 +1,4 @@
-"""Concept maps on Flux.1 and SD3 (issue 29), after ConceptAttention: the concepts are a third stream that flows through
+"""Concept maps on joint transformers (issue 29), after ConceptAttention: the concepts are a third stream that flows through
 every double-stream block with the text stream's weights (``norm1_context``, the added q/k/v projections,
 ``to_add_out``, ``ff_context``), attending to itself and to the image (one-way: the image never sees it, so the
 generation is unchanged). Each concept is encoded alone by the pipeline's T5 (its tokens and ``</s>``); a null
@@ -16,7 +16,9 @@ Two maps per concept, per block and step, on the conditional rows:
 Both are summed over blocks and steps and upsampled like a word's map (Eq. 6). The concept stream is modulated by
 the generation's own conditioning (``temb``: timestep, guidance and the prompt's pooled CLIP embedding).
 Supported: ``FluxPipeline`` (and Flux.1 img2img / inpainting / Kontext, whose transformer is Flux.1's),
-``ChromaPipeline`` (Flux.1's blocks, the text stream modulated by its own rows of the block's modulation) and
+``ChromaPipeline`` (Flux.1's blocks, the text stream modulated by its own rows of the block's modulation),
+``Flux2KleinPipeline`` and ``Flux2Pipeline`` (the double-stream blocks' shared text modulation; each concept encoded
+in the pipeline's chat template at its exact length, its own tokens as its rows) and
 ``StableDiffusion3Pipeline`` (joint blocks with the text stream's weights; no rotary positions; its last block
 updates no text stream, so it has a cross-attention map and no output-space one; each concept is encoded as SD3
 encodes a prompt, CLIP's tokens and, where loaded, T5's).
@@ -29,7 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-FAMILIES = ("flux", "flux-edit", "flux-kontext", "chroma", "sd3")
+FAMILIES = ("flux", "flux-edit", "flux-kontext", "chroma", "sd3", "flux2", "flux2-dev")
+FLUX2 = ("flux2", "flux2-dev")
 
 
 class ConceptStream:
@@ -38,9 +41,11 @@ class ConceptStream:
 
     def __init__(self, pipe, rec, concepts: list[str]):
         self.pipe, self.rec, self.concepts = pipe, rec, concepts
-        self.sd3 = rec.family.name == "sd3"
-        encode = self._encode_sd3 if self.sd3 else self._encode
-        self.states, self.rows_of = encode(pipe, concepts)  # [L_c, D], per concept its token rows
+        self.sd3, self.flux2 = rec.family.name == "sd3", rec.family.name in FLUX2
+        if self.flux2:
+            self.states, self.rows_of = self._encode_chat(pipe, rec.family, concepts)
+        else:
+            self.states, self.rows_of = (self._encode_sd3 if self.sd3 else self._encode)(pipe, concepts)
         self.handles, self.c, self.rope, self.temb = [], None, None, None
 
     @staticmethod
@@ -59,6 +64,31 @@ class ConceptStream:
             parts.append(states[:n])
             rows.append(list(range(at, at + n - 1)) if n > 1 else [at])  # the null concept: its </s>
             at += n
+        return torch.cat(parts), rows
+
+    @staticmethod
+    def _encode_chat(pipe, family, concepts):
+        """Flux.2: each concept as the pipeline encodes a prompt (its chat template, system message and all), at
+        exactly its templated length (so no padding); a concept's rows are its own tokens, found as the prompt's
+        are (:func:`daamlib.dit.tokens.stream_tokens`); the null concept (``""``) keeps all its rows."""
+        from .tokens import stream_tokens
+
+        stream = family.streams[0]
+        tok = pipe
+        for part in stream.tokenizer.split("."):
+            tok = getattr(tok, part)
+        template = stream.template(pipe, {})
+        device = getattr(pipe, "_execution_device", None) or pipe.device
+        parts, rows, at = [], [], 0
+        for c in concepts + [""]:
+            n = len(tok(template.replace("{}", c), add_special_tokens=stream.special_tokens)["input_ids"])
+            with torch.no_grad():
+                states = pipe.encode_prompt(prompt=c, device=device, num_images_per_prompt=1,
+                                            max_sequence_length=n)[0][0]
+            own = stream_tokens(pipe, stream, c, None, {}).positions if c else list(range(n))
+            parts.append(states)
+            rows.append([at + r for r in own])
+            at += len(states)
         return torch.cat(parts), rows
 
     @staticmethod
@@ -102,7 +132,13 @@ class ConceptStream:
         if not rows:
             self.c = None
             return
-        if not self.sd3:  # Flux.1's rotary positions: the concepts at 0, as the text is
+        if self.flux2:  # Flux.2's text positions: (0, 0, 0, l) per token, as the pipeline makes them
+            img_ids = kwargs["img_ids"]
+            img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+            ids = self.pipe._prepare_text_ids(self.states[None])[0].to(img_ids)
+            (tc, ts), (ic, is_) = transformer.pos_embed(ids), transformer.pos_embed(img_ids)
+            self.rope = (torch.cat([tc, ic]), torch.cat([ts, is_]))
+        elif not self.sd3:  # Flux.1's rotary positions: the concepts at 0, as the text is
             img_ids = kwargs["img_ids"]
             img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids
             n = self.states.shape[0]
@@ -114,7 +150,10 @@ class ConceptStream:
         self.order = torch.argsort(torch.tensor([j for _, j in rows]))
 
     def _keep_temb(self, block, args, kwargs):
-        self.temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
+        if self.flux2:  # the text stream's modulation, shared by every double-stream block
+            self.temb = kwargs["temb_mod_txt"]
+        else:
+            self.temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
 
     def _step(self, block, index: int, kwargs, out) -> None:
         if self.c is None or not self.rec.rows:
@@ -123,9 +162,14 @@ class ConceptStream:
         b = self.batch.to(self.c.device)
         norm_img = kwargs["hidden_states"].index_select(0, b)
         img_out = (out[0] if isinstance(out, tuple) else out).index_select(0, b)  # to_out of the image tokens
-        temb = self.temb.index_select(0, b)
+        temb = self.temb.index_select(0, b) if self.temb.shape[0] > 1 else self.temb
         last = getattr(block, "context_pre_only", False)  # SD3's last block: the text stream is not updated
-        if last:
+        if self.flux2:
+            from diffusers.models.transformers.transformer_flux2 import Flux2Modulation
+
+            (shift, scale, gate_msa), (shift_mlp, scale_mlp, gate_mlp) = Flux2Modulation.split(temb, 2)
+            norm_c = (1 + scale) * block.norm1_context(self.c) + shift
+        elif last:
             norm_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(self.c, temb), None, None, None, None
         else:  # Chroma's blocks take [image, text] modulation rows: the text stream's are the last six
             emb = temb[:, 6:] if self.rec.family.name == "chroma" else temb
@@ -169,6 +213,10 @@ class ConceptStream:
         if last or o_c is None:
             return
         # the residual stream, as the block updates its text stream
+        if self.flux2:  # (its modulation is [B, 1, D] already)
+            c = self.c + gate_msa * o_c
+            self.c = c + gate_mlp * block.ff_context(block.norm2_context(c) * (1 + scale_mlp) + shift_mlp)
+            return
         c = self.c + gate_msa.unsqueeze(1) * o_c
         n = block.norm2_context(c) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         self.c = c + gate_mlp.unsqueeze(1) * block.ff_context(n)
