@@ -172,7 +172,7 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     denoiser evaluation per timestep (of 1000), summed. ``hm.image`` is the image, ``hm.timesteps`` the timesteps;
     the image is checked (readable, RGB, sides divisible as the model needs) and the prompt too before anything
     runs. ``concepts``: words that need not be in the prompt, mapped as :func:`daamlib.trace` maps them (OVAM's
-    method on UNets, PixArt and Sana; ConceptAttention's on Flux.1, Chroma, SD3 and Flux.2, with
+    method on UNets, PixArt and Sana; ConceptAttention's on Flux.1, Chroma, SD3, Flux.2 and Qwen-Image, with
     ``hm.concept_outputs``):
     ``hm.concepts["grass"]``. Other keywords go to the pipeline (e.g. ``max_sequence_length``)."""
     from .concepts import check_concepts, concept_alignment
@@ -190,7 +190,7 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     rgb, x = _checked_image(pipe, image)
     concepts = check_concepts(concepts)
     if concepts and getattr(pipe, "unet", None) is None and not _concept_attention(pipe):
-        raise AttributionError(f"concepts= maps concepts on UNets, PixArt, Sana, Flux.1, Chroma, SD3 and Flux.2; "
+        raise AttributionError(f"concepts= maps concepts on every traced model but Z-Image; "
                                f"{type(pipe).__name__} is none of them")
     h, w = rgb.shape[:2]
     denoiser = getattr(pipe, "unet", None) or pipe.transformer

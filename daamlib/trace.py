@@ -566,7 +566,7 @@ def trace(pipe, keep_heads: bool = False, store_device: torch.device | str | Non
     whose tokens are kept there (``"all"``, ``"clip"``, ``"t5"``, ``"lm"``).
 
     ``concepts``: words or phrases that need not be in the prompt, each mapped on UNets, PixArt and Sana by OVAM's
-    method (:mod:`daamlib.concepts`) and on Flux.1, Chroma, SD3 and Flux.2 by ConceptAttention's (:mod:`daamlib.dit.concept_attention`; also
+    method (:mod:`daamlib.concepts`) and on Flux.1, Chroma, SD3, Flux.2 and Qwen-Image by ConceptAttention's (:mod:`daamlib.dit.concept_attention`; also
     ``heat_maps(i).concept_outputs``): ``heat_maps(i).concepts["grass"]``. The generation never sees them.
     """
     from .concepts import check_concepts

@@ -101,8 +101,9 @@ def test_bad_concepts_are_refused(tiny, concepts, message):
 def test_concepts_on_a_transformer_without_concept_attention_are_refused():
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
-    with pytest.raises(TraceError, match="implemented for Flux.1, Chroma, SD3 and Flux.2 .*QwenImagePipeline is 'qwen'"):
-        with trace(tiny_dit_pipeline("qwen"), concepts=["grass"]):
+    with pytest.raises(TraceError, match="implemented for Flux.1, Chroma, SD3, Flux.2 and Qwen-Image .*ZImagePipeline "
+                                         "is 'zimage'"):
+        with trace(tiny_dit_pipeline("zimage"), concepts=["grass"]):
             pass
 
 
@@ -431,6 +432,66 @@ def test_flux2_concept_attention_equals_the_blocks_own_text_path(kind):
                                                               mode="bicubic", align_corners=False)[0].double()
                 c = block(hidden_states=img, encoder_hidden_states=c, temb_mod_img=mods[0], temb_mod_txt=mods[1],
                           image_rotary_emb=rope)[0]
+        hm = tc.heat_maps(image)
+        for got, space in ((hm.concepts, "cross"), (hm.concept_outputs, "out")):
+            for j, name in enumerate(concepts):
+                exp = want[space][j].clamp(min=0)
+                assert (got[name].heat.double() - exp).abs().max().item() <= 1e-5 * exp.max().item(), (space, name)
+
+
+def test_qwen_image_concept_attention_equals_the_blocks_own_text_path():
+    """Qwen-Image: the concept stream (each concept in the chat template after the dropped prefix, at its exact
+    length, then the null concept's) through the text input layers and each block's own forward as its text
+    stream, with text rotary positions for the concept stream's length; maps equal, image unchanged."""
+    from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+    from daamlib.dit.registry import family_of
+    from daamlib.dit.tokens import stream_tokens
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    pipe = tiny_dit_pipeline("qwen")
+    concepts = ["circle", "sky blue"]
+    kw = dict(num_inference_steps=2, output_type="pt", max_sequence_length=24, height=64, width=96)
+    plain, traced, calls, tc = run_with_block_inputs(pipe, ["a red circle", "a giraffe and a zebra"], kw, concepts)
+    assert torch.equal(plain, traced)
+    stream = family_of(pipe).streams[0]
+    drop = pipe.prompt_template_encode_start_idx
+    parts, rows, at = [], [], 0
+    for c in concepts + [""]:
+        n = len(pipe.tokenizer(pipe.prompt_template_encode.replace("{}", c))["input_ids"]) - drop
+        parts.append(pipe.encode_prompt(prompt=c, device="cpu", max_sequence_length=n)[0][0])
+        rows.append([at + r for r in (stream_tokens(pipe, stream, c, None, {}).positions if c else range(n))])
+        at += n
+    states = torch.cat(parts)
+    t = pipe.transformer
+    h, w = tc.generations[-1].grid
+    n_c = len(concepts)
+    for image in range(2):
+        want = {"cross": 0, "out": 0}
+        for call in calls:
+            img_freqs, txt_freqs = t.pos_embed(call["kwargs"]["img_shapes"], max_txt_seq_len=len(states), device="cpu")
+            c = t.txt_in(t.txt_norm(states))[None]
+            for block, bk in zip(t.transformer_blocks, call["blocks"]):
+                img, temb = bk["hidden_states"][image:image + 1], bk["temb"][image:image + 1]
+                norm_img = block._modulate(block.img_norm1(img), block.img_mod(temb).chunk(2, dim=-1)[0])[0]
+                norm_c = block._modulate(block.txt_norm1(c), block.txt_mod(temb).chunk(2, dim=-1)[0])[0]
+                _, c_out = block.attn(hidden_states=norm_img, encoder_hidden_states=norm_c,
+                                      image_rotary_emb=(img_freqs, txt_freqs))
+                attn = block.attn
+                q = apply_rotary_emb_qwen(attn.norm_q(attn.to_q(norm_img).unflatten(-1, (attn.heads, -1))), img_freqs,
+                                          use_real=False)
+                k = apply_rotary_emb_qwen(attn.norm_added_k(attn.add_k_proj(norm_c).unflatten(-1, (attn.heads, -1))),
+                                          txt_freqs, use_real=False)
+                p = torch.einsum("bnhd,bchd->bhnc", q.double(), k.double()).mul(q.shape[-1] ** -0.5).softmax(-1)
+                p = p.sum(1)[0]
+                dots = torch.einsum("nd,cd->cn", bk["attn_out"][image].double(), c_out[0].double())
+                maps = {"cross": torch.stack([p[:, r].sum(-1) for r in rows])[:n_c],
+                        "out": torch.stack([dots[r].mean(0) for r in rows]).softmax(0)[:n_c]}
+                for space, m in maps.items():
+                    want[space] = want[space] + F.interpolate(m.reshape(1, n_c, h, w).float(), size=(64, 96),
+                                                              mode="bicubic", align_corners=False)[0].double()
+                c = block(hidden_states=img, encoder_hidden_states=c, encoder_hidden_states_mask=None, temb=temb,
+                          image_rotary_emb=(img_freqs, txt_freqs))[0]
         hm = tc.heat_maps(image)
         for got, space in ((hm.concepts, "cross"), (hm.concept_outputs, "out")):
             for j, name in enumerate(concepts):

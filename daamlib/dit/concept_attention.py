@@ -18,7 +18,9 @@ the generation's own conditioning (``temb``: timestep, guidance and the prompt's
 Supported: ``FluxPipeline`` (and Flux.1 img2img / inpainting / Kontext, whose transformer is Flux.1's),
 ``ChromaPipeline`` (Flux.1's blocks, the text stream modulated by its own rows of the block's modulation),
 ``Flux2KleinPipeline`` and ``Flux2Pipeline`` (the double-stream blocks' shared text modulation; each concept encoded
-in the pipeline's chat template at its exact length, its own tokens as its rows) and
+in the pipeline's chat template at its exact length, its own tokens as its rows), ``QwenImagePipeline`` (the same
+encoding after its dropped prefix; the text stream's own modulation; text rotary positions for the concept stream's
+length) and
 ``StableDiffusion3Pipeline`` (joint blocks with the text stream's weights; no rotary positions; its last block
 updates no text stream, so it has a cross-attention map and no output-space one; each concept is encoded as SD3
 encodes a prompt, CLIP's tokens and, where loaded, T5's).
@@ -31,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-FAMILIES = ("flux", "flux-edit", "flux-kontext", "chroma", "sd3", "flux2", "flux2-dev")
+FAMILIES = ("flux", "flux-edit", "flux-kontext", "chroma", "sd3", "flux2", "flux2-dev", "qwen")
 FLUX2 = ("flux2", "flux2-dev")
 
 
@@ -41,8 +43,8 @@ class ConceptStream:
 
     def __init__(self, pipe, rec, concepts: list[str]):
         self.pipe, self.rec, self.concepts = pipe, rec, concepts
-        self.sd3, self.flux2 = rec.family.name == "sd3", rec.family.name in FLUX2
-        if self.flux2:
+        self.sd3, self.flux2, self.qwen = rec.family.name == "sd3", rec.family.name in FLUX2, rec.family.name == "qwen"
+        if self.flux2 or self.qwen:
             self.states, self.rows_of = self._encode_chat(pipe, rec.family, concepts)
         else:
             self.states, self.rows_of = (self._encode_sd3 if self.sd3 else self._encode)(pipe, concepts)
@@ -68,20 +70,22 @@ class ConceptStream:
 
     @staticmethod
     def _encode_chat(pipe, family, concepts):
-        """Flux.2: each concept as the pipeline encodes a prompt (its chat template, system message and all), at
-        exactly its templated length (so no padding); a concept's rows are its own tokens, found as the prompt's
-        are (:func:`daamlib.dit.tokens.stream_tokens`); the null concept (``""``) keeps all its rows."""
-        from .tokens import stream_tokens
+        """Flux.2, Qwen-Image: each concept as the pipeline encodes a prompt (its chat template, system message and
+        all; Qwen-Image drops the template's prefix), at exactly its templated length (so no padding); a concept's
+        rows are its own tokens, found as the prompt's are (:func:`daamlib.dit.tokens.stream_tokens`); the null
+        concept (``""``) keeps all its rows."""
+        from .tokens import _attr, stream_tokens
 
         stream = family.streams[0]
         tok = pipe
         for part in stream.tokenizer.split("."):
             tok = getattr(tok, part)
-        template = stream.template(pipe, {})
+        template = stream.template(pipe, {}) if callable(stream.template) else _attr(pipe, stream.template)
+        drop = int((stream.drop(pipe, {}) if callable(stream.drop) else _attr(pipe, stream.drop)) or 0)
         device = getattr(pipe, "_execution_device", None) or pipe.device
         parts, rows, at = [], [], 0
         for c in concepts + [""]:
-            n = len(tok(template.replace("{}", c), add_special_tokens=stream.special_tokens)["input_ids"])
+            n = len(tok(template.replace("{}", c), add_special_tokens=stream.special_tokens)["input_ids"]) - drop
             with torch.no_grad():
                 states = pipe.encode_prompt(prompt=c, device=device, num_images_per_prompt=1,
                                             max_sequence_length=n)[0][0]
@@ -132,7 +136,10 @@ class ConceptStream:
         if not rows:
             self.c = None
             return
-        if self.flux2:  # Flux.2's text positions: (0, 0, 0, l) per token, as the pipeline makes them
+        if self.qwen:  # Qwen-Image's rotary frequencies: the image's, and text positions for the concept stream
+            self.rope = transformer.pos_embed(kwargs["img_shapes"], max_txt_seq_len=self.states.shape[0],
+                                              device=self.states.device)
+        elif self.flux2:  # Flux.2's text positions: (0, 0, 0, l) per token, as the pipeline makes them
             img_ids = kwargs["img_ids"]
             img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids
             ids = self.pipe._prepare_text_ids(self.states[None])[0].to(img_ids)
@@ -144,7 +151,10 @@ class ConceptStream:
             n = self.states.shape[0]
             ids = torch.cat([torch.zeros(n, img_ids.shape[-1], dtype=img_ids.dtype, device=img_ids.device), img_ids])
             self.rope = transformer.pos_embed(ids)
-        c = transformer.context_embedder(self.states.to(transformer.context_embedder.weight))
+        if self.qwen:  # its text input: an RMS norm, then a linear layer
+            c = transformer.txt_in(transformer.txt_norm(self.states.to(transformer.txt_in.weight)))
+        else:
+            c = transformer.context_embedder(self.states.to(transformer.context_embedder.weight))
         self.c = c[None].expand(len(rows), -1, -1).contiguous()
         self.batch = torch.tensor([b for b, _ in rows])
         self.order = torch.argsort(torch.tensor([j for _, j in rows]))
@@ -164,7 +174,10 @@ class ConceptStream:
         img_out = (out[0] if isinstance(out, tuple) else out).index_select(0, b)  # to_out of the image tokens
         temb = self.temb.index_select(0, b) if self.temb.shape[0] > 1 else self.temb
         last = getattr(block, "context_pre_only", False)  # SD3's last block: the text stream is not updated
-        if self.flux2:
+        if self.qwen:  # the text stream's own modulation of temb, as the block makes it
+            mod1, mod2 = block.txt_mod(temb).chunk(2, dim=-1)
+            norm_c, gate_msa = block._modulate(block.txt_norm1(self.c), mod1)
+        elif self.flux2:
             from diffusers.models.transformers.transformer_flux2 import Flux2Modulation
 
             (shift, scale, gate_msa), (shift_mlp, scale_mlp, gate_mlp) = Flux2Modulation.split(temb, 2)
@@ -182,8 +195,14 @@ class ConceptStream:
         q_c, k_c, v_c = (f(norm_c).unflatten(-1, (H, d)) for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
         q_c, k_c = norm(attn.norm_added_q, q_c), norm(attn.norm_added_k, k_c)
         C = q_c.shape[1]
+        if self.qwen:  # complex rotary frequencies, applied to the image and the text parts apart
+            from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+            img_freqs, txt_freqs = self.rope
+            q_i, k_i = (apply_rotary_emb_qwen(x, img_freqs, use_real=False) for x in (q_i, k_i))
+            q_c, k_c = (apply_rotary_emb_qwen(x, txt_freqs, use_real=False) for x in (q_c, k_c))
         q, k, v = torch.cat([q_c, q_i], 1), torch.cat([k_c, k_i], 1), torch.cat([v_c, v_i], 1)
-        if self.rope is not None and not self.sd3:
+        if self.rope is not None and not (self.sd3 or self.qwen):
             from diffusers.models.embeddings import apply_rotary_emb
 
             q = apply_rotary_emb(q, self.rope, sequence_dim=1)
@@ -213,6 +232,11 @@ class ConceptStream:
         if last or o_c is None:
             return
         # the residual stream, as the block updates its text stream
+        if self.qwen:
+            c = self.c + gate_msa * o_c
+            modulated, gate = block._modulate(block.txt_norm2(c), mod2)
+            self.c = c + gate * block.txt_mlp(modulated)
+            return
         if self.flux2:  # (its modulation is [B, 1, D] already)
             c = self.c + gate_msa * o_c
             self.c = c + gate_mlp * block.ff_context(block.norm2_context(c) * (1 + scale_mlp) + shift_mlp)
