@@ -168,8 +168,6 @@ def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_i
     the block's own attention module gives the concept outputs. Cross-attention maps: the image queries against the
     concept keys (softmax over the concept stream); output-space maps: the real image outputs · the concept outputs,
     softmax over concepts and null. Maps equal, image bit-identical, two prompts, two blocks, two steps."""
-    from diffusers.models.embeddings import apply_rotary_emb
-
     pipe = two_block_flux(kind)
     concepts = ["circle", "sky blue"]
     prompts = ["a red circle", "a giraffe and a zebra"]
@@ -190,7 +188,7 @@ def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_i
     gen = tc.generations[-1]
     h, w = gen.grid
     for image in range(2):
-        want_cross, want_out = 0, 0
+        want = {"cross": 0, "out": 0}
         for call in calls:
             ids = call["kwargs"]["img_ids"]
             rope = t.pos_embed(torch.cat([torch.zeros(len(states), ids.shape[-1]), ids]))
@@ -201,29 +199,11 @@ def test_flux_concept_attention_equals_the_blocks_own_text_path_and_leaves_the_i
                 norm_img = block.norm1(img, emb=emb_img)[0]
                 norm_c = block.norm1_context(c, emb=emb_txt)[0]
                 _, c_out = block.attn(hidden_states=norm_img, encoder_hidden_states=norm_c, image_rotary_emb=rope)
-                attn = block.attn
-                q = attn.norm_q(attn.to_q(norm_img).unflatten(-1, (attn.heads, -1)))
-                k = attn.norm_added_k(attn.add_k_proj(norm_c).unflatten(-1, (attn.heads, -1)))
-                q = apply_rotary_emb(torch.cat([torch.zeros_like(k), q], 1), rope, sequence_dim=1)[:, k.shape[1]:]
-                k = apply_rotary_emb(torch.cat([k, torch.zeros_like(q)], 1), rope, sequence_dim=1)[:, : k.shape[1]]
-                p = torch.einsum("bnhd,bchd->bhnc", q.double(), k.double()).mul(attn.head_dim ** -0.5).softmax(-1)
-                p = p.sum(1)[0]  # [N, concept-stream tokens]
-                cross = torch.stack([p[:, r].sum(-1) for r in rows])[: len(concepts)]
                 dots = torch.einsum("nd,cd->cn", bk["attn_out"][image].double(), c_out[0].double())
-                out = torch.stack([dots[r].mean(0) for r in rows]).softmax(0)[: len(concepts)]
-                for m, total in ((cross, "cross"), (out, "out")):
-                    up = F.interpolate(m.reshape(1, len(concepts), h, w).float(), size=(64, 96), mode="bicubic",
-                                       align_corners=False)[0].double()
-                    if total == "cross":
-                        want_cross = want_cross + up
-                    else:
-                        want_out = want_out + up
+                add_block_maps(want, rotary_cross(block.attn, norm_img, norm_c, rope), dots, rows, len(concepts),
+                               (h, w), (64, 96))
                 c = block(hidden_states=img, encoder_hidden_states=c, temb=temb, image_rotary_emb=rope)[0]
-        hm = tc.heat_maps(image)
-        for got, want in ((hm.concepts, want_cross.clamp(min=0)), (hm.concept_outputs, want_out.clamp(min=0))):
-            for i, name in enumerate(concepts):
-                diff = (got[name].heat.double() - want[i]).abs().max().item()
-                assert diff <= 1e-5 * want[i].max().item(), (name, diff)
+        assert_concept_maps(tc.heat_maps(image), want, concepts)
 
 
 def test_flux_concepts_through_attribute_saved_and_loaded(tmp_path):
@@ -372,16 +352,61 @@ def test_kontext_concepts_are_mapped_on_the_generated_tokens_only():
         assert torch.isfinite(space.token_maps()).all()
 
 
+def chat_concepts(pipe, concepts, template, tok, drop=0, special_tokens=True):
+    """Each concept (then the null concept) encoded as the pipeline encodes a prompt, at its templated length less
+    the dropped prefix (no padding): the stacked states and each one's map rows (its own tokens; the null's: all)."""
+    from daamlib.dit.registry import family_of
+    from daamlib.dit.tokens import stream_tokens
+
+    stream = family_of(pipe).streams[0]
+    parts, rows, at = [], [], 0
+    for c in concepts + [""]:
+        n = len(tok(template.replace("{}", c), add_special_tokens=special_tokens)["input_ids"]) - drop
+        parts.append(pipe.encode_prompt(prompt=c, device="cpu", max_sequence_length=n)[0][0])
+        rows.append([at + r for r in (stream_tokens(pipe, stream, c, None, {}).positions if c else range(n))])
+        at += n
+    return torch.cat(parts), rows
+
+
+def rotary_cross(attn, norm_img, norm_c, rope):
+    """``[N, concept-stream tokens]``: the image's queries (with their rotary positions after the concept stream's)
+    against the concept keys, softmax over the concept stream, heads summed, in float64."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    q = attn.norm_q(attn.to_q(norm_img).unflatten(-1, (attn.heads, -1)))
+    k = attn.norm_added_k(attn.add_k_proj(norm_c).unflatten(-1, (attn.heads, -1)))
+    q = apply_rotary_emb(torch.cat([torch.zeros_like(k), q], 1), rope, sequence_dim=1)[:, k.shape[1]:]
+    k = apply_rotary_emb(torch.cat([k, torch.zeros_like(q)], 1), rope, sequence_dim=1)[:, : k.shape[1]]
+    p = torch.einsum("bnhd,bchd->bhnc", q.double(), k.double()).mul(attn.head_dim ** -0.5).softmax(-1)
+    return p.sum(1)[0]
+
+
+def add_block_maps(want, p, dots, rows, n_c, grid, size):
+    """One block's concept maps, added to ``want``: cross-attention (``p``: [N, concept-stream tokens], each
+    concept's rows summed) and output space (``dots``: [concept-stream tokens, N], each concept's rows averaged,
+    softmax over concepts and null), each upsampled to ``size``."""
+    maps = {"cross": torch.stack([p[:, r].sum(-1) for r in rows])[:n_c],
+            "out": torch.stack([dots[r].mean(0) for r in rows]).softmax(0)[:n_c]}
+    for space, m in maps.items():
+        want[space] = want[space] + F.interpolate(m.reshape(1, n_c, *grid).float(), size=size, mode="bicubic",
+                                                  align_corners=False)[0].double()
+
+
+def assert_concept_maps(hm, want, concepts):
+    for got, space in ((hm.concepts, "cross"), (hm.concept_outputs, "out")):
+        for j, name in enumerate(concepts):
+            exp = want[space][j].clamp(min=0)
+            assert (got[name].heat.double() - exp).abs().max().item() <= 1e-5 * exp.max().item(), (space, name)
+
+
 @pytest.mark.parametrize("kind", ["flux2", "flux2-dev"])
 def test_flux2_concept_attention_equals_the_blocks_own_text_path(kind):
     """Flux.2 [klein] and [dev]: the concept stream (each concept in the pipeline's chat template at its exact
     length, then the null concept's) run through each double-stream block's own forward as its text stream, with
     the blocks' shared text modulation and the text positions the pipeline gives text; maps equal, image unchanged."""
-    from diffusers.models.embeddings import apply_rotary_emb
     from diffusers.models.transformers.transformer_flux2 import Flux2Modulation
 
     from daamlib.dit.registry import family_of
-    from daamlib.dit.tokens import stream_tokens
 
     pipe = two_block_flux(kind)
     concepts = ["circle", "sky blue"]
@@ -391,13 +416,7 @@ def test_flux2_concept_attention_equals_the_blocks_own_text_path(kind):
     assert torch.equal(plain, traced)
     stream = family_of(pipe).streams[0]
     tok = pipe.tokenizer.tokenizer if kind == "flux2-dev" else pipe.tokenizer
-    parts, rows, at = [], [], 0
-    for c in concepts + [""]:
-        n = len(tok(stream.template(pipe, {}).replace("{}", c), add_special_tokens=stream.special_tokens)["input_ids"])
-        parts.append(pipe.encode_prompt(prompt=c, device="cpu", max_sequence_length=n)[0][0])
-        rows.append([at + r for r in (stream_tokens(pipe, stream, c, None, {}).positions if c else range(n))])
-        at += n
-    states = torch.cat(parts)
+    states, rows = chat_concepts(pipe, concepts, stream.template(pipe, {}), tok, special_tokens=stream.special_tokens)
     t = pipe.transformer
     h, w = tc.generations[-1].grid
     n_c = len(concepts)
@@ -417,26 +436,11 @@ def test_flux2_concept_attention_equals_the_blocks_own_text_path(kind):
                 norm_img = (1 + scale) * block.norm1(img) + shift
                 norm_c = (1 + c_scale) * block.norm1_context(c) + c_shift
                 _, c_out = block.attn(hidden_states=norm_img, encoder_hidden_states=norm_c, image_rotary_emb=rope)
-                attn = block.attn
-                q = attn.norm_q(attn.to_q(norm_img).unflatten(-1, (attn.heads, -1)))
-                k = attn.norm_added_k(attn.add_k_proj(norm_c).unflatten(-1, (attn.heads, -1)))
-                q = apply_rotary_emb(torch.cat([torch.zeros_like(k), q], 1), rope, sequence_dim=1)[:, k.shape[1]:]
-                k = apply_rotary_emb(torch.cat([k, torch.zeros_like(q)], 1), rope, sequence_dim=1)[:, : k.shape[1]]
-                p = torch.einsum("bnhd,bchd->bhnc", q.double(), k.double()).mul(attn.head_dim ** -0.5).softmax(-1)
-                p = p.sum(1)[0]
                 dots = torch.einsum("nd,cd->cn", bk["attn_out"][image].double(), c_out[0].double())
-                maps = {"cross": torch.stack([p[:, r].sum(-1) for r in rows])[:n_c],
-                        "out": torch.stack([dots[r].mean(0) for r in rows]).softmax(0)[:n_c]}
-                for space, m in maps.items():
-                    want[space] = want[space] + F.interpolate(m.reshape(1, n_c, h, w).float(), size=(64, 96),
-                                                              mode="bicubic", align_corners=False)[0].double()
+                add_block_maps(want, rotary_cross(block.attn, norm_img, norm_c, rope), dots, rows, n_c, (h, w), (64, 96))
                 c = block(hidden_states=img, encoder_hidden_states=c, temb_mod_img=mods[0], temb_mod_txt=mods[1],
                           image_rotary_emb=rope)[0]
-        hm = tc.heat_maps(image)
-        for got, space in ((hm.concepts, "cross"), (hm.concept_outputs, "out")):
-            for j, name in enumerate(concepts):
-                exp = want[space][j].clamp(min=0)
-                assert (got[name].heat.double() - exp).abs().max().item() <= 1e-5 * exp.max().item(), (space, name)
+        assert_concept_maps(tc.heat_maps(image), want, concepts)
 
 
 def test_qwen_image_concept_attention_equals_the_blocks_own_text_path():
@@ -445,8 +449,6 @@ def test_qwen_image_concept_attention_equals_the_blocks_own_text_path():
     stream, with text rotary positions for the concept stream's length; maps equal, image unchanged."""
     from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
-    from daamlib.dit.registry import family_of
-    from daamlib.dit.tokens import stream_tokens
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
     pipe = tiny_dit_pipeline("qwen")
@@ -454,15 +456,8 @@ def test_qwen_image_concept_attention_equals_the_blocks_own_text_path():
     kw = dict(num_inference_steps=2, output_type="pt", max_sequence_length=24, height=64, width=96)
     plain, traced, calls, tc = run_with_block_inputs(pipe, ["a red circle", "a giraffe and a zebra"], kw, concepts)
     assert torch.equal(plain, traced)
-    stream = family_of(pipe).streams[0]
-    drop = pipe.prompt_template_encode_start_idx
-    parts, rows, at = [], [], 0
-    for c in concepts + [""]:
-        n = len(pipe.tokenizer(pipe.prompt_template_encode.replace("{}", c))["input_ids"]) - drop
-        parts.append(pipe.encode_prompt(prompt=c, device="cpu", max_sequence_length=n)[0][0])
-        rows.append([at + r for r in (stream_tokens(pipe, stream, c, None, {}).positions if c else range(n))])
-        at += n
-    states = torch.cat(parts)
+    states, rows = chat_concepts(pipe, concepts, pipe.prompt_template_encode, pipe.tokenizer,
+                                 drop=pipe.prompt_template_encode_start_idx)
     t = pipe.transformer
     h, w = tc.generations[-1].grid
     n_c = len(concepts)
@@ -483,17 +478,8 @@ def test_qwen_image_concept_attention_equals_the_blocks_own_text_path():
                 k = apply_rotary_emb_qwen(attn.norm_added_k(attn.add_k_proj(norm_c).unflatten(-1, (attn.heads, -1))),
                                           txt_freqs, use_real=False)
                 p = torch.einsum("bnhd,bchd->bhnc", q.double(), k.double()).mul(q.shape[-1] ** -0.5).softmax(-1)
-                p = p.sum(1)[0]
                 dots = torch.einsum("nd,cd->cn", bk["attn_out"][image].double(), c_out[0].double())
-                maps = {"cross": torch.stack([p[:, r].sum(-1) for r in rows])[:n_c],
-                        "out": torch.stack([dots[r].mean(0) for r in rows]).softmax(0)[:n_c]}
-                for space, m in maps.items():
-                    want[space] = want[space] + F.interpolate(m.reshape(1, n_c, h, w).float(), size=(64, 96),
-                                                              mode="bicubic", align_corners=False)[0].double()
+                add_block_maps(want, p.sum(1)[0], dots, rows, n_c, (h, w), (64, 96))
                 c = block(hidden_states=img, encoder_hidden_states=c, encoder_hidden_states_mask=None, temb=temb,
                           image_rotary_emb=(img_freqs, txt_freqs))[0]
-        hm = tc.heat_maps(image)
-        for got, space in ((hm.concepts, "cross"), (hm.concept_outputs, "out")):
-            for j, name in enumerate(concepts):
-                exp = want[space][j].clamp(min=0)
-                assert (got[name].heat.double() - exp).abs().max().item() <= 1e-5 * exp.max().item(), (space, name)
+        assert_concept_maps(tc.heat_maps(image), want, concepts)
