@@ -177,7 +177,7 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     ``hm.concepts["grass"]``. Other keywords go to the pipeline (e.g. ``max_sequence_length``)."""
     from .concepts import check_concepts, concept_alignment
     from .dit.registry import family_of
-    from .pipeline import cpu_threads
+    from .pipeline import _signature_of, cpu_threads
     from .settings import check_prompt, check_seed
     from .trace import trace
 
@@ -199,7 +199,7 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     if off is not None and (getattr(pipe, "unet", None) is not None or family_of(pipe).cfg != "distilled"):
         kw.setdefault("guidance_scale", off)  # guidance off: the conditional branch alone is mapped
     for k in ("use_resolution_binning", "clean_caption"):  # PixArt: the size given, the prompt as written
-        if k in _call_parameters(pipe):
+        if k in _signature_of(pipe):
             kw.setdefault(k, False)
     generator = torch.Generator("cpu").manual_seed(seed)
     maps, alignment, concept_maps, output_maps = {}, None, {}, {}
@@ -236,9 +236,3 @@ def _concept_attention(pipe) -> bool:
     from .dit.registry import family_of
 
     return supports(family_of(pipe))
-
-
-def _call_parameters(pipe):
-    from .pipeline import _signature_of
-
-    return _signature_of(pipe)

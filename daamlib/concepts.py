@@ -78,6 +78,21 @@ def concept_alignment(concepts: list[str]) -> Alignment:
     return Alignment(text, tuple(concepts), tuple(words), len(concepts))
 
 
+def concept_keys(attn, concepts: list[Concept], heads: int, head_dim: int) -> list[torch.Tensor]:
+    """Each concept's keys at one cross-attention layer, ``[heads, n_c, d]``: its states through the layer's own
+    ``to_k`` (after its cross norm, where it has one), then its key norm, as the layer makes the prompt's keys."""
+    keys = []
+    for c in concepts:
+        states = c.states.to(attn.to_k.weight.device, attn.to_k.weight.dtype)[None]
+        if getattr(attn, "norm_cross", None):
+            states = attn.norm_encoder_hidden_states(states)
+        k = attn.to_k(states).view(1, -1, heads, head_dim).transpose(1, 2)
+        if getattr(attn, "norm_k", None) is not None:
+            k = attn.norm_k(k)
+        keys.append(k[0])
+    return keys
+
+
 def concept_probabilities(q: torch.Tensor, keys: list[torch.Tensor], rows: list[list[int]], scale: float
                           ) -> torch.Tensor:
     """``[B, C, N]``: per concept, the mean over its tokens of ``softmax(q·K_cᵀ·scale)`` over its own keys (start

@@ -383,25 +383,31 @@ _STREAMS = ("clip", "t5", "lm")  # the stream prefixes of a transformer's tokens
 _UNKNOWN = ("<unk>", "[UNK]", "<|unk|>")
 
 
+def _read_png(path: Path, name: str, meta: dict, mode: str, same_size: bool) -> np.ndarray:
+    """An experiment's image file as an array in ``mode``; with ``same_size``, refused unless it is the maps' size
+    (read from the header before any pixel is decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path / name) as im:
+            if same_size and im.size != (meta["size"][1], meta["size"][0]):
+                raise ExperimentError(f"{path / name} is {im.size[0]}×{im.size[1]} but the maps are "
+                                      f"{meta['size'][1]}×{meta['size'][0]}; re-run the experiment")
+            return np.asarray(im.convert(mode))
+    except (OSError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+        raise ExperimentError(f"{path / name} is not a readable image ({e}); re-run the experiment") from e
+
+
 def _load_extras(path: Path, meta: dict, hm: HeatMaps) -> None:
     """The files beside the maps (already checked against their checksums): an edit's input, inpainting's mask (at
     the maps' size) and the reference map; concept maps."""
-    from PIL import Image
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    for name, attr, mode in ((INPUT, "edit_input", "RGB"), (MASK, "edit_mask", "L")):
-        if name not in meta["files"]:
-            continue
-        try:
-            with Image.open(path / name) as im:
-                if name == MASK and im.size != (meta["size"][1], meta["size"][0]):
-                    raise ExperimentError(f"{path / name} is {im.size[0]}×{im.size[1]} but the maps are "
-                                          f"{meta['size'][1]}×{meta['size'][0]}; re-run the experiment")
-                array = np.asarray(im.convert(mode))
-        except (OSError, Image.DecompressionBombError) as e:
-            raise ExperimentError(f"{path / name} is not a readable image ({e}); re-run the experiment") from e
-        setattr(hm, attr, array if name == INPUT else array > 127)
+    if INPUT in meta["files"]:  # an edit's input: any size (Kontext's reference need not be the output's)
+        hm.edit_input = _read_png(path, INPUT, meta, "RGB", same_size=False)
+    if MASK in meta["files"]:
+        hm.edit_mask = _read_png(path, MASK, meta, "L", same_size=True) > 127
     if CONCEPTS in meta["files"]:
         from .concepts import concept_alignment
 
@@ -430,7 +436,6 @@ def _load_extras(path: Path, meta: dict, hm: HeatMaps) -> None:
 
 def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
     """Load a folder written by :func:`save_experiment`: ``(heat_maps, meta)``. Never unpickles anything."""
-    from PIL import Image
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -467,14 +472,7 @@ def load_experiment(path: str | os.PathLike) -> tuple[HeatMaps, dict]:
         raise ExperimentError(f"{path / META} has malformed words ({e}); re-run the experiment") from e
     image = None
     if IMAGE in meta["files"]:
-        try:
-            with Image.open(path / IMAGE) as im:  # the header only, until the size is known to be the maps'
-                if im.size != (meta["size"][1], meta["size"][0]):
-                    raise ExperimentError(f"{path / IMAGE} is {im.size[0]}×{im.size[1]} but the maps are "
-                                          f"{meta['size'][1]}×{meta['size'][0]}; re-run the experiment")
-                image = np.asarray(im.convert("RGB"))
-        except (OSError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
-            raise ExperimentError(f"{path / IMAGE} is not a readable image ({e}); re-run the experiment") from e
+        image = _read_png(path, IMAGE, meta, "RGB", same_size=True)
     hm = HeatMaps(alignment, maps, tuple(meta["size"]), image, meta.get("timesteps"), meta["steps"])
     hm.order = meta.get("order", 1)
     _load_extras(path, meta, hm)

@@ -210,21 +210,12 @@ class RecordingAttnProcessor:
     def _keep_concepts(self, attn, q) -> None:
         """OVAM's concept maps (:mod:`daamlib.concepts`): the conditional rows' queries against each concept's keys
         through this layer's key projection (computed once per layer), softmax over the concept's own keys."""
-        from .concepts import concept_probabilities
+        from .concepts import concept_keys, concept_probabilities
 
         rec = self.recorder
         B, H, N, d = q.shape
         if self.name not in rec.concept_keys:
-            keys = []
-            for c in rec.concepts:
-                states = c.states.to(attn.to_k.weight.device, attn.to_k.weight.dtype)[None]
-                if attn.norm_cross:
-                    states = attn.norm_encoder_hidden_states(states)
-                k = attn.to_k(states).view(1, -1, H, d).transpose(1, 2)
-                if attn.norm_k is not None:
-                    k = attn.norm_k(k)
-                keys.append(k[0])
-            rec.concept_keys[self.name] = keys
+            rec.concept_keys[self.name] = concept_keys(attn, rec.concepts, H, d)
         b0, b1 = rec.current.conditional_rows(B)
         p = concept_probabilities(q[b0:b1], rec.concept_keys[self.name], [c.rows for c in rec.concepts], d ** -0.5)
         p = p.reshape(*p.shape[:-1], *rec.grid(N))

@@ -308,16 +308,10 @@ class _DitRecorder:
     def _keep_cross_concepts(self, tap, q, scale, batch_rows, rows) -> None:
         """OVAM's concept maps on a cross-attention transformer (:mod:`daamlib.concepts`): the conditional image
         queries against each concept's keys through this layer's own ``to_k``, softmax over the concept's keys."""
-        from ..concepts import concept_probabilities
+        from ..concepts import concept_keys, concept_probabilities
 
-        attn = tap.module
-        H, d = q.shape[1], q.shape[-1]
         if tap.name not in self.cross_keys:
-            keys = []
-            for c in self.cross_concepts:
-                k = attn.to_k(c.states.to(attn.to_k.weight)).view(-1, H, d).transpose(0, 1)  # [H, n_c, d]
-                keys.append(attn.norm_k(k) if getattr(attn, "norm_k", None) is not None else k)
-            self.cross_keys[tap.name] = keys
+            self.cross_keys[tap.name] = concept_keys(tap.module, self.cross_concepts, q.shape[1], q.shape[-1])
         b = torch.tensor(batch_rows, device=q.device)
         p = concept_probabilities(q.index_select(0, b), self.cross_keys[tap.name],
                                   [c.rows for c in self.cross_concepts], scale)  # [Bc, C, N]
