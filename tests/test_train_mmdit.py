@@ -100,3 +100,32 @@ def test_saved_pipeline_loads_generates_and_traces(runs):
     loaded = daamlib.load_pipeline(str(folder))
     assert type(loaded).__name__ == "StableDiffusion3Pipeline" and loaded.text_encoder_3 is None
     assert loaded.daam_sampling["steps"] == train_mmdit.SAMPLING_PLACEHOLDER["steps"]
+
+
+def test_collapsed_null_rows_equal_the_full_rows_forward_and_backward():
+    """Training feeds one zero row with its logit raised by ln 256 in place of the pipeline's 256 zero rows: the
+    prediction and every parameter's gradient equal the full sequence's (float64), so training computes exactly
+    the model that inference runs."""
+    import copy
+
+    torch.manual_seed(0)
+    full = train_mmdit.build_transformer(train_mmdit.MMDiTConfig(layers=3, heads=2, head_dim=16), 128, 128).double()
+    collapsed = copy.deepcopy(full)
+    train_mmdit.collapse_null_rows(collapsed, 256)
+    B = 3
+    x, clip = torch.randn(B, 4, 16, 16, dtype=torch.float64), torch.randn(B, 24, 256, dtype=torch.float64)
+    pooled, t = torch.randn(B, 256, dtype=torch.float64), torch.tensor([100.0, 500.0, 900.0], dtype=torch.float64)
+    preds = []
+    for model, rows in ((full, 256), (collapsed, 1)):
+        text = torch.cat([clip, clip.new_zeros(B, rows, 256)], dim=1)
+        pred = model(hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled, timestep=t).sample
+        (pred * torch.linspace(-1, 1, pred.numel(), dtype=torch.float64).view_as(pred)).sum().backward()
+        preds.append(pred.detach())
+    torch.testing.assert_close(preds[1], preds[0], rtol=0, atol=1e-12)
+    named, learning = dict(collapsed.named_parameters()), 0
+    for name, p in full.named_parameters():  # the last block's text query and outputs feed nothing: no gradient
+        assert (p.grad is None) == (named[name].grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(named[name].grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+            learning += int(p.grad.abs().max() > 0)
+    assert learning > 0.9 * len(named)
