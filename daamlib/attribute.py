@@ -190,7 +190,7 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     rgb, x = _checked_image(pipe, image)
     concepts = check_concepts(concepts)
     if concepts and getattr(pipe, "unet", None) is None and not _concept_attention(pipe):
-        raise AttributionError(f"concepts= maps concepts on every traced model but Z-Image; "
+        raise AttributionError(f"concepts= maps concepts on every traced text-to-image model; "
                                f"{type(pipe).__name__} is none of them")
     h, w = rgb.shape[:2]
     denoiser = getattr(pipe, "unet", None) or pipe.transformer

@@ -252,3 +252,18 @@ def test_daam_attribute_on_a_picture_drawn_by_other_means_with_each_embedded_mod
     assert meta["settings"]["model"] == model and hm.size == (64, 64)
     heat = hm["circle"].heat
     assert heat[20:40, 6:26].mean() > heat[22:40, 38:56].mean()
+
+
+@pytest.mark.parametrize("kind", FLOW + ("pixart",))
+def test_concepts_on_every_transformer_family_through_attribute(tiny, kind):
+    """Every traced text-to-image transformer maps concepts of an existing image (their exactness is tested per
+    family in tests/test_concepts.py): one map per concept and timestep, finite and non-negative; joint and
+    single-stream families in both spaces."""
+    pipe = pipeline(tiny, kind)
+    kw = {"max_sequence_length": LENGTH[kind]} if kind in LENGTH else {}
+    hm = attribute(pipe, IMAGE, "a red circle", concepts=["circle", "grass"], timesteps=(250, 750), seed=0, **kw)
+    spaces = [hm.concepts] + ([hm.concept_outputs] if kind not in ("pixart", "sana") else [])  # OVAM's: one space
+    for maps in spaces:
+        assert maps.words == ["circle", "grass"] and len(maps.steps) == 2 and maps.size == (64, 96)
+        assert all(torch.isfinite(maps[c].heat).all() and maps[c].heat.min() >= 0 and maps[c].heat.max() > 0
+                   for c in ("circle", "grass"))

@@ -101,9 +101,9 @@ def test_bad_concepts_are_refused(tiny, concepts, message):
 def test_concepts_on_a_transformer_without_concept_attention_are_refused():
     from daamlib.testing.tiny_dit import tiny_dit_pipeline
 
-    with pytest.raises(TraceError, match="implemented for Flux.1, Chroma, SD3, Flux.2 and Qwen-Image .*ZImagePipeline "
-                                         "is 'zimage'"):
-        with trace(tiny_dit_pipeline("zimage"), concepts=["grass"]):
+    with pytest.raises(TraceError, match="implemented for Flux.1, Chroma, SD3, Flux.2, Qwen-Image and Z-Image .*"
+                                         "QwenImageEditPipeline is 'qwen-edit'"):
+        with trace(tiny_dit_pipeline("qwen-edit"), concepts=["grass"]):
             pass
 
 
@@ -123,11 +123,12 @@ def two_block_flux(kind: str = "flux"):
 def traced_under(pipe, prompts, kw, concepts, register):
     """The pipeline untraced, then traced with ``concepts`` while the hooks ``register()`` installs (it returns
     their handles) record; they are removed afterwards. (untraced images, traced images, trace)."""
-    plain = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    # (copies: ZImagePipeline rewrites a prompt list in place with its chat template)
+    plain = pipe(prompt=list(prompts), generator=torch.Generator().manual_seed(0), **kw).images
     handles = register()
     try:
         with trace(pipe, concepts=concepts) as tc:
-            traced = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **kw).images
+            traced = pipe(prompt=list(prompts), generator=torch.Generator().manual_seed(0), **kw).images
     finally:
         for h in handles:
             h.remove()
@@ -482,4 +483,91 @@ def test_qwen_image_concept_attention_equals_the_blocks_own_text_path():
                 add_block_maps(want, p.sum(1)[0], dots, rows, n_c, (h, w), (64, 96))
                 c = block(hidden_states=img, encoder_hidden_states=c, encoder_hidden_states_mask=None, temb=temb,
                           image_rotary_emb=(img_freqs, txt_freqs))[0]
+        assert_concept_maps(tc.heat_maps(image), want, concepts)
+
+
+def test_zimage_concept_attention_equals_its_own_blocks_run_on_the_concept_stream():
+    """Z-Image's main blocks are single-stream (image and text share every weight): each concept is made a caption
+    by the model's own code (``patchify_and_embed``'s padding and positions, the caption embedder, the pad token, the
+    text-only refiner), then each main block's own forward runs on [the generation's image part, concept stream]
+    with its modulation, and the concept rows of that run are the stream's next state (the image rows, which would
+    see the concepts, are discarded). Maps: the image's queries against the concept keys (softmax over the stream)
+    and the real image outputs · that run's concept outputs. Guidance on: the conditional and unconditional
+    sequences differ in length, so the batch is padded and masked; image unchanged."""
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    pipe = tiny_dit_pipeline("zimage")
+    concepts = ["circle", "sky blue"]
+    prompts = ["a red circle", "a giraffe and a zebra standing in the tall grass of a wide plain under a clear blue "
+               "sky at noon, with a few white clouds"]  # two caption lengths after padding: 32 and 64
+    kw = dict(num_inference_steps=2, output_type="pt", height=64, width=96, max_sequence_length=128)
+    t = pipe.transformer
+    calls = []
+
+    def on_block(block, args, kwargs):
+        calls[-1].append({"args": args})
+
+    def on_attn(module, args, kwargs, out):
+        calls[-1][-1].update(attn_in=args[0], attn_out=out)
+
+    def register():
+        handles = [t.register_forward_pre_hook(lambda m, a, k: calls.append([]), with_kwargs=True)]
+        for layer in t.layers:
+            handles += [layer.register_forward_pre_hook(on_block, with_kwargs=True),
+                        layer.attention.register_forward_hook(on_attn, with_kwargs=True)]
+        return handles
+
+    plain, traced, tc = traced_under(pipe, prompts, kw, concepts, register)
+    assert torch.equal(plain, traced)
+    assert all(call[0]["args"][1] is not None for call in calls)  # the batch is padded: a key mask
+    # each concept (then the null concept) as the model takes a caption
+    from daamlib.dit.registry import family_of
+
+    stream = family_of(pipe).streams[0]
+    template = stream.template(pipe, {})
+    feats, freqs, rows, at = [], [], [], 0
+    for c in concepts + [""]:
+        n = len(pipe.tokenizer(template.replace("{}", c))["input_ids"])
+        states = pipe.encode_prompt(prompt=c, device="cpu", do_classifier_free_guidance=False,
+                                    max_sequence_length=n)[0][0]
+        assert len(states) == n
+        _, (cap,), _, _, (pos,), _, (pad,) = t.patchify_and_embed([torch.zeros(4, 1, 4, 4)], [states], 2, 1)
+        x = torch.where(pad[:, None], t.cap_pad_token, t.cap_embedder(cap))[None]
+        f = t.rope_embedder(pos)[None, : len(cap)]  # the model keeps as many positions as rows (_prepare_sequence)
+        for layer in t.context_refiner:
+            x = layer(x, None, f)
+        feats.append(x)
+        freqs.append(f)
+        from daamlib.dit.tokens import stream_tokens
+
+        own = stream_tokens(pipe, stream, c, None, {}).positions if c else range(n)
+        rows.append([at + r for r in own])
+        at += x.shape[1]
+    c0, c_freqs = torch.cat(feats, 1), torch.cat(freqs, 1)
+    h, w = tc.generations[-1].grid
+    n_x = h * w + (-(h * w)) % 32
+    n_c = len(concepts)
+    for image in range(2):
+        want = {"cross": 0, "out": 0}
+        for call in calls:
+            c = c0
+            for layer, bk in zip(t.layers, call):
+                x, f, adaln = (bk["args"][i][image:image + 1] for i in (0, 2, 3))
+                seen = {}
+                hook = layer.attention.register_forward_hook(lambda m, a, k, o: seen.update(i=a[0], o=o),
+                                                             with_kwargs=True)
+                try:
+                    c = layer(torch.cat([x[:, :n_x], c], 1), None, torch.cat([f[:, :n_x], c_freqs], 1), adaln)[:, n_x:]
+                finally:
+                    hook.remove()
+                attn = layer.attention
+                q = attn.norm_q(attn.to_q(bk["attn_in"][image:image + 1, : h * w]).unflatten(-1, (attn.heads, -1)))
+                k = attn.norm_k(attn.to_k(seen["i"][:, n_x:]).unflatten(-1, (attn.heads, -1)))
+                q = torch.view_as_real(torch.view_as_complex(q.double().unflatten(-1, (-1, 2)))
+                                       * f[:, : h * w, None].to(torch.complex128)).flatten(3)
+                k = torch.view_as_real(torch.view_as_complex(k.double().unflatten(-1, (-1, 2)))
+                                       * c_freqs[:, :, None].to(torch.complex128)).flatten(3)
+                p = torch.einsum("bnhd,bchd->bhnc", q, k).mul(q.shape[-1] ** -0.5).softmax(-1)
+                dots = torch.einsum("nd,cd->cn", bk["attn_out"][image, : h * w].double(), seen["o"][0, n_x:].double())
+                add_block_maps(want, p.sum(1)[0], dots, rows, n_c, (h, w), (64, 96))
         assert_concept_maps(tc.heat_maps(image), want, concepts)

@@ -20,8 +20,10 @@ Supported: ``FluxPipeline`` (and Flux.1 img2img / inpainting / Kontext, whose tr
 ``Flux2KleinPipeline`` and ``Flux2Pipeline`` (the double-stream blocks' shared text modulation; each concept encoded
 in the pipeline's chat template at its exact length, its own tokens as its rows), ``QwenImagePipeline`` (the same
 encoding after its dropped prefix; the text stream's own modulation; text rotary positions for the concept stream's
-length) and
-``StableDiffusion3Pipeline`` (joint blocks with the text stream's weights; no rotary positions; its last block
+length),
+``ZImagePipeline`` (single-stream main blocks: each concept made a caption as the model makes one, through the
+text-only refiner, then each main block with the shared weights and modulation; :meth:`ConceptStream._step_zimage`)
+and ``StableDiffusion3Pipeline`` (joint blocks with the text stream's weights; no rotary positions; its last block
 updates no text stream, so it has a cross-attention map and no output-space one; each concept is encoded as SD3
 encodes a prompt, CLIP's tokens and, where loaded, T5's).
 """
@@ -33,7 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-FAMILIES = ("flux", "flux-edit", "flux-kontext", "chroma", "sd3", "flux2", "flux2-dev", "qwen")
+FAMILIES = ("flux", "flux-edit", "flux-kontext", "chroma", "sd3", "flux2", "flux2-dev", "qwen", "zimage")
 FLUX2 = ("flux2", "flux2-dev")
 
 
@@ -43,9 +45,14 @@ class ConceptStream:
 
     def __init__(self, pipe, rec, concepts: list[str]):
         self.pipe, self.rec, self.concepts = pipe, rec, concepts
-        self.sd3, self.flux2, self.qwen = rec.family.name == "sd3", rec.family.name in FLUX2, rec.family.name == "qwen"
-        if self.flux2 or self.qwen:
-            self.states, self.rows_of = self._encode_chat(pipe, rec.family, concepts)
+        name = rec.family.name
+        self.sd3, self.flux2, self.qwen, self.zimage = name == "sd3", name in FLUX2, name == "qwen", name == "zimage"
+        if self.zimage:
+            encoded = self._encode_chat(pipe, rec.family, concepts)
+            self.parts = [states for states, _ in encoded]
+            self.states, self.rows_of = self._stacked(encoded, rec.family.unified)
+        elif self.flux2 or self.qwen:
+            self.states, self.rows_of = self._stacked(self._encode_chat(pipe, rec.family, concepts))
         else:
             self.states, self.rows_of = (self._encode_sd3 if self.sd3 else self._encode)(pipe, concepts)
         self.handles, self.c, self.rope, self.temb = [], None, None, None
@@ -70,10 +77,10 @@ class ConceptStream:
 
     @staticmethod
     def _encode_chat(pipe, family, concepts):
-        """Flux.2, Qwen-Image: each concept as the pipeline encodes a prompt (its chat template, system message and
-        all; Qwen-Image drops the template's prefix), at exactly its templated length (so no padding); a concept's
-        rows are its own tokens, found as the prompt's are (:func:`daamlib.dit.tokens.stream_tokens`); the null
-        concept (``""``) keeps all its rows."""
+        """Flux.2, Qwen-Image, Z-Image: each concept as the pipeline encodes a prompt (its chat template, system
+        message and all; Qwen-Image drops the template's prefix), at exactly its templated length (so no padding):
+        per concept (then the null concept ``""``) its states and its own tokens' rows, found as the prompt's are
+        (:func:`daamlib.dit.tokens.stream_tokens`); the null concept's rows are all of its rows."""
         from .tokens import _attr, stream_tokens
 
         stream = family.streams[0]
@@ -83,17 +90,26 @@ class ConceptStream:
         template = stream.template(pipe, {}) if callable(stream.template) else _attr(pipe, stream.template)
         drop = int((stream.drop(pipe, {}) if callable(stream.drop) else _attr(pipe, stream.drop)) or 0)
         device = getattr(pipe, "_execution_device", None) or pipe.device
-        parts, rows, at = [], [], 0
+        # Z-Image's encode_prompt has no num_images_per_prompt and guides by default
+        extra = {"do_classifier_free_guidance": False} if family.name == "zimage" else {"num_images_per_prompt": 1}
+        out = []
         for c in concepts + [""]:
             n = len(tok(template.replace("{}", c), add_special_tokens=stream.special_tokens)["input_ids"]) - drop
             with torch.no_grad():
-                states = pipe.encode_prompt(prompt=c, device=device, num_images_per_prompt=1,
-                                            max_sequence_length=n)[0][0]
-            own = stream_tokens(pipe, stream, c, None, {}).positions if c else list(range(n))
-            parts.append(states)
+                states = pipe.encode_prompt(prompt=c, device=device, max_sequence_length=n, **extra)[0][0]
+            out.append((states, stream_tokens(pipe, stream, c, None, {}).positions if c else list(range(len(states)))))
+        return out
+
+    @staticmethod
+    def _stacked(parts, multiple: int = 1):
+        """The concept stream of per-concept ``(states, own rows)``: the states one after another, each padded to a
+        multiple of ``multiple`` (Z-Image's captions are; the padding is filled in :meth:`_zimage_stream`), and
+        each concept's map rows offset to its place."""
+        rows, at = [], 0
+        for states, own in parts:
             rows.append([at + r for r in own])
-            at += len(states)
-        return torch.cat(parts), rows
+            at += len(states) + (-len(states)) % multiple
+        return torch.cat([s for s, _ in parts]), rows
 
     @staticmethod
     def _encode_sd3(pipe, concepts):
@@ -120,6 +136,12 @@ class ConceptStream:
 
     def install(self, transformer) -> None:
         self.handles.append(transformer.register_forward_pre_hook(self._start, with_kwargs=True))
+        if self.zimage:  # single-stream main blocks: the block keeps temb, its attention module gives the step
+            for i, block in enumerate(transformer.layers):
+                self.handles.append(block.register_forward_pre_hook(self._keep_temb, with_kwargs=True))
+                self.handles.append(block.attention.register_forward_hook(
+                    lambda m, a, k, out, _b=block, _i=i: self._step_zimage(_b, _i, a, k, out), with_kwargs=True))
+            return
         for i, block in enumerate(transformer.transformer_blocks):
             self.handles.append(block.register_forward_pre_hook(self._keep_temb, with_kwargs=True))
             self.handles.append(block.attn.register_forward_hook(
@@ -135,6 +157,12 @@ class ConceptStream:
         rows = self.rec.rows
         if not rows:
             self.c = None
+            return
+        if self.zimage:
+            self.c, self.c_freqs = self._zimage_stream(transformer)
+            self.c = self.c.expand(len(rows), -1, -1).contiguous()
+            self.batch = torch.tensor([b for b, _ in rows])
+            self.order = torch.argsort(torch.tensor([j for _, j in rows]))
             return
         if self.qwen:  # Qwen-Image's rotary frequencies: the image's, and text positions for the concept stream
             self.rope = transformer.pos_embed(kwargs["img_shapes"], max_txt_seq_len=self.states.shape[0],
@@ -159,7 +187,29 @@ class ConceptStream:
         self.batch = torch.tensor([b for b, _ in rows])
         self.order = torch.argsort(torch.tensor([j for _, j in rows]))
 
+    def _zimage_stream(self, transformer):
+        """Z-Image's concept stream ``[1, C, D]`` and its rotary frequencies ``[1, C, d/2]``: each concept as the
+        model takes a caption (``patchify_and_embed``, ``_prepare_sequence``): padded to a multiple of 32, embedded,
+        the padding replaced by the caption pad token, positions ``(1 + l, 0, 0)`` (so its tokens stand where a
+        caption's tokens stand relative to the image), then the text-only refiner blocks, one concept at a time."""
+        t = transformer
+        device = t.cap_pad_token.device
+        feats, freqs = [], []
+        for states in self.parts:
+            n = len(states) + (-len(states)) % self.rec.family.unified
+            x, pos, pad, _, _ = t._pad_with_ids(states.to(device), (n, 1, 1), (1, 0, 0), device)
+            x, f, mask, _, _ = t._prepare_sequence([t.cap_embedder(x.to(t.cap_pad_token.dtype))], [pos], [pad],
+                                                   t.cap_pad_token, None, device)
+            for layer in t.context_refiner:
+                x = layer(x, mask, f)
+            feats.append(x)
+            freqs.append(f)
+        return torch.cat(feats, 1), torch.cat(freqs, 1)
+
     def _keep_temb(self, block, args, kwargs):
+        if self.zimage:  # (x, attn_mask, freqs_cis, adaln_input, ...): every token's modulation is adaln_input's
+            self.temb = args[3] if len(args) > 3 else kwargs.get("adaln_input")
+            return
         if self.flux2:  # the text stream's modulation, shared by every double-stream block
             self.temb = kwargs["temb_mod_txt"]
         else:
@@ -244,6 +294,59 @@ class ConceptStream:
         c = self.c + gate_msa.unsqueeze(1) * o_c
         n = block.norm2_context(c) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         self.c = c + gate_mlp.unsqueeze(1) * block.ff_context(n)
+
+
+    def _step_zimage(self, block, index: int, args, kwargs, out) -> None:
+        """Z-Image's main blocks are single-stream: image and text share every weight and the modulation. The
+        concept stream goes through each as a caption would, attending to the image (its padding included) and to
+        itself; the image's part of the block is the generation's own (read from its attention call)."""
+        if self.c is None or not self.rec.rows:
+            return
+        attn, b = block.attention, self.batch.to(self.c.device)
+        h, w = self.rec.current.grid
+        n_x = h * w + (-(h * w)) % self.rec.family.unified  # the image's tokens and their padding come first
+        norm_x = (args[0] if args else kwargs["hidden_states"]).index_select(0, b)[:, :n_x]
+        freqs_x = kwargs["freqs_cis"].index_select(0, b)[:, :n_x]
+        img_out = out.index_select(0, b)[:, : h * w]
+        if block.modulation:
+            temb = self.temb.index_select(0, b) if self.temb.shape[0] > 1 else self.temb
+            scale_msa, gate_msa, scale_mlp, gate_mlp = block.adaLN_modulation(temb).unsqueeze(1).chunk(4, dim=2)
+            gate_msa, gate_mlp, scale_msa, scale_mlp = gate_msa.tanh(), gate_mlp.tanh(), 1 + scale_msa, 1 + scale_mlp
+        else:
+            scale_msa = gate_msa = scale_mlp = gate_mlp = 1.0
+        norm_c = block.attention_norm1(self.c) * scale_msa
+        H = attn.heads
+
+        def qkv(x, freqs):
+            q, k, v = (f(x).unflatten(-1, (H, -1)) for f in (attn.to_q, attn.to_k, attn.to_v))
+            q, k = (x if f is None else f(x) for f, x in ((attn.norm_q, q), (attn.norm_k, k)))
+            return _rotate(q, freqs), _rotate(k, freqs), v
+
+        q_x, k_x, v_x = qkv(norm_x, freqs_x)
+        q_c, k_c, v_c = qkv(norm_c, self.c_freqs)
+        d = q_c.shape[-1]
+        # the concept stream's own update: its queries over [image, concepts] (one-way: the image's are not used)
+        o_c = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q_c, torch.cat([k_x, k_c], 1),
+                                                                           torch.cat([v_x, v_c], 1))))
+        o_c = attn.to_out[0](o_c.transpose(1, 2).flatten(2).to(q_c.dtype))
+        # cross-attention space: the image's queries against the concept keys only, softmax over the stream
+        p = torch.einsum("bnhd,bchd->bhnc", q_x[:, : h * w].float(), k_c.float()).mul(d ** -0.5).softmax(-1).sum(1)
+        cross = torch.stack([p[..., r].sum(-1) for r in self.rows_of], 1)  # [Bc, concepts + null, N]
+        dots = torch.einsum("bnd,bcd->bcn", img_out.float(), o_c.float())
+        outputs = torch.stack([dots[:, r].mean(1) for r in self.rows_of], 1).softmax(1)
+        name = f"layers.{index}.attention.processor"  # the word maps' name for this block
+        g = self.rec.current
+        for store, m in ((g.concept_maps, cross), (g.concept_output_maps, outputs)):
+            store.setdefault(name, []).append(m[self.order, : len(self.concepts)].reshape(-1, len(self.concepts), h, w)
+                                              .to(self.rec.store_device or m.device))
+        c = self.c + gate_msa * block.attention_norm2(o_c)
+        self.c = c + gate_mlp * block.ffn_norm2(block.feed_forward(block.ffn_norm1(c) * scale_mlp))
+
+
+def _rotate(x, freqs):
+    """Z-Image's rotary embedding: channel pairs as complex numbers times ``freqs`` ``[B, L, d/2]``."""
+    z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(z * freqs.unsqueeze(2)).flatten(3).type_as(x)
 
 
 CROSS = ("pixart", "sana")  # cross-attention transformers: concepts by OVAM's method, as on UNets

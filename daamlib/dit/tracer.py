@@ -107,7 +107,8 @@ def trace_transformer(pipe, keep_heads: bool = False, store_device=None, encoder
         from .concept_attention import CROSS, FAMILIES
 
         if family.name not in FAMILIES + CROSS:
-            raise TraceError(f"concepts= on diffusion transformers is implemented for Flux.1, Chroma, SD3, Flux.2 and Qwen-Image "
+            raise TraceError(f"concepts= on diffusion transformers is implemented for Flux.1, Chroma, SD3, Flux.2, Qwen-Image and "
+                             f"Z-Image "
                              f"({', '.join(FAMILIES)}: ConceptAttention's method) and PixArt and Sana (OVAM's); "
                              f"{type(pipe).__name__} is "
                              f"{family.name!r}. Map the prompt's own words, or use one of those or a UNet model")
