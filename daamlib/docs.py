@@ -179,16 +179,16 @@ def real_images() -> str:
         with open(folder / f"06_real_images_and_concepts_{name}.csv", newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
 
-    def cell(value, low, high, n=None):
+    def cell(value, low, high, n=None, tau=None):
         ci = f" ({_number(low)} – {_number(high)})" if low else ""
-        return f"{_number(value)}{ci}" + (f", {n}" if n else "")
+        return f"{_number(value)}{ci}" + (f", {n}" if n else "") + (f", τ {float(tau):g}" if tau else "")
 
-    head = " | ".join(f"{m}: mIoU (95% CI), n images (nouns)" for m, _ in found)
+    head = " | ".join(f"{m}: mIoU (95% CI), n images (nouns), τ" for m, _ in found)
     rows = [f"| ground truth | method | {head} |", "|---|---|" + "---|" * len(found)]
     tables = [read(f, "methods") for _, f in found]
     for i, r in enumerate(tables[0]):
         cells = [cell(t[i]["mIoU"], t[i]["low"], t[i]["high"], f"{int(float(t[i]['n images']))} "
-                      f"({int(float(t[i]['n nouns']))})") for t in tables]
+                      f"({int(float(t[i]['n nouns']))})", t[i].get("τ")) for t in tables]
         rows.append(f"| {r['ground truth']} | {r['method']} | " + " | ".join(cells) + " |")
     head = " | ".join(f"{m}: value (95% CI), n" for m, _ in found)
     rows += ["", f"| absent concepts (test) | {head} |", "|---|" + "---|" * len(found)]

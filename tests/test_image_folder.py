@@ -93,3 +93,38 @@ def test_bad_folders_are_refused_with_the_layouts(tmp_path):
         ImageFolder(tmp_path / "empty", 64)
     with pytest.raises(ValueError, match="size must be a multiple of 8"):
         ImageFolder(per_image_folder(tmp_path / "mine"), 50)
+
+
+def test_settings_are_chosen_on_val_each_map_at_its_own_best_threshold(tmp_path):
+    """choose_settings: the timesteps and τ with the best val mIoU of the word maps, and at those timesteps the τ
+    with the best val mIoU of the concept maps, recomputed here from attribute's own maps; the rows then score
+    each kind of map at its own τ."""
+    import daamlib
+    from daamlib.studies import real_images
+    import torch
+
+    from daamlib.stats import iou
+
+    pipe = daamlib.load_pipeline("tiny-sd1")
+    folder = per_image_folder(tmp_path / "mine", n_test=1, n_val=2)
+    items, val, _ = real_images.open_images("tiny-sd1", folder, 64, 1, 2, 0, pipe)
+    candidates, taus = [(250,), (750,)], (0.2, 0.5, 0.8)
+    ts, tau, table = real_images.choose_settings(pipe, val, candidates, taus)
+    assert len(table) == 2 * 2 * 3 and table["chosen"].sum() == 2
+    want = {}
+    for t in candidates:
+        for it in val:
+            hm = daamlib.attribute(pipe, it["image"], it["caption"], timesteps=t, seed=it["seed"],
+                                   concepts=sorted(set(it["concept_of"].values())))
+            for index, exact in it["masks"].items():
+                exact = torch.as_tensor(np.asarray(exact, bool))
+                for x in taus:
+                    for kind, m in (("word", hm[it["words"][index]]), ("concept", hm.concepts[it["concept_of"][index]])):
+                        want.setdefault((kind, t, x), []).append(100 * iou(m.binarize(x), exact))
+    # every image has two nouns: the clustered estimate is the mean over nouns
+    best = max(((t, x) for t in candidates for x in taus), key=lambda k: np.mean(want["word", k[0], k[1]]))
+    assert ts == best[0] and tau["word"] == best[1]
+    assert tau["concept"] == max(taus, key=lambda x: np.mean(want["concept", ts, x]))
+    rows, _ = real_images.real_image_rows(pipe, items, None, ts, threshold=tau)
+    table = real_images.methods_table(rows, tau).set_index("method")
+    assert table.loc["DAAM word map", "τ"] == tau["word"] and table.loc["concept map (OVAM)", "τ"] == tau["concept"]

@@ -290,8 +290,9 @@ def render_train(seed: int, start: int, stop: int) -> tuple[np.ndarray, list[str
 class SceneRenderer:
     """Renders train scenes in chunks, in this process or in ``workers`` processes (same scenes either way)."""
 
-    def __init__(self, seed: int, workers: int = 0, chunk: int = 64):
+    def __init__(self, seed: int, workers: int = 0, chunk: int = 64, render=None):
         self.seed, self.chunk = seed, chunk
+        self.render_chunk = render or render_train  # (seed, start, stop) -> (images, captions); module-level
         self.procs = None
         if workers > 0:
             import multiprocessing as mp
@@ -306,8 +307,8 @@ class SceneRenderer:
         returned function for an iterator of (first index, images, captions) chunks, in order."""
         ranges = self._ranges(start, stop)
         if self.procs is None:
-            return lambda: ((r[1], *render_train(*r)) for r in ranges)
-        pending = self.procs.starmap_async(render_train, ranges)
+            return lambda: ((r[1], *self.render_chunk(*r)) for r in ranges)
+        pending = self.procs.starmap_async(self.render_chunk, ranges)
         return lambda: ((r[1], *out) for r, out in zip(ranges, pending.get()))
 
     def render(self, start: int, stop: int):

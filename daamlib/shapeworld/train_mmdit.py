@@ -230,6 +230,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-sequence-length", type=int, default=d.max_sequence_length,
                    help="zero rows after the CLIP tokens; anything but 256 must be passed to the pipeline at inference")
     p.add_argument("--shift", type=float, default=d.shift)
+    p.add_argument("--phrasings", choices=("trained", "canonical"), default="trained",
+                   help="captions in the trained phrasing families (daamlib.shapeworld.phrasings: canonical, definite, "
+                        "swapped; 'background first' held out) or the world's own only")
     p.add_argument("--full-null-rows", action="store_true",
                    help="feed all max_sequence_length zero rows (slower; the default collapses them into one exactly)")
     args = p.parse_args(argv)
@@ -325,6 +328,9 @@ def main(argv=None) -> None:
         wall_by_device = saved["wall_by_device"]
         if saved["args"]["pool"] != args.pool:
             raise SystemExit(f"{ck} was trained with --pool {saved['args']['pool']}; resume with the same pool size")
+        if saved["args"].get("phrasings", "canonical") != args.phrasings:
+            raise SystemExit(f"{ck} was trained with --phrasings {saved['args'].get('phrasings', 'canonical')}; "
+                             "resume with the same phrasings (or start a new --out)")
         log(f"resumed from {ck} at step {step}")
         truncate_log(log_csv, step)
     n_params = sum(p.numel() for p in model.parameters())
@@ -339,6 +345,8 @@ def main(argv=None) -> None:
                 "hardware": hardware(device, args.threads), "params": n_params, "model": cfg.to_dict(),
                 "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "decay": args.decay, "steps": args.steps,
                 "ema": args.ema, "p_uncond": args.p_uncond, "null_rows_collapsed": collapsed,
+                "phrasings": ("canonical, definite, swapped (daamlib.shapeworld.phrasings; 'background first' held out)"
+                              if args.phrasings == "trained" else "canonical only"),
                 "precision": args.precision, "pool": args.pool,
                 "text_encoder": f"frozen ShapeWorld-CLIP text tower ({args.clip}) as text_encoder and text_encoder_2; "
                                 "penultimate hidden states + projected pooled embedding; no T5",
@@ -358,7 +366,10 @@ def main(argv=None) -> None:
     sf = vae.config.scaling_factor
     pool = LatentPool(args.pool, tokenizer.model_max_length, (cfg.latent_channels, cfg.latent_size, cfg.latent_size),
                       device=device)
-    renderer = SceneRenderer(args.seed, args.workers)
+    from .phrasings import render_train_phrased
+
+    renderer = SceneRenderer(args.seed, args.workers,
+                             render=render_train_phrased if args.phrasings == "trained" else None)
     t0 = time.time()
     pool.add(renderer.render(counter - args.pool, counter), vae, tokenizer)  # train split only (render_train)
     log(f"latent pool of {args.pool} scenes built in {time.time() - t0:.0f}s")

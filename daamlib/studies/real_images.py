@@ -1,7 +1,8 @@
 """Real images and open-vocabulary concepts (issue 29), scored on exact masks.
 
 >>> items = source.real_items(60, seed=0, split="test")                                    # doctest: +SKIP
->>> rows = real_image_rows(pipe, items, truth, timesteps=(250, 500, 750), threshold=0.4)   # doctest: +SKIP
+>>> timesteps, tau, _ = choose_settings(pipe, source.real_items(40, seed=0, split="val"))   # doctest: +SKIP
+>>> rows = real_image_rows(pipe, items, truth, timesteps, threshold=tau)                   # doctest: +SKIP
 >>> methods_table(rows)                                                                     # doctest: +SKIP
 
 A world renders scenes no model drew (test split: never trained on) and knows every noun's exact region. Each
@@ -55,41 +56,70 @@ def open_images(model_id: str, images_dir, size, n: int, n_val: int, seed: int, 
     return folder.items(n, seed, "test"), folder.items(n_val, seed, "val"), None
 
 
-CANDIDATE_TIMESTEPS = ((250,), (500,), (750,), (250, 500, 750))  # what choose_timesteps compares on val
+CANDIDATE_TIMESTEPS = ((250,), (500,), (750,), (250, 500, 750))  # what choose_settings compares on val
+CANDIDATE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # τ of Eq. 7 (the paper's: 0.4)
 
 
-def choose_timesteps(pipe, val_items, candidates=CANDIDATE_TIMESTEPS, threshold: float = 0.4) -> tuple[tuple, object]:
-    """The timesteps whose word maps segment the val renders best (mIoU against the exact masks), and the table of
-    every candidate's val mIoU. Nothing from test is seen."""
+def _thresholds(threshold) -> dict:
+    """``{"word": τ, "concept": τ}`` from one τ for both or a dict holding both."""
+    if isinstance(threshold, dict):
+        return {"word": float(threshold["word"]), "concept": float(threshold["concept"])}
+    return {"word": float(threshold), "concept": float(threshold)}
+
+
+def choose_settings(pipe, val_items, candidates=CANDIDATE_TIMESTEPS, thresholds=CANDIDATE_THRESHOLDS):
+    """(timesteps, ``{"word": τ, "concept": τ}``, table) chosen on the val renders against their exact masks: the
+    timesteps and τ whose word maps have the highest val mIoU, and, at those timesteps, the τ whose concept maps of
+    the same nouns have the highest (each kind of map at its own best τ, so neither is judged at a τ that suits the
+    other's scale). The table holds every candidate's val mIoU. Nothing from test is seen."""
     import pandas as pd
 
     from ..attribute import attribute
 
     out = []
     for ts in candidates:
-        values, units = [], []
+        scores = {(kind, t): ([], []) for kind in ("word", "concept") for t in thresholds}
         for it in val_items:
-            hm = attribute(pipe, it["image"], it["caption"], timesteps=ts, seed=it["seed"])
+            wanted = sorted({c for c in it["concept_of"].values() if c is not None})
+            hm = attribute(pipe, it["image"], it["caption"], timesteps=ts, seed=it["seed"], concepts=wanted or None)
             keep = ~torch.as_tensor(np.asarray(it["ignore"], bool)) if it.get("ignore") is not None else True
             for index, exact in it["masks"].items():
-                word = it["words"][index]
-                values.append(100 * iou(hm[word, it["words"][:index].count(word)].binarize(threshold) & keep,
-                                        torch.as_tensor(np.asarray(exact, bool))))
-                units.append(it["id"])
-        est = interval(values, units=units, bounds=(0, 100))
-        out.append({"timesteps": ", ".join(map(str, ts)), "val mIoU": est[0], "low": est[1], "high": est[2],
-                    "n images": est[3]})
+                word, exact = it["words"][index], torch.as_tensor(np.asarray(exact, bool))
+                maps = {"word": hm[word, it["words"][:index].count(word)]}
+                if it["concept_of"].get(index) is not None:
+                    maps["concept"] = hm.concepts[it["concept_of"][index]]
+                for kind, m in maps.items():
+                    for t in thresholds:
+                        values, units = scores[kind, t]
+                        values.append(100 * iou(m.binarize(t) & keep, exact))
+                        units.append(it["id"])
+        for (kind, t), (values, units) in scores.items():
+            if values:
+                est = interval(values, units=units, bounds=(0, 100))
+                out.append({"map": f"{kind} map", "timesteps": ", ".join(map(str, ts)), "τ": t, "val mIoU": est[0],
+                            "low": est[1], "high": est[2], "n images": est[3], "n nouns": len(values)})
     table = pd.DataFrame(out)
-    return tuple(candidates[int(table["val mIoU"].to_numpy().argmax())]), table
+    words = table[table["map"] == "word map"]
+    best = words.iloc[int(words["val mIoU"].to_numpy().argmax())]
+    chosen_ts = next(ts for ts in candidates if ", ".join(map(str, ts)) == best["timesteps"])
+    concept = table[(table["map"] == "concept map") & (table["timesteps"] == best["timesteps"])]
+    tau_c = float(concept.iloc[int(concept["val mIoU"].to_numpy().argmax())]["τ"]) if len(concept) else float(best["τ"])
+    table["chosen"] = ((table["timesteps"] == best["timesteps"])
+                       & (((table["map"] == "word map") & (table["τ"] == best["τ"]))
+                          | ((table["map"] == "concept map") & (table["τ"] == tau_c))))
+    return tuple(chosen_ts), {"word": float(best["τ"]), "concept": tau_c}, table
 
 
-def real_image_rows(pipe, items, truth, timesteps, threshold: float = 0.4, steps=None, guidance=None,
+def real_image_rows(pipe, items, truth, timesteps, threshold=0.4, steps=None, guidance=None,
                     generations: bool = True) -> tuple[list[dict], list[dict]]:
     """(noun rows, concept rows). A noun row: one noun of one render, its IoUs (×100) by method and ground truth.
     A concept row: one concept of one render, present or absent, and its peak. ``truth``: the annotator
-    (``annotate(image, caption)``), used on renders and generations alike."""
+    (``annotate(image, caption)``), used on renders and generations alike. ``threshold``: τ for every map, or
+    ``{"word": τ, "concept": τ}`` (:func:`choose_settings`); word maps of renders and generations share theirs."""
     from ..attribute import attribute
     from ..pipeline import generate
+
+    tau = _thresholds(threshold)
 
     nouns, concepts = [], []
     for it in items:
@@ -112,11 +142,11 @@ def real_image_rows(pipe, items, truth, timesteps, threshold: float = 0.4, steps
         for index, exact in it["masks"].items():
             word = it["words"][index]
             exact = torch.as_tensor(np.asarray(exact, bool))
-            mask = hm[word, it["words"][:index].count(word)].binarize(threshold)
+            mask = hm[word, it["words"][:index].count(word)].binarize(tau["word"])
             row = {"id": it["id"], "noun": word, "index": index, "objects": len(it["masks"]),
                    "DAAM word map": score(mask, exact)}
             concept = it["concept_of"].get(index)
-            row["concept map (OVAM)"] = (score(hm.concepts[concept].binarize(threshold), exact)
+            row["concept map (OVAM)"] = (score(hm.concepts[concept].binarize(tau["concept"]), exact)
                                          if concept is not None else math.nan)
             for name, m in base.items():
                 row[name] = score(m, exact)
@@ -124,7 +154,7 @@ def real_image_rows(pipe, items, truth, timesteps, threshold: float = 0.4, steps
             row["render vs annotator"] = (100 * iou(mask, torch.as_tensor(annotated)) if annotated is not None
                                           and on_render.present.get(index) else math.nan)
             g = on_gen.noun_masks.get(index) if on_gen is not None else None
-            row["generation vs annotator"] = (100 * iou(gen[word, it["words"][:index].count(word)].binarize(threshold),
+            row["generation vs annotator"] = (100 * iou(gen[word, it["words"][:index].count(word)].binarize(tau["word"]),
                                                         torch.as_tensor(g))
                                               if g is not None and on_gen.present.get(index) else math.nan)
             nouns.append(row)
@@ -135,10 +165,14 @@ def real_image_rows(pipe, items, truth, timesteps, threshold: float = 0.4, steps
     return nouns, concepts
 
 
-def methods_table(noun_rows):
+def methods_table(noun_rows, threshold=None):
     """mIoU (×100) of each method against the exact masks of renders, with a 95% interval clustered by image, and
-    DAAM on renders against DAAM on generations, both scored by the annotator."""
+    DAAM on renders against DAAM on generations, both scored by the annotator; ``threshold`` (as
+    :func:`real_image_rows` took it) fills the τ column."""
     import pandas as pd
+
+    tau = _thresholds(threshold) if threshold is not None else {"word": math.nan, "concept": math.nan}
+    tau_of = {"DAAM word map": tau["word"], "concept map (OVAM)": tau["concept"]}
 
     units = [r["id"] for r in noun_rows]
     out = []
@@ -146,14 +180,14 @@ def methods_table(noun_rows):
         v = [r[m] for r in noun_rows]
         keep = [i for i, x in enumerate(v) if not math.isnan(x)]
         est = interval([v[i] for i in keep], units=[units[i] for i in keep], bounds=(0, 100))
-        out.append({"ground truth": "exact masks (renders)", "method": m, "mIoU": est[0], "low": est[1],
-                    "high": est[2], "n images": est[3], "n nouns": len(keep)})
+        out.append({"ground truth": "exact masks (renders)", "method": m, "τ": tau_of.get(m, math.nan),
+                    "mIoU": est[0], "low": est[1], "high": est[2], "n images": est[3], "n nouns": len(keep)})
     for name in ("render vs annotator", "generation vs annotator"):
         v = [(r[name], r["id"]) for r in noun_rows if not math.isnan(r[name])]
         est = interval([x for x, _ in v], units=[u for _, u in v], bounds=(0, 100))
         what = "renders" if name.startswith("render") else "the model's generations of the same captions"
-        out.append({"ground truth": "the annotator", "method": f"DAAM word map on {what}", "mIoU": est[0],
-                    "low": est[1], "high": est[2], "n images": est[3], "n nouns": len(v)})
+        out.append({"ground truth": "the annotator", "method": f"DAAM word map on {what}", "τ": tau["word"],
+                    "mIoU": est[0], "low": est[1], "high": est[2], "n images": est[3], "n nouns": len(v)})
     return pd.DataFrame(out)
 
 
