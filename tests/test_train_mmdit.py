@@ -80,6 +80,12 @@ def test_saved_pipeline_loads_generates_and_traces(runs):
     assert json.loads((folder / "sampling.json").read_text()) == train_mmdit.SAMPLING_PLACEHOLDER
     whole = torch.load(runs / "whole" / "ckpt.pt", weights_only=True)["ema"]
     assert all(torch.equal(v, whole[k]) for k, v in pipe.transformer.state_dict().items())  # the EMA weights
+    # --export writes the same folder from the checkpoint alone, touching nothing in --out
+    before = {f.name: f.stat().st_mtime_ns for f in (runs / "whole").iterdir()}
+    train_mmdit.main(["--out", str(runs / "whole"), "--export", str(runs / "exported")])
+    assert {f.name: f.stat().st_mtime_ns for f in (runs / "whole").iterdir()} == before
+    exported = StableDiffusion3Pipeline.from_pretrained(runs / "exported", text_encoder_3=None, tokenizer_3=None)
+    assert all(torch.equal(v, whole[k]) for k, v in exported.transformer.state_dict().items())
 
     # what training feeds the transformer is what the pipeline does, for captions and for the empty caption
     prompts = [PROMPT, "two green triangles"]

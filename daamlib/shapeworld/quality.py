@@ -233,10 +233,13 @@ def write_missing_table(records: list[dict], annotator, out_dir: str | Path, thr
 
 def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out/quality", steps: int = 30,
              guidance: float = 5.0, threshold: float = 0.4, start: int = 0, device: str = "cpu",
-             progress: bool = True, split: str = "test", runs_dir: str | Path | None = None) -> dict:
+             progress: bool = True, split: str = "test", runs_dir: str | Path | None = None,
+             phrasing: str = "canonical") -> dict:
     """Generate (resumably, into ``runs_dir``, default ``out_dir/runs``) and score ``n`` two-object prompts of
     ``split`` (test: the bars; val: for choosing sampling settings); returns the summary and writes it, with the
-    missing-noun table (:func:`write_missing_table`), to ``out_dir``."""
+    missing-noun table (:func:`write_missing_table`), to ``out_dir``. ``phrasing``: a family of
+    :mod:`daamlib.shapeworld.phrasings`; other than canonical, the prompts are the first ``n`` scenes from ``start``
+    that the family says differently (e.g. only those with a background phrase for "background first")."""
     from .. import load_experiment, load_pipeline
     from ..runner import run_experiments
     from .annotator import UNSURE_BELOW, Annotator
@@ -244,15 +247,23 @@ def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out
     world = ShapeWorld()
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' (to choose settings) or 'test' (the bars), not {split!r}")
-    items = [{"id": f"q-{start + i:04d}", "prompt": world.scene(split, start + i, kind="pair").caption,
-              "seed": start + i} for i in range(n)]
+    from .phrasings import FAMILIES, applies, rephrase
+
+    if phrasing not in FAMILIES:
+        raise ValueError(f"unknown phrasing {phrasing!r}; choose one of {FAMILIES}")
+    items, i = [], start
+    while len(items) < n:
+        scene = world.scene(split, i, kind="pair")
+        if phrasing == "canonical" or applies(scene, phrasing):
+            items.append({"id": f"q-{i:04d}", "prompt": rephrase(scene, phrasing), "seed": i})
+        i += 1
     pipe = load_pipeline(model, device=device)
     runs_dir = Path(out_dir) / "runs" if runs_dir is None else Path(runs_dir)
     records = run_experiments(pipe, items, runs_dir, defaults={"steps": steps, "guidance": guidance},
                               model_name=model, progress=progress)
     annotator = Annotator.load()
     rows = [score(load_experiment(r["path"])[0], r["prompt"], annotator, threshold) for r in records]
-    summary = {"model": model, "split": split, "steps": steps, "guidance": guidance, "threshold": threshold,
+    summary = {"model": model, "split": split, "phrasing": phrasing, "steps": steps, "guidance": guidance, "threshold": threshold,
                "scheduler": type(pipe.scheduler).__name__, "unsure_below": UNSURE_BELOW, **summarize(rows),
                "annotator_ceiling": annotator_ceiling(copy.deepcopy(pipe.vae).float().cpu(), n, split, start)}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -304,6 +315,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--threshold", type=float, default=0.4)
+    p.add_argument("--phrasing", default="canonical",
+                   help="caption family (daamlib.shapeworld.phrasings): canonical, definite, swapped, "
+                        "'background first' (held out of shapeworld-mmdit's training)")
     p.add_argument("--out", default="out/quality", help="quality.json and the missing-noun table (small files)")
     p.add_argument("--runs", default=None,
                    help="generated images and maps (default: out/quality/<model>/runs, or <model>-val for --split val)")
@@ -316,9 +330,11 @@ def main(argv=None) -> int:
         print(compare_table(runs))
         return 0
     torch.set_num_threads(1)
-    runs = args.runs or Path("out/quality") / (args.model if args.split == "test" else f"{args.model}-{args.split}") / "runs"
+    name = args.model + ("" if args.split == "test" else f"-{args.split}") + \
+        ("" if args.phrasing == "canonical" else "-" + args.phrasing.replace(" ", "-"))
+    runs = args.runs or Path("out/quality") / name / "runs"
     s = evaluate(args.model, args.n, args.out, args.steps, args.guidance, args.threshold, split=args.split,
-                 runs_dir=runs)
+                 runs_dir=runs, phrasing=args.phrasing)
     for k, v in s.items():
         if k not in ("bars", "missing_nouns"):
             print(f"{k}: {v}")

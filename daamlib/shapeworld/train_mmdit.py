@@ -202,6 +202,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/shapeworld-mmdit", help="checkpoint, training_state.json, training_log.csv")
     p.add_argument("--save-pipeline", default=None, metavar="DIR",
                    help="at the end, write the EMA weights as a StableDiffusion3Pipeline folder here")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="write --out's checkpoint (its EMA weights) as a pipeline folder here and exit; trains nothing "
+                        "and writes nothing into --out, so it may run beside the training")
     p.add_argument("--clip", default=CLIP_DIR, help="the frozen ShapeWorld-CLIP folder (tokenizer/, text_tower/)")
     p.add_argument("--vae", default=VAE_DIR, help="the frozen VAE (the UNets')")
     p.add_argument("--device", default="cpu")
@@ -282,8 +285,26 @@ def save_pipeline(folder: Path, transformer, vae, text, tokenizer, cfg: MMDiTCon
     shutil.rmtree(old, ignore_errors=True)
 
 
+def export(out: Path, folder: Path, clip=CLIP_DIR, vae_dir=VAE_DIR) -> int:
+    """The checkpoint in ``out`` as a pipeline folder (EMA weights): the step it holds."""
+    ck = Path(out) / "ckpt.pt"
+    if not ck.exists():
+        raise SystemExit(f"{ck} does not exist: nothing to export (train with --out {out} first)")
+    saved = torch.load(ck, weights_only=True, map_location="cpu")
+    cfg = MMDiTConfig(**saved["cfg"])
+    tokenizer, text = load_clip_text(clip)
+    ema = build_transformer(cfg, text.config.hidden_size, text.config.projection_dim)
+    ema.load_state_dict(saved["ema"])
+    save_pipeline(Path(folder), ema.eval(), load_vae(vae_dir), text, tokenizer, cfg, Path(out))
+    return saved["step"]
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.export:
+        log(f"pipeline of step {export(Path(args.out), Path(args.export), args.clip, args.vae)} written to "
+            f"{args.export}")
+        return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":

@@ -57,7 +57,7 @@ def open_images(model_id: str, images_dir, size, n: int, n_val: int, seed: int, 
 
 
 CANDIDATE_TIMESTEPS = ((250,), (500,), (750,), (250, 500, 750))  # what choose_settings compares on val
-CANDIDATE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # τ of Eq. 7 (the paper's: 0.4)
+CANDIDATE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # τ of Eq. 7 (the paper's: 0.4)
 
 
 def _thresholds(threshold) -> dict:
