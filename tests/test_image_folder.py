@@ -124,7 +124,27 @@ def test_settings_are_chosen_on_val_each_map_at_its_own_best_threshold(tmp_path)
     # every image has two nouns: the clustered estimate is the mean over nouns
     best = max(((t, x) for t in candidates for x in taus), key=lambda k: np.mean(want["word", k[0], k[1]]))
     assert ts == best[0] and tau["word"] == best[1]
-    assert tau["concept"] == max(taus, key=lambda x: np.mean(want["concept", ts, x]))
+    assert tau[real_images.OVAM] == max(taus, key=lambda x: np.mean(want["concept", ts, x]))
     rows, _ = real_images.real_image_rows(pipe, items, None, ts, threshold=tau)
     table = real_images.methods_table(rows, tau).set_index("method")
-    assert table.loc["DAAM word map", "τ"] == tau["word"] and table.loc["concept map (OVAM)", "τ"] == tau["concept"]
+    assert table.loc["DAAM word map", "τ"] == tau["word"] and table.loc["concept map (OVAM)", "τ"] == tau[real_images.OVAM]
+
+
+def test_joint_transformers_are_scored_in_both_of_conceptattentions_spaces(tmp_path):
+    """On a joint transformer (tiny SD3) the rows hold ConceptAttention's cross-attention and output-space maps,
+    each at its own val-chosen τ; the tables compare each with the word map and the two spaces with each other."""
+    from daamlib.studies import real_images as R
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    pipe = tiny_dit_pipeline("sd3")
+    folder = per_image_folder(tmp_path / "mine", n_test=2, n_val=2)
+    items, val, _ = R.open_images("tiny-sd3", folder, 64, 2, 2, 0, pipe)
+    ts, tau, table = R.choose_settings(pipe, val, [(500,)], (0.3, 0.6))
+    assert set(tau) == {"word", R.CROSS, R.OUTPUT} and set(table["map"]) == {"word map", R.CROSS, R.OUTPUT}
+    rows, _ = R.real_image_rows(pipe, items, None, ts, threshold=tau)
+    assert all(R.CROSS in r and R.OUTPUT in r and R.OVAM not in r for r in rows)
+    methods = R.methods_table(rows, tau).set_index("method")
+    assert methods.loc[R.OUTPUT, "τ"] == tau[R.OUTPUT] and methods.loc[R.CROSS, "n nouns"] == 4
+    assert f"{R.OUTPUT} − {R.CROSS}" in set(R.differences_table(rows)["difference"])
+    claims = set(R.paper_vs_here(rows)["claim"])
+    assert "concept map, output space − cross-attention space (IoU points)" in claims

@@ -35,7 +35,18 @@ from .paper import interval, interval_difference
 from .segmentation import auc, centre_blob, colour_clusters, whole_image
 
 PEAK = 0.99  # the quantile of a concept's summed map that scores its presence
-METHODS = ("DAAM word map", "concept map (OVAM)", "whole image", "centre blob", "colour clusters")
+WORD, OVAM = "DAAM word map", "concept map (OVAM)"
+CROSS, OUTPUT = "concept map (cross-attention)", "concept map (output space)"  # ConceptAttention's two spaces
+BASELINES = ("whole image", "centre blob", "colour clusters")
+METHODS = (WORD, OVAM, *BASELINES)  # on UNets, PixArt and Sana; joint transformers have CROSS and OUTPUT for OVAM
+
+
+def concept_methods(hm) -> dict[str, str]:
+    """The concept maps ``hm`` holds, by method name: the :class:`~daamlib.heatmap.HeatMaps` attribute of each.
+    OVAM's (UNets, PixArt, Sana) has one space; ConceptAttention's (joint and single-stream transformers) two."""
+    if getattr(hm, "concept_outputs", None) is not None:
+        return {CROSS: "concepts", OUTPUT: "concept_outputs"}
+    return {OVAM: "concepts"} if getattr(hm, "concepts", None) is not None else {}
 
 
 def _peak(heat: torch.Tensor) -> float:
@@ -60,54 +71,60 @@ CANDIDATE_TIMESTEPS = ((250,), (500,), (750,), (250, 500, 750))  # what choose_s
 CANDIDATE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # τ of Eq. 7 (the paper's: 0.4)
 
 
-def _thresholds(threshold) -> dict:
-    """``{"word": τ, "concept": τ}`` from one τ for both or a dict holding both."""
+def _thresholds(threshold, methods=()) -> dict:
+    """``{"word": τ, method: τ, …}`` (one per concept method in ``methods``) from one τ for all, or a dict: its
+    entries, each concept method missing from it at its ``"concept"`` entry (or the word maps')."""
     if isinstance(threshold, dict):
-        return {"word": float(threshold["word"]), "concept": float(threshold["concept"])}
-    return {"word": float(threshold), "concept": float(threshold)}
+        out = {k: float(v) for k, v in threshold.items()}
+        fallback = out.get("concept", out["word"])
+        return {**{m: fallback for m in methods}, **out}
+    return {"word": float(threshold), "concept": float(threshold), **{m: float(threshold) for m in methods}}
 
 
 def choose_settings(pipe, val_items, candidates=CANDIDATE_TIMESTEPS, thresholds=CANDIDATE_THRESHOLDS):
-    """(timesteps, ``{"word": τ, "concept": τ}``, table) chosen on the val renders against their exact masks: the
-    timesteps and τ whose word maps have the highest val mIoU, and, at those timesteps, the τ whose concept maps of
-    the same nouns have the highest (each kind of map at its own best τ, so neither is judged at a τ that suits the
-    other's scale). The table holds every candidate's val mIoU. Nothing from test is seen."""
+    """(timesteps, ``{"word": τ, <concept method>: τ, …}``, table) chosen on the val renders against their exact
+    masks: the timesteps and τ whose word maps have the highest val mIoU, and, at those timesteps, for each concept
+    method the model has (:func:`concept_methods`: OVAM's, or ConceptAttention's two spaces) the τ whose maps of the
+    same nouns have the highest (each kind of map at its own best τ, so none is judged at a τ that suits another's
+    scale). The table holds every candidate's val mIoU. Nothing from test is seen."""
     import pandas as pd
 
     from ..attribute import attribute
 
     out = []
     for ts in candidates:
-        scores = {(kind, t): ([], []) for kind in ("word", "concept") for t in thresholds}
+        scores: dict[tuple[str, float], tuple[list, list]] = {}
         for it in val_items:
             wanted = sorted({c for c in it["concept_of"].values() if c is not None})
             hm = attribute(pipe, it["image"], it["caption"], timesteps=ts, seed=it["seed"], concepts=wanted or None)
             keep = ~torch.as_tensor(np.asarray(it["ignore"], bool)) if it.get("ignore") is not None else True
             for index, exact in it["masks"].items():
                 word, exact = it["words"][index], torch.as_tensor(np.asarray(exact, bool))
-                maps = {"word": hm[word, it["words"][:index].count(word)]}
+                maps = {"word map": hm[word, it["words"][:index].count(word)]}
                 if it["concept_of"].get(index) is not None:
-                    maps["concept"] = hm.concepts[it["concept_of"][index]]
+                    for method, attr in concept_methods(hm).items():
+                        maps[method] = getattr(hm, attr)[it["concept_of"][index]]
                 for kind, m in maps.items():
                     for t in thresholds:
-                        values, units = scores[kind, t]
+                        values, units = scores.setdefault((kind, t), ([], []))
                         values.append(100 * iou(m.binarize(t) & keep, exact))
                         units.append(it["id"])
         for (kind, t), (values, units) in scores.items():
-            if values:
-                est = interval(values, units=units, bounds=(0, 100))
-                out.append({"map": f"{kind} map", "timesteps": ", ".join(map(str, ts)), "τ": t, "val mIoU": est[0],
-                            "low": est[1], "high": est[2], "n images": est[3], "n nouns": len(values)})
+            est = interval(values, units=units, bounds=(0, 100))
+            out.append({"map": kind, "timesteps": ", ".join(map(str, ts)), "τ": t, "val mIoU": est[0],
+                        "low": est[1], "high": est[2], "n images": est[3], "n nouns": len(values)})
     table = pd.DataFrame(out)
     words = table[table["map"] == "word map"]
     best = words.iloc[int(words["val mIoU"].to_numpy().argmax())]
     chosen_ts = next(ts for ts in candidates if ", ".join(map(str, ts)) == best["timesteps"])
-    concept = table[(table["map"] == "concept map") & (table["timesteps"] == best["timesteps"])]
-    tau_c = float(concept.iloc[int(concept["val mIoU"].to_numpy().argmax())]["τ"]) if len(concept) else float(best["τ"])
-    table["chosen"] = ((table["timesteps"] == best["timesteps"])
-                       & (((table["map"] == "word map") & (table["τ"] == best["τ"]))
-                          | ((table["map"] == "concept map") & (table["τ"] == tau_c))))
-    return tuple(chosen_ts), {"word": float(best["τ"]), "concept": tau_c}, table
+    tau = {"word": float(best["τ"])}
+    for method in dict.fromkeys(table["map"]):
+        rows = table[(table["map"] == method) & (table["timesteps"] == best["timesteps"])]
+        if method != "word map":
+            tau[method] = float(rows.iloc[int(rows["val mIoU"].to_numpy().argmax())]["τ"])
+    table["chosen"] = [ts == best["timesteps"] and t == tau["word" if m == "word map" else m]
+                       for m, ts, t in zip(table["map"], table["timesteps"], table["τ"])]
+    return tuple(chosen_ts), tau, table
 
 
 def real_image_rows(pipe, items, truth, timesteps, threshold=0.4, steps=None, guidance=None,
@@ -115,17 +132,19 @@ def real_image_rows(pipe, items, truth, timesteps, threshold=0.4, steps=None, gu
     """(noun rows, concept rows). A noun row: one noun of one render, its IoUs (×100) by method and ground truth.
     A concept row: one concept of one render, present or absent, and its peak. ``truth``: the annotator
     (``annotate(image, caption)``), used on renders and generations alike. ``threshold``: τ for every map, or
-    ``{"word": τ, "concept": τ}`` (:func:`choose_settings`); word maps of renders and generations share theirs."""
+    ``{"word": τ, <concept method>: τ, …}`` (:func:`choose_settings`); word maps of renders and generations share
+    theirs. Joint transformers' rows hold both of ConceptAttention's spaces (:data:`CROSS`, :data:`OUTPUT`) where
+    UNets' hold :data:`OVAM`."""
     from ..attribute import attribute
     from ..pipeline import generate
-
-    tau = _thresholds(threshold)
 
     nouns, concepts = [], []
     for it in items:
         image, caption = it["image"], it["caption"]
         wanted = list(dict.fromkeys(list(it["concept_present"]) + list(it["concept_absent"])))
         hm = attribute(pipe, image, caption, concepts=wanted, timesteps=timesteps, seed=it["seed"])
+        methods = concept_methods(hm)
+        tau = _thresholds(threshold, methods)
         on_render = truth.annotate(image, caption) if truth is not None else None
         gen = (generate(pipe, caption, seed=it["seed"], steps=steps, guidance_scale=guidance)
                if generations and truth is not None else None)
@@ -143,11 +162,11 @@ def real_image_rows(pipe, items, truth, timesteps, threshold=0.4, steps=None, gu
             word = it["words"][index]
             exact = torch.as_tensor(np.asarray(exact, bool))
             mask = hm[word, it["words"][:index].count(word)].binarize(tau["word"])
-            row = {"id": it["id"], "noun": word, "index": index, "objects": len(it["masks"]),
-                   "DAAM word map": score(mask, exact)}
+            row = {"id": it["id"], "noun": word, "index": index, "objects": len(it["masks"]), WORD: score(mask, exact)}
             concept = it["concept_of"].get(index)
-            row["concept map (OVAM)"] = (score(hm.concepts[concept].binarize(tau["concept"]), exact)
-                                         if concept is not None else math.nan)
+            for method, attr in methods.items():
+                row[method] = (score(getattr(hm, attr)[concept].binarize(tau[method]), exact)
+                               if concept is not None else math.nan)
             for name, m in base.items():
                 row[name] = score(m, exact)
             annotated = on_render.noun_masks.get(index) if on_render is not None else None
@@ -171,12 +190,13 @@ def methods_table(noun_rows, threshold=None):
     :func:`real_image_rows` took it) fills the τ column."""
     import pandas as pd
 
-    tau = _thresholds(threshold) if threshold is not None else {"word": math.nan, "concept": math.nan}
-    tau_of = {"DAAM word map": tau["word"], "concept map (OVAM)": tau["concept"]}
+    present = _concept_methods_in(noun_rows)
+    tau = _thresholds(threshold, present) if threshold is not None else {}
+    tau_of = {WORD: tau.get("word", math.nan), **{m: tau.get(m, math.nan) for m in present}}
 
     units = [r["id"] for r in noun_rows]
     out = []
-    for m in METHODS:
+    for m in (WORD, *present, *BASELINES):
         v = [r[m] for r in noun_rows]
         keep = [i for i, x in enumerate(v) if not math.isnan(x)]
         est = interval([v[i] for i in keep], units=[units[i] for i in keep], bounds=(0, 100))
@@ -186,7 +206,7 @@ def methods_table(noun_rows, threshold=None):
         v = [(r[name], r["id"]) for r in noun_rows if not math.isnan(r[name])]
         est = interval([x for x, _ in v], units=[u for _, u in v], bounds=(0, 100))
         what = "renders" if name.startswith("render") else "the model's generations of the same captions"
-        out.append({"ground truth": "the annotator", "method": f"DAAM word map on {what}", "τ": tau["word"],
+        out.append({"ground truth": "the annotator", "method": f"DAAM word map on {what}", "τ": tau_of[WORD],
                     "mIoU": est[0], "low": est[1], "high": est[2], "n images": est[3], "n nouns": len(v)})
     return pd.DataFrame(out)
 
@@ -198,7 +218,9 @@ def differences_table(noun_rows):
 
     units = [r["id"] for r in noun_rows]
     out = []
-    for a, b in [("concept map (OVAM)", "DAAM word map")] + [("DAAM word map", m) for m in METHODS[2:]]:
+    present = _concept_methods_in(noun_rows)
+    pairs_of = [(m, WORD) for m in present] + ([(OUTPUT, CROSS)] if OUTPUT in present else [])
+    for a, b in pairs_of + [(WORD, m) for m in BASELINES]:
         pairs = [(r[a] - r[b], u) for r, u in zip(noun_rows, units) if not (math.isnan(r[a]) or math.isnan(r[b]))]
         est = interval([d for d, _ in pairs], units=[u for _, u in pairs])
         out.append({"difference": f"{a} − {b}", "points": est[0], "low": est[1], "high": est[2],
@@ -214,6 +236,11 @@ def differences_table(noun_rows):
     out.append({"difference": "DAAM on generations − on renders (annotator)", "points": est[0], "low": est[1],
                 "high": est[2], "n images": est[3], "n nouns": len(g) + len(rr), "paired": False})
     return pd.DataFrame(out)
+
+
+def _concept_methods_in(noun_rows) -> list[str]:
+    """The concept methods the rows were scored with (OVAM's, or ConceptAttention's two spaces)."""
+    return [m for m in (OVAM, CROSS, OUTPUT) if noun_rows and m in noun_rows[0]]
 
 
 def choose_absence_threshold(concept_rows) -> float:
@@ -300,13 +327,21 @@ def paper_vs_here(noun_rows):
                          paper.no_effect(est[1], est[2], 5.0, n=est[3], why="maps of an existing image as good as of "
                                                                            "the model's own (within 5 points)"),
                          groups=[len({u for _, u in g}), len({u for _, u in rr})]))
-    v = [(r["concept map (OVAM)"] - r["DAAM word map"], u) for r, u in zip(noun_rows, units)
-         if not math.isnan(r["concept map (OVAM)"])]
-    est = paper.interval([x for x, _ in v], units=[u for _, u in v])
-    out.append(paper.row(section, "concept map (OVAM) − DAAM word map of the same noun (IoU points)", math.nan,
-                         *est[:3], est[3], paper.no_effect(est[1], est[2], 5.0, n=est[3],
-                                                           why="a noun's concept map as good as its own word map "
-                                                               "(within 5 points), what swapping one for the other needs")))
+    for m in _concept_methods_in(noun_rows):
+        v = [(r[m] - r[WORD], u) for r, u in zip(noun_rows, units) if not math.isnan(r[m])]
+        est = paper.interval([x for x, _ in v], units=[u for _, u in v])
+        out.append(paper.row(section, f"{m} − DAAM word map of the same noun (IoU points)", math.nan,
+                             *est[:3], est[3], paper.no_effect(est[1], est[2], 5.0, n=est[3],
+                                                               why="a noun's concept map as good as its own word map "
+                                                                   "(within 5 points), what swapping one for the other "
+                                                                   "needs")))
+    if OUTPUT in _concept_methods_in(noun_rows):  # ConceptAttention's claim: output space segments better
+        v = [(r[OUTPUT] - r[CROSS], u) for r, u in zip(noun_rows, units) if not math.isnan(r[OUTPUT])]
+        est = paper.interval([x for x, _ in v], units=[u for _, u in v])
+        out.append(paper.row("ConceptAttention (Helbling et al. 2025)", "concept map, output space − cross-attention "
+                             "space (IoU points)", math.nan, *est[:3], est[3],
+                             paper.effect(est[1], est[2], 2.0, n=est[3], why="ConceptAttention's claim: its output "
+                                                                            "space segments better than cross-attention")))
     return paper.table(out)
 
 
