@@ -1,12 +1,14 @@
 """What mapping an existing image costs, and what concepts add: ``daamlib.attribute`` beside the denoiser calls it
-makes, on the embedded model (and any other model given) at one thread.
+makes, on the embedded model (and any other model given: a UNet or a traced transformer) at one thread.
 
     python benchmarks/bench_attribute.py                          # the embedded model, 64×64, 10 repeats
     python benchmarks/bench_attribute.py --model tiny-sd2 --repeats 5
+    python benchmarks/bench_attribute.py --model out/models/mmdit # a ShapeWorld MMDiT folder (ConceptAttention)
 
 Per call, median and min–max over the repeats:
 
-denoiser    one untraced UNet evaluation on the same latents and prompt (the floor of one timestep)
+denoiser    one untraced evaluation of the UNet or transformer on exactly the inputs attribute gave it (the floor of
+            one timestep)
 attribute   ``attribute(..., timesteps=(t,))``: VAE encoding, the text encoder, one traced evaluation
 concepts    the same with ``concepts=[5 words]`` (each encoded once per call, scored at every layer)
 
@@ -45,26 +47,27 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     import daamlib
-    from daamlib.attribute import attribute, clean_latents
+    from daamlib.attribute import attribute
+    from daamlib.pipeline import model_defaults
     from daamlib.trace import cross_attention_modules
 
     torch.set_num_threads(1)
     pipe = daamlib.load_pipeline(a.model)
     pipe.set_progress_bar_config(disable=True)
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = model_defaults(pipe).height
     image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     prompt = "a red circle above a blue square on grass"
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
-    with torch.no_grad():
-        latents = clean_latents(pipe, x)
-        embeds = pipe.encode_prompt(prompt=prompt, device="cpu", num_images_per_prompt=1,
-                                    do_classifier_free_guidance=False)[0]
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    given = {}  # the denoiser's inputs in attribute's own call, replayed untraced as the floor
+    hook = denoiser.register_forward_pre_hook(lambda m, args, kw: given.update(args=args, kw=kw), with_kwargs=True)
+    attribute(pipe, image, prompt, timesteps=(500,))
+    hook.remove()
     times = {"denoiser": [], "attribute": [], "concepts": []}
     hm = hc = None
     for _ in range(a.repeats + 1):  # the first round warms up
         t0 = time.perf_counter()
         with torch.no_grad():
-            pipe.unet(latents, 500, encoder_hidden_states=embeds)
+            denoiser(*given["args"], **given["kw"])
         t1 = time.perf_counter()
         hm = attribute(pipe, image, prompt, timesteps=(500,))
         t2 = time.perf_counter()
@@ -74,11 +77,24 @@ def main(argv: list[str] | None = None) -> dict:
             times[k].append(v)
     times = {k: stats([1e3 * x for x in v[1:]]) for k, v in times.items()}
     word_bytes = sum(m.numel() * 4 for m in hm.maps.values())
-    concept_bytes = sum(m.numel() * 4 for m in hc.concepts.maps.values())
-    mods = cross_attention_modules(pipe.unet)
-    longest = max(len(pipe.tokenizer(c)["input_ids"]) for c in CONCEPTS)
-    transient = max(m.heads * longest * n * 4 for n, m in (
-        ((v.shape[-2] * v.shape[-1]), mods[k]) for k, v in hc.concepts.maps.items()))
+    concept_bytes = sum(m.numel() * 4 for space in (hc.concepts, hc.concept_outputs) if space is not None
+                        for m in space.maps.values())  # (ConceptAttention keeps both its spaces)
+    if getattr(pipe, "unet", None) is not None:
+        mods = cross_attention_modules(pipe.unet)
+        longest = max(len(pipe.tokenizer(c)["input_ids"]) for c in CONCEPTS)
+        transient = max(m.heads * longest * n * 4 for n, m in (
+            ((v.shape[-2] * v.shape[-1]), mods[k]) for k, v in hc.concepts.maps.items()))
+    else:  # ConceptAttention: the image queries' logits against the whole concept stream, [heads, tokens, queries]
+        from daamlib.dit.concept_attention import ConceptStream
+        from daamlib.dit.registry import family_of
+
+        class _Rec:  # what ConceptStream reads of a recorder to encode the concepts
+            family = family_of(pipe)
+
+        stream = ConceptStream(pipe, _Rec(), CONCEPTS)
+        heads = max(getattr(m, "heads", 0) for m in denoiser.modules())
+        grid = next(iter(hc.concepts.maps.values())).shape[-2:]
+        transient = heads * len(stream.states) * grid[0] * grid[1] * 4
     result = {"model": a.model, "image": f"{size}×{size}", "threads": 1, "load": os.getloadavg()[0],
               "machine": platform.processor() or platform.machine(), "concepts": len(CONCEPTS),
               "ms_per_call": times, "maps_kB_per_timestep": {"words": word_bytes / 1e3, "concepts": concept_bytes / 1e3},

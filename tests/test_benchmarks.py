@@ -66,9 +66,11 @@ def test_floor_section_measures_the_models_own_calls(bench_path, tmp_path):
         assert fl[f"{kind}_multiple_of_floor"] == pytest.approx(fl[f"{kind}_added_ms"] / fl["floor_ms"])
 
 
-def test_attribute_benchmark_runs(bench_path, tmp_path):
+@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sd3"])  # OVAM on a UNet; ConceptAttention on a transformer
+def test_attribute_benchmark_runs(bench_path, tmp_path, model):
     import bench_attribute
 
-    r = bench_attribute.main(["--model", "tiny-sd1", "--repeats", "1", "--json", str(tmp_path / "a.json")])
+    r = bench_attribute.main(["--model", model, "--repeats", "1", "--json", str(tmp_path / "a.json")])
     assert r == json.loads((tmp_path / "a.json").read_text())
     assert set(r["ms_per_call"]) == {"denoiser", "attribute", "concepts"} and r["maps_kB_per_timestep"]["concepts"] > 0
+    assert r["concept_transient_kB_per_layer"] > 0
