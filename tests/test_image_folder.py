@@ -148,3 +148,5 @@ def test_joint_transformers_are_scored_in_both_of_conceptattentions_spaces(tmp_p
     assert f"{R.OUTPUT} − {R.CROSS}" in set(R.differences_table(rows)["difference"])
     claims = set(R.paper_vs_here(rows)["claim"])
     assert "concept map, output space − cross-attention space (IoU points)" in claims
+    shown = R.plot_real_examples(items, 1, "tiny-sd3")
+    assert shown.ax_.shape == (1, 6) and "output space" in shown.ax_[0, 5].get_title()

@@ -23,12 +23,14 @@ from .world import ONTOLOGY, SHAPES, Scene, ShapeWorld  # noqa: F401
 
 NAME = "shapeworld"
 CLIP_NAME = "shapeworld-clip"  # the same world; the UNet conditioned on a frozen ShapeWorld-CLIP (contextual states)
-_ENV = {NAME: "DAAM_SHAPEWORLD_MODEL", CLIP_NAME: "DAAM_SHAPEWORLD_CLIP_MODEL"}
+MMDIT_NAME = "shapeworld-mmdit"  # the same world and text encoder; an SD3-style transformer (issue 25)
+_ENV = {NAME: "DAAM_SHAPEWORLD_MODEL", CLIP_NAME: "DAAM_SHAPEWORLD_CLIP_MODEL",
+        MMDIT_NAME: "DAAM_SHAPEWORLD_MMDIT_MODEL"}
 
 
 def model_dir(name: str = NAME) -> Path:
-    """A model's folder: ``$DAAM_SHAPEWORLD_MODEL`` (``$DAAM_SHAPEWORLD_CLIP_MODEL`` for ``shapeworld-clip``),
-    else ``data/models/<name>`` of this checkout."""
+    """A model's folder: ``$DAAM_SHAPEWORLD_MODEL`` (``$DAAM_SHAPEWORLD_CLIP_MODEL`` for ``shapeworld-clip``,
+    ``$DAAM_SHAPEWORLD_MMDIT_MODEL`` for ``shapeworld-mmdit``), else ``data/models/<name>`` of this checkout."""
     env = os.environ.get(_ENV[name])
     return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "models" / name
 
@@ -46,6 +48,12 @@ def register_models() -> None:
                     description=f"ShapeWorld with a frozen contextual text encoder (ShapeWorld-CLIP), expected at "
                                 f"{model_dir(CLIP_NAME)} (or set DAAM_SHAPEWORLD_CLIP_MODEL to its folder)",
                     priority=5, available=lambda: (model_dir(CLIP_NAME) / "model_index.json").is_file())
+    models.register(MMDIT_NAME, lambda: str(model_dir(MMDIT_NAME)),
+                    description=f"ShapeWorld's SD3-style transformer on the frozen ShapeWorld-CLIP, expected at "
+                                f"{model_dir(MMDIT_NAME)}; not shipped yet (issue 25): write it with `python -m "
+                                "daamlib.shapeworld.train_mmdit --save-pipeline <folder>` (or `--export <folder>` from "
+                                "a run's checkpoint) and set DAAM_SHAPEWORLD_MMDIT_MODEL to that folder",
+                    priority=1, available=lambda: (model_dir(MMDIT_NAME) / "model_index.json").is_file())
 
 
 def register_studies() -> None:
@@ -53,5 +61,5 @@ def register_studies() -> None:
     from ..studies import data
     from .studies import ShapeWorldStudies
 
-    for name in (NAME, CLIP_NAME):
+    for name in (NAME, CLIP_NAME, MMDIT_NAME):
         data.register(name, ShapeWorldStudies)

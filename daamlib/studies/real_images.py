@@ -356,7 +356,8 @@ class RealExamplesDisplay:
 
         from ..heatmap import draw_overlay
 
-        cols = 5
+        outputs = any(getattr(it["heat_maps"], "concept_outputs", None) is not None for it in self.items)
+        cols = 6 if outputs else 5  # ConceptAttention's output space beside its cross-attention maps
         fig, axes = plt.subplots(len(self.items), cols, figsize=(2.1 * cols, 2.2 * len(self.items)), squeeze=False,
                                  layout="constrained")
         for ax_row, it in zip(axes, self.items):
@@ -368,9 +369,13 @@ class RealExamplesDisplay:
             ax_row[0].imshow(it["image"])
             ax_row[0].set_title(textwrap.fill(it["caption"], 34), fontsize=6)
             panels = [(f"word '{word}'", hm[word, it["words"][:index].count(word)].normalized()),
-                      (f"concept '{concept}'", hm.concepts[concept].normalized() if concept else None),
+                      (f"concept '{concept}'" + (", cross-attention" if outputs else ""),
+                       hm.concepts[concept].normalized() if concept else None),
                       (f"concept '{concept}' (raw)", hm.concepts[concept].heat if concept else None),
                       (f"absent '{absent}' (raw)", hm.concepts[absent].heat if absent else None)]
+            if outputs:
+                panels.append((f"concept '{concept}', output space",
+                               hm.concept_outputs[concept].normalized() if concept else None))
             heats = [hm.concepts[c].heat for c in hm.concepts.words]
             vmin, vmax = min(float(h.min()) for h in heats), max(float(h.max()) for h in heats)
             for ax, (title, m) in zip(ax_row[1:], panels):
