@@ -230,6 +230,18 @@ def test_the_absence_threshold_is_chosen_on_val_and_scored_on_test():
     assert 0 <= table.loc["AUC, present vs absent concepts (by peak)", "value"] <= 1
     with pytest.raises(ValueError, match="needs present and absent concepts"):
         choose_absence_threshold([r for r in val if r["present"]])
+    # ConceptAttention's rows carry an output-space peak too: its own threshold on val, its own rows on test
+    from daamlib.studies.real_images import OUTPUT_PEAK, absence_tables
+
+    for rows in (val, test):
+        for r in rows:
+            r[OUTPUT_PEAK] = 10 - r["peak"] if r["id"].startswith("v") else r["peak"] / 2
+    both = absence_tables(test, val).set_index("measure")
+    assert both.loc["peak threshold (chosen on val)", "value"] == t
+    t_out = choose_absence_threshold(val, OUTPUT_PEAK)
+    assert both.loc[f"peak threshold (chosen on val), {OUTPUT_PEAK}", "value"] == t_out
+    assert both.loc[f"absent concepts that came out absent (%), {OUTPUT_PEAK}", "value"] == 100 * sum(
+        r[OUTPUT_PEAK] < t_out for r in test if not r["present"]) / 10
 
 
 @pytest.mark.parametrize("model", ["shapeworld", "shapeworld-clip"])

@@ -37,6 +37,7 @@ from .segmentation import auc, centre_blob, colour_clusters, whole_image
 PEAK = 0.99  # the quantile of a concept's summed map that scores its presence
 WORD, OVAM = "DAAM word map", "concept map (OVAM)"
 CROSS, OUTPUT = "concept map (cross-attention)", "concept map (output space)"  # ConceptAttention's two spaces
+OUTPUT_PEAK = "output-space peak"  # a concept row's peak of its output-space map (ConceptAttention)
 BASELINES = ("whole image", "centre blob", "colour clusters")
 METHODS = (WORD, OVAM, *BASELINES)  # on UNets, PixArt and Sana; joint transformers have CROSS and OUTPUT for OVAM
 
@@ -179,7 +180,8 @@ def real_image_rows(pipe, items, truth, timesteps, threshold=0.4, steps=None, gu
             nouns.append(row)
         for c in wanted:
             concepts.append({"id": it["id"], "concept": c, "present": c in it["concept_present"],
-                             "peak": _peak(hm.concepts[c].heat)})
+                             "peak": _peak(hm.concepts[c].heat),
+                             **({OUTPUT_PEAK: _peak(hm.concept_outputs[c].heat)} if OUTPUT in methods else {})})
         it["heat_maps"] = hm
     return nouns, concepts
 
@@ -243,9 +245,10 @@ def _concept_methods_in(noun_rows) -> list[str]:
     return [m for m in (OVAM, CROSS, OUTPUT) if noun_rows and m in noun_rows[0]]
 
 
-def choose_absence_threshold(concept_rows) -> float:
-    """The peak threshold that maximises balanced accuracy (present above, absent below) on these rows (val)."""
-    peaks = np.array([r["peak"] for r in concept_rows], float)
+def choose_absence_threshold(concept_rows, key: str = "peak") -> float:
+    """The peak threshold that maximises balanced accuracy (present above, absent below) on these rows (val);
+    ``key``: which peak (``"peak"``: the concept map's, :data:`OUTPUT_PEAK`: ConceptAttention's output space)."""
+    peaks = np.array([r[key] for r in concept_rows], float)
     present = np.array([r["present"] for r in concept_rows], bool)
     if present.all() or not present.any():
         raise ValueError("choosing the absence threshold needs present and absent concepts on val")
@@ -258,33 +261,47 @@ def choose_absence_threshold(concept_rows) -> float:
     return best_t
 
 
-def absence_table(test_rows, threshold: float, n_boot: int = 2000, seed: int = 0):
-    """On test: the AUC of present vs absent concepts by peak (95% bootstrap interval over images), and at the val
-    threshold how often an absent concept came out absent (specificity) and a present one present (sensitivity)."""
+def absence_tables(test_rows, val_rows):
+    """:func:`absence_table` for each peak the rows hold (the concept map's; and ConceptAttention's output space,
+    whose softmax over the concepts and a null concept is its own way to say "none of these"), each at its threshold
+    chosen on ``val_rows``, one table."""
     import pandas as pd
+
+    keys = ["peak"] + ([OUTPUT_PEAK] if test_rows and OUTPUT_PEAK in test_rows[0] else [])
+    tables = [absence_table(test_rows, choose_absence_threshold(val_rows, k), key=k) for k in keys]
+    return pd.concat(tables, ignore_index=True)
+
+
+def absence_table(test_rows, threshold: float, n_boot: int = 2000, seed: int = 0, key: str = "peak"):
+    """On test: the AUC of present vs absent concepts by peak (95% bootstrap interval over images), and at the val
+    threshold how often an absent concept came out absent (specificity) and a present one present (sensitivity).
+    ``key``: which peak; other than the concept map's, its measures are named after it."""
+    import pandas as pd
+
+    suffix = "" if key == "peak" else f", {key}"
 
     rng = np.random.default_rng(seed)
     ids = sorted({r["id"] for r in test_rows})
     by_id = {i: [r for r in test_rows if r["id"] == i] for i in ids}
 
     def stat(rows):
-        return auc([r["peak"] for r in rows if r["present"]], [r["peak"] for r in rows if not r["present"]])
+        return auc([r[key] for r in rows if r["present"]], [r[key] for r in rows if not r["present"]])
 
     boots = []
     for _ in range(n_boot):
         pick = rng.integers(0, len(ids), len(ids))
         boots.append(stat([r for k in pick for r in by_id[ids[k]]]))
-    out = [{"measure": "AUC, present vs absent concepts (by peak)", "value": stat(test_rows),
+    out = [{"measure": f"AUC, present vs absent concepts (by peak){suffix}", "value": stat(test_rows),
             "low": float(np.nanquantile(boots, 0.025)), "high": float(np.nanquantile(boots, 0.975)),
             "n": len(test_rows)}]
     for name, present, below in (("absent concepts that came out absent (%)", False, True),
                                  ("present concepts that came out present (%)", True, False)):
         rows = [r for r in test_rows if r["present"] == present]
-        v = [100.0 * ((r["peak"] < threshold) == below) for r in rows]
+        v = [100.0 * ((r[key] < threshold) == below) for r in rows]
         est = interval(v, units=[r["id"] for r in rows], bounds=(0, 100))
-        out.append({"measure": name, "value": est[0], "low": est[1], "high": est[2], "n": est[3]})
-    out.append({"measure": "peak threshold (chosen on val)", "value": threshold, "low": math.nan, "high": math.nan,
-                "n": math.nan})
+        out.append({"measure": name + suffix, "value": est[0], "low": est[1], "high": est[2], "n": est[3]})
+    out.append({"measure": f"peak threshold (chosen on val){suffix}", "value": threshold, "low": math.nan,
+                "high": math.nan, "n": math.nan})
     return pd.DataFrame(out)
 
 
