@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> dict:
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
     given = {}  # the denoiser's inputs in attribute's own call, replayed untraced as the floor
     hook = denoiser.register_forward_pre_hook(lambda m, args, kw: given.update(args=args, kw=kw), with_kwargs=True)
-    attribute(pipe, image, prompt, timesteps=(500,))
-    hook.remove()
+    try:
+        attribute(pipe, image, prompt, timesteps=(500,))
+    finally:
+        hook.remove()
     times = {"denoiser": [], "attribute": [], "concepts": []}
     hm = hc = None
     for _ in range(a.repeats + 1):  # the first round warms up
@@ -79,22 +81,31 @@ def main(argv: list[str] | None = None) -> dict:
     word_bytes = sum(m.numel() * 4 for m in hm.maps.values())
     concept_bytes = sum(m.numel() * 4 for space in (hc.concepts, hc.concept_outputs) if space is not None
                         for m in space.maps.values())  # (ConceptAttention keeps both its spaces)
-    if getattr(pipe, "unet", None) is not None:
-        mods = cross_attention_modules(pipe.unet)
+    from daamlib.dit.concept_attention import CROSS
+    from daamlib.dit.registry import family_of
+
+    family = family_of(pipe) if getattr(pipe, "unet", None) is None else None
+    grid = next(iter(hc.concepts.maps.values())).shape[-2:]
+    heads = max(getattr(m, "heads", 0) for m in denoiser.modules())
+    if family is None or family.name in CROSS:  # OVAM: one concept's keys at a time, [heads, its tokens, queries]
         longest = max(len(pipe.tokenizer(c)["input_ids"]) for c in CONCEPTS)
-        transient = max(m.heads * longest * n * 4 for n, m in (
-            ((v.shape[-2] * v.shape[-1]), mods[k]) for k, v in hc.concepts.maps.items()))
+        if family is None:
+            mods = cross_attention_modules(pipe.unet)
+            transient = max(m.heads * longest * n * 4 for n, m in (
+                ((v.shape[-2] * v.shape[-1]), mods[k]) for k, v in hc.concepts.maps.items()))
+        else:
+            transient = heads * longest * grid[0] * grid[1] * 4
     else:  # ConceptAttention: the image queries' logits against the whole concept stream, [heads, tokens, queries]
         from daamlib.dit.concept_attention import ConceptStream
-        from daamlib.dit.registry import family_of
 
         class _Rec:  # what ConceptStream reads of a recorder to encode the concepts
-            family = family_of(pipe)
+            pass
 
+        _Rec.family = family
         stream = ConceptStream(pipe, _Rec(), CONCEPTS)
-        heads = max(getattr(m, "heads", 0) for m in denoiser.modules())
-        grid = next(iter(hc.concepts.maps.values())).shape[-2:]
-        transient = heads * len(stream.states) * grid[0] * grid[1] * 4
+        tokens = (sum(len(p) + (-len(p)) % family.unified for p in stream.parts) if stream.zimage
+                  else len(stream.states))  # (Z-Image: each concept padded as a caption)
+        transient = heads * tokens * grid[0] * grid[1] * 4
     result = {"model": a.model, "image": f"{size}×{size}", "threads": 1, "load": os.getloadavg()[0],
               "machine": platform.processor() or platform.machine(), "concepts": len(CONCEPTS),
               "ms_per_call": times, "maps_kB_per_timestep": {"words": word_bytes / 1e3, "concepts": concept_bytes / 1e3},
@@ -104,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     for k in m:
         print(f"{k:10s} {m[k]['median']:.1f} ms per timestep (min {m[k]['min']:.1f}, max {m[k]['max']:.1f})")
     print(f"maps kept per timestep: words {word_bytes / 1e3:.1f} kB, {len(CONCEPTS)} concepts {concept_bytes / 1e3:.1f}"
-          f" kB; a concept's largest transient: {transient / 1e3:.1f} kB at one layer")
+          f" kB; the concepts' largest transient: {transient / 1e3:.1f} kB at one layer (OVAM: one concept's; "
+          "ConceptAttention: the whole concept stream's)")
     out = Path(a.json)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

@@ -190,8 +190,10 @@ def attribute(pipe, image, prompt: str, concepts: list[str] | None = None, times
     rgb, x = _checked_image(pipe, image)
     concepts = check_concepts(concepts)
     if concepts and getattr(pipe, "unet", None) is None and not _concept_attention(pipe):
-        raise AttributionError(f"concepts= maps concepts on every traced text-to-image model; "
-                               f"{type(pipe).__name__} is none of them")
+        from .dit.concept_attention import concept_families
+
+        raise AttributionError(f"concepts= maps concepts on UNets and on {concept_families()}; "
+                               f"{type(pipe).__name__} has no concept method here")
     h, w = rgb.shape[:2]
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
     kw = dict(height=h, width=w, output_type="latent", num_inference_steps=1, **pipe_kwargs)

@@ -201,8 +201,10 @@ def attribute_main(argv: list[str]) -> int:
         kind = _kind(pipe)
         _checked_image(pipe, args.image)  # the model's size multiple, before anything runs
         if concepts and getattr(pipe, "unet", None) is None and not _concept_attention(pipe):
-            raise AttributionError(f"--concepts maps concepts on every traced text-to-image model; "
-                                   f"{type(pipe).__name__} is none of them")
+            from .dit.concept_attention import concept_families
+
+            raise AttributionError(f"--concepts maps concepts on UNets and on {concept_families()}; "
+                                   f"{type(pipe).__name__} has no concept method here")
     except (OSError, ValueError, TypeError) as e:
         print(f"daam attribute: error: {e}", file=sys.stderr)
         return 2

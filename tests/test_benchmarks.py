@@ -66,7 +66,7 @@ def test_floor_section_measures_the_models_own_calls(bench_path, tmp_path):
         assert fl[f"{kind}_multiple_of_floor"] == pytest.approx(fl[f"{kind}_added_ms"] / fl["floor_ms"])
 
 
-@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sd3"])  # OVAM on a UNet; ConceptAttention on a transformer
+@pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sd3", "tiny-pixart", "tiny-zimage"])  # OVAM; ConceptAttention
 def test_attribute_benchmark_runs(bench_path, tmp_path, model):
     import bench_attribute
 

@@ -46,3 +46,19 @@ def test_training_captions_are_drawn_from_the_trained_families_only():
     assert captions == [P.rephrase(s, f) for s, f in zip(ShapeWorld(seed=0).scenes("train", 0, 200), families)]
     assert not any(c.split()[0] in ("on", "in") for c in captions)  # no caption leads with its background
     assert P.render_train_phrased(0, 50, 60)[1] == captions[50:60]  # the same in any chunking (workers)
+
+
+def test_quality_prompts_of_a_phrasing_are_the_scenes_it_rephrases():
+    """quality --phrasing: the first n two-object scenes the family says differently, captioned in it; the
+    annotator's ceiling is taken on those same scenes and captions."""
+    from daamlib.shapeworld.quality import scenes_for
+
+    canonical = scenes_for(5, "val")
+    assert [i for i, _, _ in canonical] == list(range(5)) and all(c == s.caption for _, s, c in canonical)
+    held = scenes_for(5, "val", phrasing=P.HELD_OUT)
+    assert all(P.applies(s, P.HELD_OUT) and c == P.rephrase(s, P.HELD_OUT) for _, s, c in held)
+    world = ShapeWorld()
+    skipped = [i for i in range(held[-1][0]) if i not in [j for j, _, _ in held]]
+    assert all(not P.applies(world.scene("val", i, kind="pair"), P.HELD_OUT) for i in skipped)
+    with pytest.raises(ValueError, match="unknown phrasing"):
+        scenes_for(1, "val", phrasing="passive")

@@ -158,9 +158,11 @@ class ConceptStream:
         if not rows:
             self.c = None
             return
-        if self.zimage:
-            self.c, self.c_freqs = self._zimage_stream(transformer)
-            self.c = self.c.expand(len(rows), -1, -1).contiguous()
+        if self.zimage:  # the refiner sees no timestep: the stream's start is made once per trace
+            if getattr(self, "_z_start", None) is None:
+                self._z_start = self._zimage_stream(transformer)
+            c, self.c_freqs = self._z_start
+            self.c = c.expand(len(rows), -1, -1).contiguous()
             self.batch = torch.tensor([b for b, _ in rows])
             self.order = torch.argsort(torch.tensor([j for _, j in rows]))
             return
@@ -354,6 +356,13 @@ CROSS = ("pixart", "sana")  # cross-attention transformers: concepts by OVAM's m
 
 def supports(family) -> bool:
     return family is not None and family.name in FAMILIES + CROSS
+
+
+def concept_families() -> str:
+    """The transformer pipelines that map concepts, for messages: ``"FluxPipeline, …"``."""
+    from .registry import families
+
+    return ", ".join(p for f in families() if supports(f) for p in f.pipelines)
 
 
 def encode_cross(pipe, family, concepts: list[str]):

@@ -85,20 +85,39 @@ def both_found(image, caption: str, annotator) -> bool:
     return len(targets) == 2 and all(_found(annotator.annotate(image, caption), targets))
 
 
-def annotator_ceiling(vae, n: int = 200, split: str = "test", start: int = 0) -> dict:
+def annotator_ceiling(vae, n: int = 200, split: str = "test", start: int = 0, phrasing: str = "canonical") -> dict:
     """How often the annotator finds both objects of *true* two-object scenes after a VAE round trip: the best a
-    generated image (always a VAE decoding) can score on the generation bar. Same captions as :func:`evaluate`."""
+    generated image (always a VAE decoding) can score on the generation bar. The same scenes and captions as
+    :func:`evaluate` (:func:`scenes_for`)."""
     from ..stats import mean_ci
     from .annotator import Annotator
     from .model import reconstruct_images
 
-    world, annotator = ShapeWorld(), Annotator.load()
-    scenes = [world.scene(split, start + i, kind="pair") for i in range(n)]
+    annotator = Annotator.load()
+    chosen = scenes_for(n, split, start, phrasing)
+    scenes, captions = [s for _, s, _ in chosen], [c for _, _, c in chosen]
     images = reconstruct_images(vae, np.stack([s.image for s in scenes]))
-    ok = mean_ci([100.0 * both_found(im, s.caption, annotator) for im, s in zip(images, scenes)])
-    rendered = mean_ci([100.0 * both_found(s.image, s.caption, annotator) for s in scenes])
-    return {"prompts": n, "split": split, "both_found_pct": ok.mean, "ci": [ok.low, ok.high],
+    ok = mean_ci([100.0 * both_found(im, c, annotator) for im, c in zip(images, captions)])
+    rendered = mean_ci([100.0 * both_found(s.image, c, annotator) for s, c in zip(scenes, captions)])
+    return {"prompts": n, "split": split, "phrasing": phrasing, "both_found_pct": ok.mean, "ci": [ok.low, ok.high],
             "rendered_both_found_pct": rendered.mean}
+
+
+def scenes_for(n: int, split: str, start: int = 0, phrasing: str = "canonical") -> list[tuple]:
+    """``(index, scene, caption)`` of the ``n`` two-object scenes of ``split`` from ``start`` that ``phrasing`` (a
+    family of :mod:`daamlib.shapeworld.phrasings`) says differently from the world (every scene for canonical),
+    captioned in it."""
+    from .phrasings import FAMILIES, applies, rephrase
+
+    if phrasing not in FAMILIES:
+        raise ValueError(f"unknown phrasing {phrasing!r}; choose one of {FAMILIES}")
+    world, out, i = ShapeWorld(), [], start
+    while len(out) < n:
+        scene = world.scene(split, i, kind="pair")
+        if phrasing == "canonical" or applies(scene, phrasing):
+            out.append((i, scene, rephrase(scene, phrasing)))
+        i += 1
+    return out
 
 
 def score(hm, caption: str, annotator, threshold: float = 0.4) -> dict:
@@ -244,28 +263,20 @@ def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out
     from ..runner import run_experiments
     from .annotator import UNSURE_BELOW, Annotator
 
-    world = ShapeWorld()
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' (to choose settings) or 'test' (the bars), not {split!r}")
-    from .phrasings import FAMILIES, applies, rephrase
-
-    if phrasing not in FAMILIES:
-        raise ValueError(f"unknown phrasing {phrasing!r}; choose one of {FAMILIES}")
-    items, i = [], start
-    while len(items) < n:
-        scene = world.scene(split, i, kind="pair")
-        if phrasing == "canonical" or applies(scene, phrasing):
-            items.append({"id": f"q-{i:04d}", "prompt": rephrase(scene, phrasing), "seed": i})
-        i += 1
+    items = [{"id": f"q-{i:04d}", "prompt": caption, "seed": i}
+             for i, _, caption in scenes_for(n, split, start, phrasing)]
     pipe = load_pipeline(model, device=device)
-    runs_dir = Path(out_dir) / "runs" if runs_dir is None else Path(runs_dir)
+    runs_dir = Path(out_dir) / ("runs" if phrasing == "canonical" else "runs-" + phrasing.replace(" ", "-")) \
+        if runs_dir is None else Path(runs_dir)
     records = run_experiments(pipe, items, runs_dir, defaults={"steps": steps, "guidance": guidance},
                               model_name=model, progress=progress)
     annotator = Annotator.load()
     rows = [score(load_experiment(r["path"])[0], r["prompt"], annotator, threshold) for r in records]
     summary = {"model": model, "split": split, "phrasing": phrasing, "steps": steps, "guidance": guidance, "threshold": threshold,
                "scheduler": type(pipe.scheduler).__name__, "unsure_below": UNSURE_BELOW, **summarize(rows),
-               "annotator_ceiling": annotator_ceiling(copy.deepcopy(pipe.vae).float().cpu(), n, split, start)}
+               "annotator_ceiling": annotator_ceiling(copy.deepcopy(pipe.vae).float().cpu(), n, split, start, phrasing)}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     table = write_missing_table(records, annotator, out_dir, threshold, model=model)
     summary["missing_nouns"] = table.to_dict(orient="records")

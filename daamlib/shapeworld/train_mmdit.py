@@ -166,9 +166,12 @@ class CollapsedNullRows:
         k = torch.cat([normed(attn.norm_k, split(attn.to_k(hidden_states))),
                        normed(attn.norm_added_k, split(attn.add_k_proj(encoder_hidden_states)))], dim=2)
         v = torch.cat([split(attn.to_v(hidden_states)), split(attn.add_v_proj(encoder_hidden_states))], dim=2)
-        bias = q.new_zeros(1, 1, 1, k.shape[2])
+        # in float32 (or the model's float64) whatever autocast says: bf16 would round ln 256 to ≈ 252.5 copies
+        wide = torch.promote_types(q.dtype, torch.float32)
+        bias = torch.zeros(1, 1, 1, k.shape[2], device=q.device, dtype=wide)
         bias[..., -1] = self.log_copies  # the collapsed null row is the last key
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        with torch.autocast(q.device.type, enabled=False):
+            out = F.scaled_dot_product_attention(q.to(wide), k.to(wide), v.to(wide), attn_mask=bias)
         out = out.transpose(1, 2).reshape(B, -1, out.shape[1] * out.shape[3]).to(q.dtype)
         image, text = out[:, :N], out[:, N:]
         image = attn.to_out[1](attn.to_out[0](image))

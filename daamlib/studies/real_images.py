@@ -96,8 +96,8 @@ def choose_settings(pipe, val_items, candidates=CANDIDATE_TIMESTEPS, thresholds=
     for ts in candidates:
         scores: dict[tuple[str, float], tuple[list, list]] = {}
         for it in val_items:
-            wanted = sorted({c for c in it["concept_of"].values() if c is not None})
-            hm = attribute(pipe, it["image"], it["caption"], timesteps=ts, seed=it["seed"], concepts=wanted or None)
+            hm = attribute(pipe, it["image"], it["caption"], timesteps=ts, seed=it["seed"],
+                           concepts=_concepts_of(it) or None)  # test's list: ConceptAttention's maps depend on it
             keep = ~torch.as_tensor(np.asarray(it["ignore"], bool)) if it.get("ignore") is not None else True
             for index, exact in it["masks"].items():
                 word, exact = it["words"][index], torch.as_tensor(np.asarray(exact, bool))
@@ -128,6 +128,12 @@ def choose_settings(pipe, val_items, candidates=CANDIDATE_TIMESTEPS, thresholds=
     return tuple(chosen_ts), tau, table
 
 
+def _concepts_of(it) -> list[str]:
+    """An item's concept list, in order: its present concepts, then the absent ones (val and test alike, so that
+    a ConceptAttention map, which depends on every concept in the stream, is the same map on both)."""
+    return list(dict.fromkeys(list(it["concept_present"]) + list(it["concept_absent"])))
+
+
 def real_image_rows(pipe, items, truth, timesteps, threshold=0.4, steps=None, guidance=None,
                     generations: bool = True) -> tuple[list[dict], list[dict]]:
     """(noun rows, concept rows). A noun row: one noun of one render, its IoUs (×100) by method and ground truth.
@@ -142,7 +148,7 @@ def real_image_rows(pipe, items, truth, timesteps, threshold=0.4, steps=None, gu
     nouns, concepts = [], []
     for it in items:
         image, caption = it["image"], it["caption"]
-        wanted = list(dict.fromkeys(list(it["concept_present"]) + list(it["concept_absent"])))
+        wanted = _concepts_of(it)
         hm = attribute(pipe, image, caption, concepts=wanted, timesteps=timesteps, seed=it["seed"])
         methods = concept_methods(hm)
         tau = _thresholds(threshold, methods)
@@ -199,7 +205,7 @@ def methods_table(noun_rows, threshold=None):
     units = [r["id"] for r in noun_rows]
     out = []
     for m in (WORD, *present, *BASELINES):
-        v = [r[m] for r in noun_rows]
+        v = [r.get(m, math.nan) for r in noun_rows]
         keep = [i for i, x in enumerate(v) if not math.isnan(x)]
         est = interval([v[i] for i in keep], units=[units[i] for i in keep], bounds=(0, 100))
         out.append({"ground truth": "exact masks (renders)", "method": m, "τ": tau_of.get(m, math.nan),
@@ -223,7 +229,8 @@ def differences_table(noun_rows):
     present = _concept_methods_in(noun_rows)
     pairs_of = [(m, WORD) for m in present] + ([(OUTPUT, CROSS)] if OUTPUT in present else [])
     for a, b in pairs_of + [(WORD, m) for m in BASELINES]:
-        pairs = [(r[a] - r[b], u) for r, u in zip(noun_rows, units) if not (math.isnan(r[a]) or math.isnan(r[b]))]
+        pairs = [(r[a] - r[b], u) for r, u in zip(noun_rows, units)
+                 if not (math.isnan(r.get(a, math.nan)) or math.isnan(r.get(b, math.nan)))]
         est = interval([d for d, _ in pairs], units=[u for _, u in pairs])
         out.append({"difference": f"{a} − {b}", "points": est[0], "low": est[1], "high": est[2],
                     "n images": est[3], "n nouns": len(pairs), "paired": True})
@@ -242,7 +249,7 @@ def differences_table(noun_rows):
 
 def _concept_methods_in(noun_rows) -> list[str]:
     """The concept methods the rows were scored with (OVAM's, or ConceptAttention's two spaces)."""
-    return [m for m in (OVAM, CROSS, OUTPUT) if noun_rows and m in noun_rows[0]]
+    return [m for m in (OVAM, CROSS, OUTPUT) if any(m in r for r in noun_rows)]
 
 
 def choose_absence_threshold(concept_rows, key: str = "peak") -> float:
@@ -345,7 +352,7 @@ def paper_vs_here(noun_rows):
                                                                            "the model's own (within 5 points)"),
                          groups=[len({u for _, u in g}), len({u for _, u in rr})]))
     for m in _concept_methods_in(noun_rows):
-        v = [(r[m] - r[WORD], u) for r, u in zip(noun_rows, units) if not math.isnan(r[m])]
+        v = [(r[m] - r[WORD], u) for r, u in zip(noun_rows, units) if not math.isnan(r.get(m, math.nan))]
         est = paper.interval([x for x, _ in v], units=[u for _, u in v])
         out.append(paper.row(section, f"{m} − DAAM word map of the same noun (IoU points)", math.nan,
                              *est[:3], est[3], paper.no_effect(est[1], est[2], 5.0, n=est[3],
@@ -353,7 +360,8 @@ def paper_vs_here(noun_rows):
                                                                    "(within 5 points), what swapping one for the other "
                                                                    "needs")))
     if OUTPUT in _concept_methods_in(noun_rows):  # ConceptAttention's claim: output space segments better
-        v = [(r[OUTPUT] - r[CROSS], u) for r, u in zip(noun_rows, units) if not math.isnan(r[OUTPUT])]
+        v = [(r[OUTPUT] - r[CROSS], u) for r, u in zip(noun_rows, units)
+             if not math.isnan(r.get(OUTPUT, math.nan) - r.get(CROSS, math.nan))]
         est = paper.interval([x for x, _ in v], units=[u for _, u in v])
         out.append(paper.row("ConceptAttention (Helbling et al. 2025)", "concept map, output space − cross-attention "
                              "space (IoU points)", math.nan, *est[:3], est[3],
