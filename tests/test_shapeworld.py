@@ -203,6 +203,12 @@ def test_shipped_model_quality_small_n(tmp_path):
 
     table = compare_table({"a": s, "b": s}).splitlines()
     assert table[0] == "| | a | b |" and any(line.startswith("| end-of-text share") for line in table)
+    # prompts.csv beside quality.json pairs two runs on their shared prompts: a run against itself differs by 0
+    from daamlib.shapeworld.quality import paired_both_correct
+
+    assert paired_both_correct(tmp_path, tmp_path) == {"difference": 0.0, "low": 0.0, "high": 0.0, "n": q["n"]}
+    paired = compare_table({"a": {**s, "_folder": str(tmp_path)}, "b": {**s, "_folder": str(tmp_path)}})
+    assert f"| both objects right − a's, paired, points (95% CI) | — | +0.0 (+0.0–+0.0), {q['n']} prompts |" in paired
 
 
 def test_caption_roles_equal_the_rendered_scenes_roles():

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import sys
 from pathlib import Path
@@ -281,7 +282,28 @@ def evaluate(model: str = "shapeworld", n: int = 200, out_dir: str | Path = "out
     table = write_missing_table(records, annotator, out_dir, threshold, model=model)
     summary["missing_nouns"] = table.to_dict(orient="records")
     (Path(out_dir) / "quality.json").write_text(json.dumps(summary, indent=1))
+    with open(Path(out_dir) / "prompts.csv", "w", newline="") as f:  # per prompt, for paired comparisons
+        w = csv.writer(f)
+        w.writerow(["id", "seed", "prompt", "both_correct"])
+        w.writerows([it["id"], it["seed"], it["prompt"], int(r["both_correct"])] for it, r in zip(items, rows))
     return summary
+
+
+def paired_both_correct(a: str | Path, b: str | Path) -> dict:
+    """Both objects right, run ``b`` − run ``a`` (points), paired on the prompts both ran with the same id, prompt
+    and seed (each run's ``prompts.csv`` beside its ``quality.json``): the mean difference with its 95% interval."""
+    from ..studies.paper import interval
+
+    def read(path):
+        with open(Path(path) / "prompts.csv", newline="") as f:
+            return {(r["id"], r["seed"], r["prompt"]): 100 * int(r["both_correct"]) for r in csv.DictReader(f)}
+
+    ra, rb = read(a), read(b)
+    shared = sorted(set(ra) & set(rb))
+    if not shared:
+        raise ValueError(f"{a} and {b} share no prompt (same id, seed and prompt): run both on the same split")
+    est = interval([rb[k] - ra[k] for k in shared])
+    return {"difference": est[0], "low": est[1], "high": est[2], "n": est[3]}
 
 
 def compare_table(summaries: dict[str, dict]) -> str:
@@ -307,12 +329,23 @@ def compare_table(summaries: dict[str, dict]) -> str:
             ("end-of-text share of map mass", "eot_share", 1, 3)]
     names = list(summaries)
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    folders = {name: s.get("_folder") for name, s in summaries.items()}
+    first = names[0]
     lines.append("| prompts / nouns scored | " + " | ".join(f"{s['prompts']} / {s['nouns_scored']}" for s in summaries.values()) + " |")
     for label, key, scale, digits in rows:
         lines.append(f"| {label} | " + " | ".join(cell(s, key, scale, digits) for s in summaries.values()) + " |")
     ceil = [s.get("annotator_ceiling", {}) for s in summaries.values()]
     lines.append("| annotator ceiling (VAE round trip), % | " + " | ".join(
         f"{c['both_found_pct']:.1f} ({c['ci'][0]:.1f}–{c['ci'][1]:.1f})" if c else "—" for c in ceil) + " |")
+    if all(f is not None and (Path(f) / "prompts.csv").is_file() for f in folders.values()) and len(names) > 1:
+        cells = ["—"]
+        for name in names[1:]:
+            try:
+                d = paired_both_correct(folders[first], folders[name])
+                cells.append(f"{d['difference']:+.1f} ({d['low']:+.1f}–{d['high']:+.1f}), {d['n']} prompts")
+            except ValueError:
+                cells.append("no shared prompts")
+        lines.append(f"| both objects right − {first}'s, paired, points (95% CI) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -336,7 +369,7 @@ def main(argv=None) -> int:
     if args.compare:
         runs = {}
         for f in args.compare:
-            s = json.loads(Path(f).read_text())
+            s = {**json.loads(Path(f).read_text()), "_folder": str(Path(f).parent)}
             runs[f"{s['model']} ({Path(f).parent.name})" if s["model"] in (r.split(" (")[0] for r in runs) else s["model"]] = s
         print(compare_table(runs))
         return 0
