@@ -18,7 +18,7 @@ import torch
 from .world import COLOURS, ShapeWorld
 
 
-def plot_loss(csv_path: str | Path, ax=None):
+def plot_loss(csv_path: str | Path, ax=None, ylabel: str = "ε-prediction MSE"):
     """Training loss against training images seen (runs differ in batch size), log scale, with a
     running median; a dotted line marks each change of batch size."""
     import matplotlib.pyplot as plt
@@ -37,7 +37,7 @@ def plot_loss(csv_path: str | Path, ax=None):
         ax.annotate(f"batch {batch[i - 1]} → {batch[i]}", (seen[i - 1], 0.98), xycoords=("data", "axes fraction"),
                     ha="right", va="top", fontsize=8, rotation=90)
     ax.set_xlabel("training images seen (millions)")
-    ax.set_ylabel("ε-prediction MSE")
+    ax.set_ylabel(ylabel)  # (the MMDiT's: flow matching's velocity MSE)
     ax.set_yscale("log")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
