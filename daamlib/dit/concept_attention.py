@@ -56,6 +56,7 @@ class ConceptStream:
         else:
             self.states, self.rows_of = (self._encode_sd3 if self.sd3 else self._encode)(pipe, concepts)
         self.handles, self.c, self.rope, self.temb = [], None, None, None
+        self._z_start = None  # Z-Image: the concept stream after the refiner, and its frequencies (no timestep)
 
     @staticmethod
     def _encode(pipe, concepts):
@@ -159,7 +160,7 @@ class ConceptStream:
             self.c = None
             return
         if self.zimage:  # the refiner sees no timestep: the stream's start is made once per trace
-            if getattr(self, "_z_start", None) is None:
+            if self._z_start is None:
                 self._z_start = self._zimage_stream(transformer)
             c, self.c_freqs = self._z_start
             self.c = c.expand(len(rows), -1, -1).contiguous()

@@ -119,10 +119,9 @@ def choose_settings(pipe, val_items, candidates=CANDIDATE_TIMESTEPS, thresholds=
     best = words.iloc[int(words["val mIoU"].to_numpy().argmax())]
     chosen_ts = next(ts for ts in candidates if ", ".join(map(str, ts)) == best["timesteps"])
     tau = {"word": float(best["τ"])}
-    for method in dict.fromkeys(table["map"]):
+    for method in dict.fromkeys(m for m in table["map"] if m != "word map"):
         rows = table[(table["map"] == method) & (table["timesteps"] == best["timesteps"])]
-        if method != "word map":
-            tau[method] = float(rows.iloc[int(rows["val mIoU"].to_numpy().argmax())]["τ"])
+        tau[method] = float(rows.iloc[int(rows["val mIoU"].to_numpy().argmax())]["τ"])
     table["chosen"] = [ts == best["timesteps"] and t == tau["word" if m == "word map" else m]
                        for m, ts, t in zip(table["map"], table["timesteps"], table["τ"])]
     return tuple(chosen_ts), tau, table
