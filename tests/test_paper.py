@@ -123,3 +123,25 @@ def test_missing_noun_auc():
     t = missing_table(rows).set_index("statistic")
     assert t.loc["peak / mean", "auc"] == 1.0 and t.loc["mask share", "auc"] == pytest.approx(0.5)
     assert t.loc["mask share", "low"] < 0.5 < t.loc["mask share", "high"]
+
+
+def test_a_model_under_its_val_gate_gets_no_verdicts(tmp_path, monkeypatch):
+    import json
+
+    from daamlib.studies.workbook import model_quality
+
+    pv = P.table([P.row("§3.1", "DAAM − whole image", math.nan, 20.0, 15.0, 25.0, 50, P.effect(15.0, 25.0, 2.0, n=50)),
+                  P.row("§5.1", "none here", math.nan, n=0)])
+    weak = {"split": "val", "prompts": 100, "both_correct_pct": 12.0, "both_correct_ci": [5.6, 18.4]}
+    gated = P.gate(pv, weak)
+    assert (gated.verdict == P.UNTESTABLE).all() and gated.here.tolist()[:1] == [20.0] and gated.n.tolist() == [50, 0]
+    assert gated.reason[0].startswith("model too weak to test: both objects right in 12.0% (5.6–18.4) of 100 val")
+    assert gated.reason[0].endswith("the rule alone: reproduces")
+    assert gated.reason[1].endswith("no items of this kind in this run")
+    assert P.gate(pv, {**weak, "both_correct_pct": 60.0}).equals(pv) and P.gate(pv, None) is pv
+    # read from the model's folder; a folder without the record, or a Hub id, is not gated
+    (tmp_path / "quality_val.json").write_text(json.dumps(weak))
+    assert model_quality(str(tmp_path))["both_correct_pct"] == 12.0
+    assert model_quality(str(tmp_path / "elsewhere")) is None and model_quality("org/some-hub-model") is None
+    monkeypatch.setenv("DAAM_SHAPEWORLD_MMDIT_MODEL", str(tmp_path))
+    assert model_quality("shapeworld-mmdit") == weak

@@ -356,6 +356,42 @@ def row(section: str, claim: str, paper: float, here: float = math.nan, low: flo
             "verdict": v.verdict, "rule": v.rule, "margin": v.margin, "alpha": v.alpha, "reason": v.reason}
 
 
+GATE = 60.0  # % of val prompts with both objects drawn right, below which a model is too weak to test (issue 25)
+TOO_WEAK = "model too weak to test"
+
+
+def gate(pv, quality: dict | None, bar: float = GATE):
+    """Withhold every verdict of a paper-vs-here table from a model that draws too poorly to test the paper.
+
+    ``quality`` is the model's own val-split quality record (``quality.json`` of
+    ``python -m daamlib.shapeworld.quality --split val``, shipped as ``quality_val.json`` in the model's folder; see
+    :func:`daamlib.studies.workbook.model_quality`), or None for a model without one, whose table is returned as it
+    is. Where both objects are right in under ``bar`` % of val prompts, each row keeps its number, interval and n,
+    its verdict becomes :data:`UNTESTABLE` and its reason says why and what the rule alone would have said. A model
+    that drops or misdraws a noun in most images makes every map of that noun a map of something else.
+
+    >>> import pandas as pd
+    >>> pv = table([row("§3.1", "DAAM beats the whole image", float("nan"), 20.0, 15.0, 25.0, 50,
+    ...                 effect(15.0, 25.0, 2.0, n=50))])
+    >>> gate(pv, {"split": "val", "prompts": 100, "both_correct_pct": 2.0, "both_correct_ci": [0.0, 4.8]}).loc[0, "verdict"]
+    'cannot be tested on this model'
+    """
+    if not quality:
+        return pv
+    pct = float(quality["both_correct_pct"])
+    if pct >= bar:
+        return pv
+    lo, hi = quality.get("both_correct_ci", (math.nan, math.nan))
+    why = (f"{TOO_WEAK}: both objects right in {pct:.1f}% ({lo:.1f}–{hi:.1f}) of {quality.get('prompts', '?')} "
+           f"{quality.get('split', 'val')} prompts, under the {bar:g}% gate")
+    out = pv.copy()
+    for i, r in out.iterrows():
+        alone = f"; the rule alone: {r['verdict']}" if r["verdict"] != UNTESTABLE else f"; {r['reason']}"
+        out.at[i, "reason"] = why + alone
+        out.at[i, "verdict"] = UNTESTABLE
+    return out
+
+
 def table(rows: Sequence[dict]):
     """The paper-vs-here DataFrame (columns :data:`COLUMNS`)."""
     import pandas as pd

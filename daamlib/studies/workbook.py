@@ -117,6 +117,18 @@ def _same_but_versions(path: Path, text: str) -> bool:
     return json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
 
 
+def model_quality(model_id: str) -> dict | None:
+    """A model's own val-split quality record: ``quality_val.json`` in its folder (a registered name's folder, or a
+    folder path), or None where the model has none (a Hub id, the UNets, a user's folder). The studies pass it to
+    :func:`daamlib.studies.paper.gate`."""
+    from .. import models
+
+    entry = models.get(model_id)
+    source = entry.source() if entry is not None else model_id
+    path = Path(source) / "quality_val.json" if isinstance(source, (str, Path)) else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
 def figures_dir(figures: str | Path | None, out_dir: str | Path) -> Path:
     """Where this run's figures, tables and results go: ``figures`` when given, else ``<out_dir>/figures``. The
     notebooks' ``FIGURES_DIR`` is None, so JupyterLab, papermill and the tests write under ``out/``; only ``make
