@@ -79,13 +79,23 @@ def test_saved_pipeline_loads_generates_and_traces(runs):
     assert pipe.transformer.config.patch_size == 1 and pipe.vae.config.shift_factor == 0.0
     assert json.loads((folder / "sampling.json").read_text()) == train_mmdit.SAMPLING_PLACEHOLDER
     whole = torch.load(runs / "whole" / "ckpt.pt", weights_only=True)["ema"]
-    assert all(torch.equal(v, whole[k]) for k, v in pipe.transformer.state_dict().items())  # the EMA weights
+    # the EMA weights, stored in float16 and loaded as float32
+    assert pipe.transformer.dtype == torch.float32
+    assert all(torch.equal(v, whole[k].half().float()) for k, v in pipe.transformer.state_dict().items())
     # --export writes the same folder from the checkpoint alone, touching nothing in --out
     before = {f.name: f.stat().st_mtime_ns for f in (runs / "whole").iterdir()}
     train_mmdit.main(["--out", str(runs / "whole"), "--export", str(runs / "exported")])
     assert {f.name: f.stat().st_mtime_ns for f in (runs / "whole").iterdir()} == before
     exported = StableDiffusion3Pipeline.from_pretrained(runs / "exported", text_encoder_3=None, tokenizer_3=None)
-    assert all(torch.equal(v, whole[k]) for k, v in exported.transformer.state_dict().items())
+    assert all(torch.equal(v, whole[k].half().float()) for k, v in exported.transformer.state_dict().items())
+    # a re-export keeps what was chosen or written by hand beside the weights; a new folder gets the placeholder
+    chosen = {"steps": 20, "guidance": 4.0}
+    (runs / "exported" / "sampling.json").write_text(json.dumps(chosen))
+    (runs / "exported" / "quality_val.json").write_text("{}")
+    (runs / "exported" / "MODEL_CARD.md").write_text("card")
+    train_mmdit.main(["--out", str(runs / "whole"), "--export", str(runs / "exported")])
+    assert json.loads((runs / "exported" / "sampling.json").read_text()) == chosen
+    assert (runs / "exported" / "quality_val.json").is_file() and (runs / "exported" / "MODEL_CARD.md").is_file()
 
     # what training feeds the transformer is what the pipeline does, for captions and for the empty caption
     prompts = [PROMPT, "two green triangles"]
