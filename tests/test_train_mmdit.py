@@ -116,6 +116,12 @@ def test_saved_pipeline_loads_generates_and_traces(runs):
     loaded = daamlib.load_pipeline(str(folder))
     assert type(loaded).__name__ == "StableDiffusion3Pipeline" and loaded.text_encoder_3 is None
     assert loaded.daam_sampling["steps"] == train_mmdit.SAMPLING_PLACEHOLDER["steps"]
+    # the card's figures: the loss in flow matching's terms and samples with the model's own Euler scheduler
+    from daamlib.shapeworld import report
+
+    report.main([str(folder), "--out", str(runs / "card"), "--n", "2", "--steps", "2"])
+    assert {"loss_curve.png", "samples_euler.png", "report.json"} <= {f.name for f in (runs / "card").iterdir()}
+    assert json.loads((runs / "card" / "report.json").read_text())["euler"]["samples"] == 2
 
 
 def test_collapsed_null_rows_equal_the_full_rows_forward_and_backward():

@@ -2,8 +2,8 @@
 
     python -m daamlib.shapeworld.report data/models/shapeworld --out data/models/shapeworld
 
-Writes ``loss_curve.png``, ``samples_ddim.png``, ``samples_dpm.png`` and ``report.json`` (the
-annotator's verdict on the samples: how often every caption noun was found with its colour).
+Writes ``loss_curve.png``, ``samples_ddim.png``, ``samples_dpm.png`` (a flow-matching transformer such as
+``shapeworld-mmdit``: ``samples_euler.png``, its own scheduler) and ``report.json`` (the annotator's verdict on the samples: how often every caption noun was found with its colour).
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ def plot_loss(csv_path: str | Path, ax=None, ylabel: str = "ε-prediction MSE"):
 
 
 @torch.no_grad()
-def samples(pipe, prompts: list[str], scheduler: str = "ddim", steps: int = 25, guidance: float = 5.0,
+def samples(pipe, prompts: list[str], scheduler: str | None = "ddim", steps: int = 25, guidance: float = 5.0,
             seed: int = 0) -> np.ndarray:
     """uint8 [N, 64, 64, 3] images from ``pipe`` with the named scheduler (made from the pipeline's own
-    scheduler config, which is put back afterwards)."""
+    scheduler config, which is put back afterwards; None: the pipeline's own)."""
     from ..pipeline import set_scheduler
 
     own = pipe.scheduler
-    set_scheduler(pipe, scheduler)
+    if scheduler is not None:
+        set_scheduler(pipe, scheduler)
     try:
         out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, output_type="np",
                    generator=torch.Generator().manual_seed(seed)).images
@@ -111,6 +112,9 @@ def main(argv=None) -> None:
     out = Path(a.out or a.path)
     out.mkdir(parents=True, exist_ok=True)
     rep: dict = {}
+    # a UNet's DDPM-trained model is sampled with DDIM and DPM-Solver; a flow-matching transformer with its own Euler
+    scheduler = json.loads((Path(a.path) / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    flow = scheduler.startswith("FlowMatch")
     log = Path(a.path) / "training_log.csv"
     if log.exists():
         import matplotlib
@@ -118,18 +122,18 @@ def main(argv=None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        ax = plot_loss(log)
+        ax = plot_loss(log, ylabel="flow-matching velocity (ε − x₀) MSE" if flow else "ε-prediction MSE")
         ax.figure.tight_layout()
         ax.figure.savefig(out / "loss_curve.png", dpi=130)
         plt.close(ax.figure)
     world = ShapeWorld()
     caps = [world.scene("val", i, kind="pair" if i % 2 == 0 else None).caption for i in range(a.n)]
-    from diffusers import StableDiffusionPipeline
+    from ..pipeline import load_pipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(a.path), local_files_only=True)
+    pipe = load_pipeline(str(a.path))
     pipe.set_progress_bar_config(disable=True)
-    for name in ("ddim", "dpm"):
-        ims = samples(pipe, caps, name, a.steps, a.guidance)
+    for name in ("euler",) if flow else ("ddim", "dpm"):
+        ims = samples(pipe, caps, None if flow else name, a.steps, a.guidance)
         save_grid(ims, caps, out / f"samples_{name}.png")
         rep[name] = annotate_samples(ims, caps)
         rep[name].update(steps=a.steps, guidance=a.guidance)
