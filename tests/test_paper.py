@@ -145,3 +145,6 @@ def test_a_model_under_its_val_gate_gets_no_verdicts(tmp_path, monkeypatch):
     assert model_quality(str(tmp_path / "elsewhere")) is None and model_quality("org/some-hub-model") is None
     monkeypatch.setenv("DAAM_SHAPEWORLD_MMDIT_MODEL", str(tmp_path))
     assert model_quality("shapeworld-mmdit") == weak
+    # a loaded pipeline: its folder (name_or_path); one built in memory has none
+    assert model_quality(type("Pipe", (), {"name_or_path": str(tmp_path)})()) == weak
+    assert model_quality(object()) is None

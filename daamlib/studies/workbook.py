@@ -117,15 +117,17 @@ def _same_but_versions(path: Path, text: str) -> bool:
     return json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
 
 
-def model_quality(model_id: str) -> dict | None:
-    """A model's own val-split quality record: ``quality_val.json`` in its folder (a registered name's folder, or a
-    folder path), or None where the model has none (a Hub id, the UNets, a user's folder). The studies pass it to
-    :func:`daamlib.studies.paper.gate`."""
+def model_quality(model) -> dict | None:
+    """A model's own val-split quality record: ``quality_val.json`` in its folder, or None where it has none (a Hub
+    id, the UNets, a user's folder). ``model``: a loaded pipeline (its ``name_or_path``), a registered name or a
+    folder. The studies pass it to :func:`daamlib.studies.paper.gate`."""
     from .. import models
 
-    entry = models.get(model_id)
-    source = entry.source() if entry is not None else model_id
-    path = Path(source) / "quality_val.json" if isinstance(source, (str, Path)) else None
+    if isinstance(model, (str, Path)):
+        entry = models.get(str(model))
+        model = entry.source() if entry is not None else model
+    folder = model if isinstance(model, (str, Path)) else getattr(model, "name_or_path", None)
+    path = Path(folder) / "quality_val.json" if folder else None
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
