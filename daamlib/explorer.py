@@ -3,7 +3,8 @@
 >>> from daamlib.explorer import Explorer     # doctest: +SKIP
 >>> Explorer(heat_maps).widget                # display it in a notebook   # doctest: +SKIP
 
-Choose a word, move τ, restrict time steps and layer resolutions, switch between the soft
+Choose a word, move τ, restrict time steps and layers (a UNet's by resolution; a transformer's, whose blocks
+share one patch grid, block by block, in the order they run), switch between the soft
 map (with the Eq. 7 mask at τ outlined in white, and a colour scale) and the mask itself: the
 overlay is recomputed from the recorded maps (post-hoc selection), never by generating again. The state is plain attributes, so tests drive the
 widgets by setting their ``value`` and read ``explorer.heat`` / ``explorer.mask``.
@@ -17,7 +18,9 @@ from .heatmap import PANELS_WITH_COLORBAR, HeatMaps, overlay_png
 
 
 class Explorer:
-    """Widgets around one :class:`HeatMaps`: word, τ, step range, resolutions, view."""
+    """Widgets around one :class:`HeatMaps`: word, τ, step range, layers, view. ``layers`` is ``resolutions``
+    (a UNet: several grids) or ``blocks`` (a transformer: one grid, so depth is what tells its layers apart); the
+    other of the two is None."""
 
     def __init__(self, heat_maps: HeatMaps, word: str | None = None, threshold: float = 0.4, mode: str = "minmax"):
         import ipywidgets as w
@@ -28,35 +31,46 @@ class Explorer:
             raise ValueError("the heat maps have no words to explore")
         start = next((v for label, v in words if word is not None and v[0].lower() == word.lower()), words[0][1])
         n_steps = len(heat_maps.steps)
-        res_labels = [f"{h}×{w_}" for h, w_ in heat_maps.resolutions]
         self.word = w.Dropdown(options=words, value=start, description="word")
         self.threshold = w.FloatSlider(value=threshold, min=0.0, max=1.0, step=0.05, description="τ")
         self.steps = w.IntRangeSlider(value=(0, n_steps - 1), min=0, max=max(n_steps - 1, 0), description="steps")
-        self.resolutions = w.SelectMultiple(options=list(zip(res_labels, heat_maps.resolutions)),
-                                            value=tuple(heat_maps.resolutions), description="layers", rows=4)
+        self.by_block = len(heat_maps.resolutions) == 1 and len(heat_maps.layers) > 1
+        if self.by_block:
+            n = len(heat_maps.layers)
+            self.blocks, self.resolutions = w.SelectMultiple(
+                options=[(f"block {i + 1}", i) for i in range(n)], value=tuple(range(n)), description="blocks",
+                rows=min(n, 8)), None
+        else:
+            res_labels = [f"{h}×{w_}" for h, w_ in heat_maps.resolutions]
+            self.blocks, self.resolutions = None, w.SelectMultiple(
+                options=list(zip(res_labels, heat_maps.resolutions)), value=tuple(heat_maps.resolutions),
+                description="layers", rows=4)
+        self.layers = self.blocks if self.by_block else self.resolutions
         self.view = w.ToggleButtons(options=["heat map", "mask"], value="heat map", description="show")
         self.mode = w.ToggleButtons(options=["minmax", "max"], value=mode, description="Eq. 7")
         self.status = w.HTML()
         self.image = w.Image(format="png")
         self.widget = w.VBox([w.HBox([self.word, self.view, self.mode]),
-                              w.HBox([self.threshold, self.steps]), self.resolutions, self.image, self.status])
+                              w.HBox([self.threshold, self.steps]), self.layers, self.image, self.status])
         self._cache: dict = {}
-        for control in (self.word, self.threshold, self.steps, self.resolutions, self.view, self.mode):
+        for control in (self.word, self.threshold, self.steps, self.layers, self.view, self.mode):
             control.observe(lambda _change: self.update(), names="value")
         self.update()
 
     def selection(self) -> HeatMaps:
-        """The heat maps restricted to the chosen steps and resolutions (cached per choice)."""
+        """The heat maps restricted to the chosen steps and layers (cached per choice)."""
         lo, hi = self.steps.value
-        key = (lo, hi, tuple(self.resolutions.value))
+        key = (lo, hi, tuple(self.layers.value))
         if key not in self._cache:
-            self._cache[key] = self.heat_maps.select(steps=range(lo, hi + 1), resolutions=list(self.resolutions.value))
+            chosen = {"blocks" if self.by_block else "resolutions": list(self.layers.value)}
+            self._cache[key] = self.heat_maps.select(steps=range(lo, hi + 1), **chosen)
         return self._cache[key]
 
     def update(self) -> None:
         """Recompute the overlay from the widgets' current values."""
-        if not self.resolutions.value:
-            self.status.value = "<b>choose at least one layer resolution</b>"
+        kind = "block" if self.by_block else "resolution"
+        if not self.layers.value:
+            self.status.value = f"<b>choose at least one layer {kind}</b>"
             return
         text, occurrence = self.word.value
         wm = self.selection().word(text, occurrence)
@@ -67,7 +81,7 @@ class Explorer:
         else:  # the soft map, with the Eq. 7 mask at τ outlined: moving τ moves the outline
             self.image.value = self._render(wm.normalized(self.mode.value), outline=self.mask)
         lo, hi = self.steps.value
-        self.status.value = (f"{text!r}: steps {lo}–{hi}, {len(self.resolutions.value)} resolution(s), "
+        self.status.value = (f"{text!r}: steps {lo}–{hi}, {len(self.layers.value)} {kind}(s), "
                              f"mask covers {100 * self.mask.float().mean():.1f}% of the image")
 
     def _render(self, shown: torch.Tensor, outline: torch.Tensor | None = None) -> bytes:

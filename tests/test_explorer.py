@@ -60,3 +60,19 @@ def test_tau_changes_the_heat_map_picture_and_non_square_images_keep_their_shape
     png = Image.open(BytesIO(Explorer(wide).image.value))
     w, h = png.size
     assert 1.5 < w / h < 1.9  # 3:2 image plus the colour bar
+
+
+def test_a_transformers_layers_are_chosen_by_block():
+    """A transformer's blocks share one patch grid, so the explorer offers them by depth, as hm.select(blocks=)."""
+    import daamlib
+    from daamlib.testing.tiny_dit import tiny_dit_pipeline
+
+    hm = daamlib.generate(tiny_dit_pipeline("flux"), "a cat and a dog", steps=2, max_sequence_length=24)
+    ex = Explorer(hm, word="dog")
+    assert ex.by_block and ex.resolutions is None and [label for label, _ in ex.blocks.options] == ["block 1", "block 2"]
+    torch.testing.assert_close(ex.heat, hm["dog"].heat)
+    ex.blocks.value = (1,)
+    torch.testing.assert_close(ex.heat, hm.select(blocks=[1])["dog"].heat)
+    assert "1 block(s)" in ex.status.value
+    ex.blocks.value = ()
+    assert "at least one layer block" in ex.status.value
