@@ -69,7 +69,8 @@ def test_a_transformers_layers_are_chosen_by_block():
 
     hm = daamlib.generate(tiny_dit_pipeline("flux"), "a cat and a dog", steps=2, max_sequence_length=24)
     ex = Explorer(hm, word="dog")
-    assert ex.by_block and ex.resolutions is None and [label for label, _ in ex.blocks.options] == ["block 1", "block 2"]
+    assert ex.by_block and ex.resolutions is None
+    assert [label for label, _ in ex.blocks.options] == ["block 1", "block 2"]
     torch.testing.assert_close(ex.heat, hm["dog"].heat)
     ex.blocks.value = (1,)
     torch.testing.assert_close(ex.heat, hm.select(blocks=[1])["dog"].heat)

@@ -130,7 +130,8 @@ def test_a_model_under_its_val_gate_gets_no_verdicts(tmp_path, monkeypatch):
 
     from daamlib.studies.workbook import model_quality
 
-    pv = P.table([P.row("§3.1", "DAAM − whole image", math.nan, 20.0, 15.0, 25.0, 50, P.effect(15.0, 25.0, 2.0, n=50)),
+    effect = P.effect(15.0, 25.0, 2.0, n=50)
+    pv = P.table([P.row("§3.1", "DAAM − whole image", math.nan, 20.0, 15.0, 25.0, 50, effect),
                   P.row("§5.1", "none here", math.nan, n=0)])
     weak = {"split": "val", "prompts": 100, "both_correct_pct": 12.0, "both_correct_ci": [5.6, 18.4]}
     gated = P.gate(pv, weak)

@@ -3,7 +3,8 @@
     python -m daamlib.shapeworld.report data/models/shapeworld --out data/models/shapeworld
 
 Writes ``loss_curve.png``, ``samples_ddim.png``, ``samples_dpm.png`` (a flow-matching transformer such as
-``shapeworld-mmdit``: ``samples_euler.png``, its own scheduler) and ``report.json`` (the annotator's verdict on the samples: how often every caption noun was found with its colour).
+``shapeworld-mmdit``: ``samples_euler.png``, its own scheduler) and ``report.json`` (the annotator's verdict on
+the samples: how often every caption noun was found with its colour).
 """
 
 from __future__ import annotations

@@ -370,10 +370,10 @@ def gate(pv, quality: dict | None, bar: float = GATE):
     its verdict becomes :data:`UNTESTABLE` and its reason says why and what the rule alone would have said. A model
     that drops or misdraws a noun in most images makes every map of that noun a map of something else.
 
-    >>> import pandas as pd
     >>> pv = table([row("§3.1", "DAAM beats the whole image", float("nan"), 20.0, 15.0, 25.0, 50,
     ...                 effect(15.0, 25.0, 2.0, n=50))])
-    >>> gate(pv, {"split": "val", "prompts": 100, "both_correct_pct": 2.0, "both_correct_ci": [0.0, 4.8]}).loc[0, "verdict"]
+    >>> weak = {"split": "val", "prompts": 100, "both_correct_pct": 2.0, "both_correct_ci": [0.0, 4.8]}
+    >>> gate(pv, weak).loc[0, "verdict"]
     'cannot be tested on this model'
     """
     if not quality:
