@@ -36,8 +36,8 @@ def model_dir(name: str = NAME) -> Path:
 
 
 def register_models() -> None:
-    """The ``daamlib.models`` entry point: the embedded model (the default whenever its folder is present)
-    and its contextual sibling ``shapeworld-clip``."""
+    """The ``daamlib.models`` entry point: the embedded model (the default whenever its folder is present), its
+    contextual sibling ``shapeworld-clip`` and the transformer ``shapeworld-mmdit``."""
     from .. import models
 
     models.register(NAME, lambda: str(model_dir()),
@@ -49,10 +49,10 @@ def register_models() -> None:
                                 f"{model_dir(CLIP_NAME)} (or set DAAM_SHAPEWORLD_CLIP_MODEL to its folder)",
                     priority=5, available=lambda: (model_dir(CLIP_NAME) / "model_index.json").is_file())
     models.register(MMDIT_NAME, lambda: str(model_dir(MMDIT_NAME)),
-                    description=f"ShapeWorld's SD3-style transformer on the frozen ShapeWorld-CLIP, expected at "
-                                f"{model_dir(MMDIT_NAME)}; not shipped yet (issue 25): write it with `python -m "
-                                "daamlib.shapeworld.train_mmdit --save-pipeline <folder>` (or `--export <folder>` from "
-                                "a run's checkpoint) and set DAAM_SHAPEWORLD_MMDIT_MODEL to that folder",
+                    description=f"ShapeWorld's SD3-style transformer on the frozen ShapeWorld-CLIP (too weak to "
+                                f"test the paper: see its card), expected at {model_dir(MMDIT_NAME)} (a checkout's "
+                                "data/models/shapeworld-mmdit, or set DAAM_SHAPEWORLD_MMDIT_MODEL to a folder written by "
+                                "`python -m daamlib.shapeworld.train_mmdit --save-pipeline` or `--export`)",
                     priority=1, available=lambda: (model_dir(MMDIT_NAME) / "model_index.json").is_file())
 
 
