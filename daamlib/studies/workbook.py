@@ -131,6 +131,14 @@ def model_quality(model) -> dict | None:
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
+def gated(pv, model):
+    """A paper-vs-here table with :func:`daamlib.studies.paper.gate` applied for ``model`` (its :func:`model_quality`):
+    no verdicts from a model that draws too poorly to test the paper."""
+    from .paper import gate
+
+    return gate(pv, model_quality(model))
+
+
 def figures_dir(figures: str | Path | None, out_dir: str | Path) -> Path:
     """Where this run's figures, tables and results go: ``figures`` when given, else ``<out_dir>/figures``. The
     notebooks' ``FIGURES_DIR`` is None, so JupyterLab, papermill and the tests write under ``out/``; only ``make
