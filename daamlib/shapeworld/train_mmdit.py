@@ -278,8 +278,8 @@ def save_pipeline(folder: Path, transformer, vae, text, tokenizer, cfg: MMDiTCon
     (``quality_val.json``, :func:`daamlib.studies.paper.gate`)."""
     tmp, old = folder.parent / (folder.name + ".tmp"), folder.parent / (folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    make_pipeline(transformer, vae, text, tokenizer, build_scheduler(cfg)).save_pretrained(tmp)
-    copy.deepcopy(transformer).to(torch.float16).save_pretrained(tmp / "transformer")
+    half = copy.deepcopy(transformer).to(torch.float16)
+    make_pipeline(half, vae, text, tokenizer, build_scheduler(cfg)).save_pretrained(tmp)
     (tmp / "sampling.json").write_text(json.dumps(SAMPLING_PLACEHOLDER, indent=1) + "\n")
     kept = {"sampling.json", "quality_val.json"}
     for name in ("training_state.json", "training_log.csv"):
