@@ -158,6 +158,32 @@ def test_adjective_run_resumes_and_refuses_other_settings(tiny, tmp_path):
         adjectives.check_inputs(["a red cat"], colours, "daam", truth)
 
 
+def test_adjective_run_remembers_templates_without_an_object(tiny, tmp_path, monkeypatch):
+    """A template whose seed image has no object to crop is written to skipped.txt; a re-run neither generates it
+    again nor forgets it was skipped."""
+    import torch
+
+    class CirclesOnly:  # a ground truth that finds the noun only when it is a circle
+        has_masks, has_labels = True, False
+
+        def noun_masks(self, record, hm):
+            mask = torch.zeros(hm.size, dtype=torch.bool)
+            mask[:4, :4] = True
+            return {2: mask} if "circle" in record["prompt"] else {}
+
+    pipe = tiny("sd1")
+    templates = ["a {adj} circle above a square", "a {adj} triangle next to a star"]
+    colours = {"yellow": [240, 215, 40], "red": [220, 40, 40]}
+    make = lambda: adjectives.AdjectiveRun(pipe, templates, colours, tmp_path, CirclesOnly(), steps=2, gallery=0)
+    df, _, skipped = make().rows(progress=False)
+    assert skipped == [templates[1]] and set(df.template) == {templates[0]} and len(df) == 1
+    assert (tmp_path / "skipped.txt").read_text() == templates[1] + "\n"
+    calls = []
+    monkeypatch.setattr(adjectives, "adjective_swap", lambda *a, **k: calls.append(a))
+    again, _, skipped_again = make().rows(progress=False)
+    assert calls == [] and again.equals(df) and skipped_again == skipped
+
+
 def test_sources_check_files_before_anything_runs(tmp_path):
     from daamlib.studies import data
 

@@ -152,7 +152,8 @@ def choose_prompts(templates, adjectives, source, n: int, seed: int = 0, mask_so
 
 class AdjectiveRun:
     """§5.2 over many templates, resumable: each template's rows are appended to ``out_dir/rows.jsonl`` when it is
-    done, and a re-run skips templates already there, provided the settings and weights are the same
+    done (a template whose seed image has no object to crop, in ``skipped.txt``), and a re-run skips templates
+    already in either, provided the settings and weights are the same
     (``rows.settings.json``; otherwise it stops and says what differs, never mixing two runs' rows).
 
     ``mask_source``: ``"truth"`` crops the noun's object as the ground truth finds it (also where the variant's
@@ -224,16 +225,19 @@ class AdjectiveRun:
                 covered |= found
         return binary_dilation(covered, iterations=self.grow) if self.grow else covered
 
-    def _done(self) -> list[dict]:
-        done_path, settings_path = self.out / "rows.jsonl", self.out / "rows.settings.json"
-        if done_path.exists():
+    def _done(self) -> tuple[list[dict], list[str]]:
+        """The rows already written and the templates already skipped, if the settings are this run's."""
+        done_path, skipped_path = self.out / "rows.jsonl", self.out / "skipped.txt"
+        settings_path = self.out / "rows.settings.json"
+        if done_path.exists() or skipped_path.exists():
             before = json.loads(settings_path.read_text()) if settings_path.exists() else None
             if before != self.settings:
                 raise ValueError(f"{done_path} holds rows of another run (settings {before} ≠ now {self.settings}); "
-                                 "choose another OUT_DIR, or delete that file to recompute them")
-            return [json.loads(line) for line in done_path.read_text().splitlines()]
+                                 "choose another OUT_DIR, or delete that file (and skipped.txt) to recompute them")
+            return ([json.loads(line) for line in done_path.read_text().splitlines()] if done_path.exists() else [],
+                    skipped_path.read_text().splitlines() if skipped_path.exists() else [])
         settings_path.write_text(json.dumps(self.settings, indent=1))
-        return []
+        return [], []
 
     def template_rows(self, template: str, res: dict, order: list[str], obj: torch.Tensor, noun_pos: int,
                       adj_pos: int) -> list[dict]:
@@ -268,9 +272,9 @@ class AdjectiveRun:
         import pandas as pd
         from tqdm.auto import tqdm
 
-        done = self._done()
-        finished = {r["template"] for r in done}
-        gallery, skipped = {}, []
+        done, skipped = self._done()  # skipped: templates whose seed had no object (done, with no rows)
+        finished = {r["template"] for r in done} | set(skipped)
+        gallery = {}
         for k, template in enumerate(tqdm(self.templates, desc="templates", disable=not progress)):
             if template in finished and k >= self.gallery:
                 continue
@@ -289,6 +293,8 @@ class AdjectiveRun:
                 continue
             if not obj.any() or obj.all():
                 skipped.append(template)  # no object found (or nothing else): nothing to crop
+                with open(self.out / "skipped.txt", "a") as f:
+                    f.write(template + "\n")
                 continue
             rows = self.template_rows(template, res, order, obj, noun_pos, adj_pos)
             with open(self.out / "rows.jsonl", "a") as f:
