@@ -14,6 +14,8 @@ families   the traced transformer families (:func:`daamlib.dit.registry.families
 paper      every ``figures/NN_slug_paper_vs_here.csv`` (``make figures``): the paper-vs-here table
 threads    ``benchmarks/results/bench_threads*.json`` (``python benchmarks/bench_threads.py``)
 floor      ``benchmarks/results/bench_trace_cpu_floor_r*.json`` (three runs of the floor benchmark)
+depth      notebook 01's Fig. 11 rows for each embedded model (``figures/``, ``figures/shapeworld-clip/``,
+           ``figures/shapeworld-mmdit/``): which steps and layers carry the map
 gpu        the published configurations in :data:`GPU_MODELS`: GPU memory of one traced generation, computed
 """
 
@@ -200,8 +202,43 @@ def real_images() -> str:
     return "\n".join(rows) + "\n"
 
 
+ABLATION_MODELS = (("shapeworld", ""), ("shapeworld-clip", "shapeworld-clip"), ("shapeworld-mmdit", "shapeworld-mmdit"))
+FIG11 = re.compile(r"^all (.+?) − (.+) alone \(points\)$")
+
+
+def depth() -> str:
+    """Fig. 11 on each embedded model: a step or a layer group alone (its DAAM-0.4 mIoU on Gen images' nouns), and
+    what the whole sum gains over it, with its interval, from notebook 01's result and paper-vs-here rows."""
+    rows = ["| model | alone | mIoU alone | all − alone, points (95% CI) | n images | verdict |",
+            "|---|---|---|---|---|---|"]
+    missing = []
+    for model, sub in ABLATION_MODELS:
+        folder = ROOT / "figures" / sub
+        result, table = folder / "01_segmentation.json", folder / "01_segmentation_paper_vs_here.csv"
+        if not (result.is_file() and table.is_file()):
+            missing.append(model)
+            continue
+        curves = json.loads(result.read_text())["ablation"]
+        alone = {"the first step": curves["first"]["1"], "the last step": curves["last"]["1"],
+                 **{k.removeprefix("only "): v for k, v in curves["resolution"].items() if k != "all"}}
+        with open(table, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                m = FIG11.match(r["claim"])
+                if not m:
+                    continue
+                what = m.group(2)
+                value = alone.get(what, alone.get(what.removesuffix(" layers")))
+                verdict = f"**{r['verdict']}**" if r["verdict"] != "cannot be tested on this model" else \
+                    "too weak to test (the rule alone: " + r["reason"].split("the rule alone: ")[-1].split(";")[0] + ")"
+                rows.append(f"| `{model}` | {what} | {_number(value) if value is not None else '?'} "
+                            f"| {_number(r['here'])} ({_number(r['low'])} – {_number(r['high'])}) | {r['n']} "
+                            f"| {verdict} |")
+    note = f"\n(not run yet on {', '.join(missing)}: notebook 01 with its FIGURES_DIR)\n" if missing else ""
+    return "\n".join(rows) + "\n" + note
+
+
 SOURCES = {"models": models, "families": families, "paper": paper, "threads": threads, "floor": floor, "gpu": gpu,
-           "real_images": real_images}
+           "real_images": real_images, "depth": depth}
 
 
 def files() -> list[Path]:

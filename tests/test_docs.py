@@ -12,7 +12,7 @@ def test_generated_blocks_match_their_sources():
 
     assert main(["--check"]) == 0, "run `python -m daamlib.docs` and commit the result"
     names = {m for f in files() for m in re.findall(r"<!-- generated: (\w+) ", f.read_text())}
-    assert {"models", "families", "paper", "gpu", "threads"} <= names
+    assert {"models", "families", "paper", "gpu", "threads", "depth"} <= names
 
 
 def test_every_registered_name_and_family_is_in_the_docs():
