@@ -184,6 +184,16 @@ def test_adjective_run_remembers_templates_without_an_object(tiny, tmp_path, mon
     assert calls == [] and again.equals(df) and skipped_again == skipped
 
 
+def test_background_shift_plot_says_why_its_spread_panel_is_empty():
+    import pandas as pd
+
+    rows = pd.DataFrame({"template": ["t"] * 2, "adjective": ["red", "blue"], "hue_shift_deg": [1.0, -2.0],
+                         "chroma_toward": [0.01, 0.02], "adjective_spread": [float("nan")] * 2,
+                         "noun_spread": [float("nan")] * 2})
+    shown = adjectives.plot_background_shift(rows, {"red": [220, 40, 40], "blue": [40, 80, 220]})
+    assert any("no swap has a spread" in t.get_text() for t in shown.ax_[2].texts)
+
+
 def test_sources_check_files_before_anything_runs(tmp_path):
     from daamlib.studies import data
 

@@ -420,6 +420,11 @@ class BackgroundShiftDisplay:
             ax[2].set_ylabel("% of map mass outside the object", fontsize=8); ax[2].set_xlabel("")
             ax[2].set_ylim(0, 100); ax[2].legend(fontsize=8, title=None)
             label_counts(ax[2], df.adjective_spread.notna().groupby(df.adjective).sum().to_dict())
+            if df.adjective_spread.notna().sum() == 0:  # an empty panel must say why it is empty
+                ax[2].legend().remove()
+                ax[2].text(0.5, 0.5, "no swap has a spread:\nthe ground truth found the noun's object\nin none of "
+                           "the plain (unreplayed) variants", ha="center", va="center", fontsize=8,
+                           transform=ax[2].transAxes)
             fig = ax[0].figure
             share = (f"; the background is {100 * df.background_share.mean():.0f}% of the named-object one"
                      if "background_share" in df else "")
