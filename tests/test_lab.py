@@ -128,18 +128,31 @@ def edit_parameters_and_save(page, lab, name: str, lines: list[str]) -> None:
     pytest.fail(f"the edited parameters were not saved to the working copy {copy}")
 
 
-def run_all(page):
+def run_all(page, settle_s: int = 300):
+    """Run All, and return once every code cell has run. Under load the kernel's connection can lag its "idle"
+    indicator: then Run All is lost, wholly or after the first cells (they stay "[ ]" with nothing running or
+    queued); either way it is clicked again, up to four times."""
+    prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
     started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]"))
-    for _ in range(4):  # the kernel's connection can lag its "idle" indicator: then Run All is lost; try again
+    seen = []
+    for _ in range(4):
         page.locator(".jp-Notebook >> visible=true").first.click()  # focus the notebook: the Run menu acts on it
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         try:
             started.first.wait_for(timeout=20_000)
-            return page
         except PlaywrightTimeout:
             continue
-    pytest.fail("JupyterLab never started running the notebook's cells (Run All was clicked four times)")
+        idle = 0
+        for _ in range(settle_s * 2):  # settled: nothing running or queued ("[*]") for 2 s in a row
+            seen = [t.strip() for t in prompts.all_text_contents()]
+            idle = 0 if any("*" in t for t in seen) else idle + 1
+            if idle >= 4:
+                break
+            page.wait_for_timeout(500)
+        if seen and all(re.search(r"\[\d+\]", t) for t in seen):
+            return page
+    pytest.fail(f"JupyterLab did not run every cell (Run All was clicked four times); prompts: {seen}")
 
 
 @pytest.fixture
