@@ -174,7 +174,10 @@ def test_adjective_run_remembers_templates_without_an_object(tiny, tmp_path, mon
     pipe = tiny("sd1")
     templates = ["a {adj} circle above a square", "a {adj} triangle next to a star"]
     colours = {"yellow": [240, 215, 40], "red": [220, 40, 40]}
-    make = lambda: adjectives.AdjectiveRun(pipe, templates, colours, tmp_path, CirclesOnly(), steps=2, gallery=0)
+
+    def make():
+        return adjectives.AdjectiveRun(pipe, templates, colours, tmp_path, CirclesOnly(), steps=2, gallery=0)
+
     df, _, skipped = make().rows(progress=False)
     assert skipped == [templates[1]] and set(df.template) == {templates[0]} and len(df) == 1
     assert (tmp_path / "skipped.txt").read_text() == templates[1] + "\n"
