@@ -207,7 +207,7 @@ FIG11 = re.compile(r"^all (.+?) − (.+) alone \(points\)$")
 
 
 def depth() -> str:
-    """Fig. 11 on each embedded model: a step or a layer group alone (its DAAM-0.4 mIoU on Gen images' nouns), and
+    """Fig. 11 on each embedded model: a step or a layer group alone (its DAAM-0.4 mIoU on the nouns of the reported splits, Gen and Unreal), and
     what the whole sum gains over it, with its interval, from notebook 01's result and paper-vs-here rows."""
     rows = ["| model | alone | mIoU alone | all − alone, points (95% CI) | n images | verdict |",
             "|---|---|---|---|---|---|"]
