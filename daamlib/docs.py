@@ -228,8 +228,9 @@ def depth() -> str:
                     continue
                 what = m.group(2)
                 value = alone.get(what, alone.get(what.removesuffix(" layers")))
-                verdict = f"**{r['verdict']}**" if r["verdict"] != "cannot be tested on this model" else \
-                    "too weak to test (the rule alone: " + r["reason"].split("the rule alone: ")[-1].split(";")[0] + ")"
+                _, gated, rule_said = r["reason"].partition("the rule alone: ")  # paper.gate's wording
+                verdict = (f"too weak to test (the rule alone: {rule_said.split(';')[0]})" if gated
+                           else f"**{r['verdict']}**")
                 rows.append(f"| `{model}` | {what} | {_number(value) if value is not None else '?'} "
                             f"| {_number(r['here'])} ({_number(r['low'])} – {_number(r['high'])}) | {r['n']} "
                             f"| {verdict} |")
